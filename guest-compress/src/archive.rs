@@ -1,0 +1,237 @@
+//! Streams a job's objects into one zip written back to the store, signs a
+//! link to it and records the result. Written against the small [`Store`]
+//! trait so the same code runs inside the component and natively (the
+//! benchmark compares the two).
+
+use crate::job::{self, Job};
+use serde::Serialize;
+use std::fmt;
+use std::io::{self, BufWriter, Write};
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+/// Bytes asked of the store per read, and buffered before each write.
+pub const CHUNK: u32 = 1 << 20;
+/// Inputs at least this large get ZIP64 headers: deflate can add a little to
+/// incompressible data, so the switch comes a margin before 4 GiB.
+const LARGE_FILE: u64 = 0xF000_0000;
+/// The table results are recorded in, under the job id.
+pub const RESULTS_TABLE: &str = "archives";
+
+/// A failure reported by the store, as the blobs interface defines them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    NotFound(String),
+    Denied(String),
+    Invalid(String),
+    Unavailable(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NotFound(m) => write!(f, "not found: {m}"),
+            StoreError::Denied(m) => write!(f, "denied: {m}"),
+            StoreError::Invalid(m) => write!(f, "invalid: {m}"),
+            StoreError::Unavailable(m) => write!(f, "unavailable: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// What the store knows of an object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub uri: String,
+    pub size: u64,
+    pub content_type: Option<String>,
+}
+
+/// An object being read.
+pub trait ObjectReader {
+    /// Up to `max` bytes; empty at the end.
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, StoreError>;
+}
+
+/// An object being written; nothing is visible until `finish`.
+pub trait ObjectWriter {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError>;
+    fn finish(self) -> Result<ObjectInfo, StoreError>;
+}
+
+/// Everything the archive job needs from its host.
+pub trait Store {
+    type Reader: ObjectReader;
+    type Writer: ObjectWriter;
+    fn stat(&self, uri: &str) -> Result<ObjectInfo, StoreError>;
+    fn open(&self, uri: &str) -> Result<Self::Reader, StoreError>;
+    fn create(&self, uri: &str, content_type: Option<&str>) -> Result<Self::Writer, StoreError>;
+    fn presign_get(&self, uri: &str, expires_in_secs: u32) -> Result<String, StoreError>;
+    fn put_record(&self, table: &str, key: &str, value: &str) -> Result<(), String>;
+    fn info(&self, message: &str);
+}
+
+/// Why a job did not complete, and so what should become of its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Permanent: the job itself is wrong. Dead-letter it with this reason.
+    Reject(String),
+    /// Transient: the store was unavailable. Try again later.
+    Retry(String),
+}
+
+impl Failure {
+    /// Classifies a store error met while working on `what` (a field or URI).
+    fn from_store(what: &str, err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => Failure::Retry(format!("{what}: {err}")),
+            _ => Failure::Reject(format!("{what}: {err}")),
+        }
+    }
+}
+
+/// The result recorded for a finished job.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub archive: String,
+    pub url: String,
+    pub size: u64,
+    pub files: usize,
+}
+
+/// Settings the operator may give in the processor's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Deflate level, 0–9; 6 matches Info-ZIP's default.
+    pub level: i64,
+    /// Where archives go when a job names no `output`.
+    pub output_prefix: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            level: 6,
+            output_prefix: None,
+        }
+    }
+}
+
+/// Runs one job from its message body to its recorded result.
+pub fn run<S: Store>(store: &S, body: &str, settings: &Settings) -> Result<Summary, Failure> {
+    let job = job::parse(body, settings.output_prefix.as_deref()).map_err(Failure::Reject)?;
+    let summary = build(store, &job, settings)?;
+    let record = serde_json::to_string(&summary).expect("a summary always serialises");
+    store
+        .put_record(RESULTS_TABLE, &job.job_id, &record)
+        .map_err(|err| {
+            Failure::Retry(format!("recording the result of `{}`: {err}", job.job_id))
+        })?;
+    Ok(summary)
+}
+
+/// Writes the archive and signs its link.
+pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summary, Failure> {
+    // Every input is checked before anything is written, so a missing object
+    // rejects the job without leaving a partial archive behind.
+    let mut inputs = Vec::with_capacity(job.files.len());
+    for (index, uri) in job.files.iter().enumerate() {
+        let info = store
+            .stat(uri)
+            .map_err(|err| Failure::from_store(&format!("files[{index}] `{uri}`"), err))?;
+        inputs.push(info);
+    }
+    let names = job::entry_names(&job.files);
+
+    let output_what = format!("field `output` `{}`", job.output);
+    let writer = store
+        .create(&job.output, Some("application/zip"))
+        .map_err(|err| Failure::from_store(&output_what, err))?;
+    let mut zip = ZipWriter::new_stream(BufWriter::with_capacity(CHUNK as usize, Sink(writer)));
+
+    for (index, (info, name)) in inputs.iter().zip(&names).enumerate() {
+        let uri = &job.files[index];
+        let what = format!("files[{index}] `{uri}`");
+        let method = if job::already_compressed(name, info.content_type.as_deref()) {
+            CompressionMethod::Stored
+        } else {
+            CompressionMethod::Deflated
+        };
+        let options = SimpleFileOptions::default()
+            .compression_method(method)
+            .compression_level((method == CompressionMethod::Deflated).then_some(settings.level))
+            .large_file(info.size >= LARGE_FILE)
+            .unix_permissions(0o644);
+        zip.start_file(name.as_str(), options)
+            .map_err(|err| zip_failure(&output_what, err))?;
+        let mut reader = store
+            .open(uri)
+            .map_err(|err| Failure::from_store(&what, err))?;
+        loop {
+            let chunk = reader
+                .read(CHUNK)
+                .map_err(|err| Failure::from_store(&what, err))?;
+            if chunk.is_empty() {
+                break;
+            }
+            zip.write_all(&chunk)
+                .map_err(|err| io_failure(&output_what, err))?;
+        }
+        store.info(&format!(
+            "added {uri} as `{name}` ({} bytes, {method})",
+            info.size
+        ));
+    }
+
+    let buffered = zip.finish().map_err(|err| zip_failure(&output_what, err))?;
+    let Sink(writer) = buffered
+        .into_inner()
+        .into_inner()
+        .map_err(|err| io_failure(&output_what, err.into_error()))?;
+    let archive = writer
+        .finish()
+        .map_err(|err| Failure::from_store(&output_what, err))?;
+    let url = store
+        .presign_get(&job.output, job.expires_in)
+        .map_err(|err| Failure::from_store(&output_what, err))?;
+    Ok(Summary {
+        archive: archive.uri,
+        url,
+        size: archive.size,
+        files: job.files.len(),
+    })
+}
+
+/// Lets the zip writer write into a store writer.
+struct Sink<W>(W);
+
+impl<W: ObjectWriter> Write for Sink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A write that failed in the store keeps its store error; anything else is
+/// a fault of the archive itself.
+fn io_failure(what: &str, err: io::Error) -> Failure {
+    match err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<StoreError>())
+    {
+        Some(store_err) => Failure::from_store(what, store_err.clone()),
+        None => Failure::Reject(format!("{what}: writing the archive failed: {err}")),
+    }
+}
+
+fn zip_failure(what: &str, err: zip::result::ZipError) -> Failure {
+    match err {
+        zip::result::ZipError::Io(io) => io_failure(what, io),
+        other => Failure::Reject(format!("{what}: writing the archive failed: {other}")),
+    }
+}

@@ -1,0 +1,113 @@
+//! wasq's default processor, `compress`: archives a list of objects into one
+//! zip, stores it, signs a download link and records the result under the
+//! job id. The job logic lives in [`archive`] and [`job`]; the component
+//! glue at the bottom only adapts the WIT imports to the [`archive::Store`]
+//! trait.
+
+pub mod archive;
+pub mod job;
+
+#[cfg(target_arch = "wasm32")]
+mod component {
+    use crate::archive::{
+        self, Failure, ObjectInfo, ObjectReader, ObjectWriter, Store, StoreError,
+    };
+    use wasq::processor::{blobs, config, log, records};
+
+    wit_bindgen::generate!({ path: "../wit", world: "processor" });
+
+    struct Compress;
+
+    impl Guest for Compress {
+        fn handle(message: Message) -> Outcome {
+            let settings = settings();
+            match archive::run(&Host, &message.body, &settings) {
+                Ok(summary) => {
+                    let result =
+                        serde_json::to_string(&summary).expect("a summary always serialises");
+                    Outcome::Done(Some(result))
+                }
+                Err(Failure::Reject(reason)) => Outcome::Reject(reason),
+                Err(Failure::Retry(reason)) => Outcome::Retry(wasq::processor::types::RetryAfter {
+                    reason,
+                    delay_secs: None,
+                }),
+            }
+        }
+    }
+
+    fn settings() -> archive::Settings {
+        let mut settings = archive::Settings::default();
+        if let Some(level) = config::get("level").and_then(|l| l.parse().ok()) {
+            settings.level = level;
+        }
+        settings.output_prefix = config::get("output-prefix");
+        settings
+    }
+
+    struct Host;
+
+    impl From<blobs::Error> for StoreError {
+        fn from(err: blobs::Error) -> Self {
+            match err {
+                blobs::Error::NotFound(m) => StoreError::NotFound(m),
+                blobs::Error::Denied(m) => StoreError::Denied(m),
+                blobs::Error::Invalid(m) => StoreError::Invalid(m),
+                blobs::Error::Unavailable(m) => StoreError::Unavailable(m),
+            }
+        }
+    }
+
+    fn info(object: blobs::ObjectInfo) -> ObjectInfo {
+        ObjectInfo {
+            uri: object.uri,
+            size: object.size,
+            content_type: object.content_type,
+        }
+    }
+
+    impl ObjectReader for blobs::Reader {
+        fn read(&mut self, max: u32) -> Result<Vec<u8>, StoreError> {
+            Ok(blobs::Reader::read(self, max)?)
+        }
+    }
+
+    impl ObjectWriter for blobs::Writer {
+        fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+            Ok(blobs::Writer::write(self, chunk)?)
+        }
+        fn finish(self) -> Result<ObjectInfo, StoreError> {
+            Ok(info(blobs::Writer::finish(&self)?))
+        }
+    }
+
+    impl Store for Host {
+        type Reader = blobs::Reader;
+        type Writer = blobs::Writer;
+
+        fn stat(&self, uri: &str) -> Result<ObjectInfo, StoreError> {
+            Ok(info(blobs::stat(uri)?))
+        }
+        fn open(&self, uri: &str) -> Result<blobs::Reader, StoreError> {
+            Ok(blobs::open(uri)?)
+        }
+        fn create(
+            &self,
+            uri: &str,
+            content_type: Option<&str>,
+        ) -> Result<blobs::Writer, StoreError> {
+            Ok(blobs::create(uri, content_type)?)
+        }
+        fn presign_get(&self, uri: &str, expires_in_secs: u32) -> Result<String, StoreError> {
+            Ok(blobs::presign_get(uri, expires_in_secs)?)
+        }
+        fn put_record(&self, table: &str, key: &str, value: &str) -> Result<(), String> {
+            records::put(table, key, value)
+        }
+        fn info(&self, message: &str) {
+            log::log(log::Level::Info, message);
+        }
+    }
+
+    export!(Compress);
+}

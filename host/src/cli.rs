@@ -1,0 +1,315 @@
+//! The command line, in two stages: clap structs for what the user typed,
+//! then validated settings the rest of wasq runs on. Nothing else knows clap.
+
+use crate::offline::{self, LocalEnv, TestOptions};
+use crate::runtime::{self, EngineOptions, Limits, LogSink, Message, Outcome, Runtime};
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wasq",
+    version,
+    about = "Queue-driven jobs run as sandboxed WebAssembly processors"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Where wasq keeps its local state: records, the link secret, and the
+    /// local blob store (`DATA_DIR/blobs`).
+    #[arg(
+        long,
+        global = true,
+        env = "WASQ_DATA_DIR",
+        default_value = "wasq-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Folder of drop-in processors, `NAME.wasm`.
+    #[arg(
+        long,
+        global = true,
+        env = "WASQ_PLUGINS_DIR",
+        default_value = "plugins"
+    )]
+    pub plugins_dir: PathBuf,
+    /// Where compiled processors are cached.
+    #[arg(long, global = true, env = "WASQ_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile processors every time instead of caching them.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// The address signed links point at: wasq's HTTP server.
+    #[arg(
+        long,
+        global = true,
+        env = "WASQ_LINK_BASE",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub link_base: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a processor on fixture messages against the local backends.
+    Test(TestArgs),
+    /// Archive the bundled sample documents with the default processor and
+    /// print the archive and its link.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The processor: a plugin name or a path to a .wasm file.
+    #[arg(long, default_value = "compress")]
+    pub plugin: String,
+    /// The blob store's root directory; reads and writes happen there.
+    /// Defaults to DATA_DIR/blobs.
+    #[arg(long)]
+    pub blobs: Option<PathBuf>,
+    /// Print one JSON object per message.
+    #[arg(long)]
+    pub json: bool,
+    /// Memory limit, e.g. 128MiB.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// Wall-clock limit per message, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// A setting the processor reads with `config.get`, as KEY=VALUE.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// Fixture files: wasq's JSON form or a Lambda SQS event.
+    #[arg(required = true)]
+    pub fixtures: Vec<PathBuf>,
+}
+
+/// Parses `128MiB`, `4GiB`, `512KiB` or a plain number of bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 128MiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "`{other}` is not a size unit (KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn parse_config(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => bail!("--config `{pair}` is not KEY=VALUE"),
+        })
+        .collect()
+}
+
+impl GlobalArgs {
+    fn engine(&self) -> EngineOptions {
+        EngineOptions {
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or_else(runtime::default_cache_dir)
+            },
+            ..EngineOptions::default()
+        }
+    }
+
+    fn env(&self, blobs: Option<PathBuf>) -> LocalEnv {
+        LocalEnv {
+            blobs_root: blobs.unwrap_or_else(|| self.data_dir.join("blobs")),
+            data_dir: self.data_dir.clone(),
+            link_base: self.link_base.clone(),
+        }
+    }
+
+    fn plugins_dir(&self) -> Option<PathBuf> {
+        self.plugins_dir.is_dir().then(|| self.plugins_dir.clone())
+    }
+}
+
+impl TestArgs {
+    fn options(self, global: &GlobalArgs) -> anyhow::Result<TestOptions> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            memory: self.memory.unwrap_or(defaults.memory),
+            timeout: self.timeout.unwrap_or(defaults.timeout),
+            ..defaults
+        };
+        if limits.timeout.is_zero() {
+            bail!("--timeout must be more than zero");
+        }
+        for path in &self.fixtures {
+            if !path.is_file() {
+                bail!("fixture {} does not exist", path.display());
+            }
+        }
+        Ok(TestOptions {
+            plugin: self.plugin,
+            plugins_dir: global.plugins_dir(),
+            env: global.env(self.blobs),
+            fixtures: self.fixtures,
+            json: self.json,
+            engine: global.engine(),
+            limits,
+            config: parse_config(&self.config)?,
+        })
+    }
+}
+
+/// Runs the command line; `Ok(false)` means the command ran but reports
+/// failure (an unmet fixture expectation), for a non-zero exit.
+pub async fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Test(args) => {
+            let options = args.options(&cli.global)?;
+            let stdout = std::io::stdout();
+            offline::test(&options, &mut stdout.lock()).await
+        }
+        Command::Demo => demo(&cli.global).await,
+    }
+}
+
+/// The bundled sample documents, seeded into the local store by `demo`.
+const SAMPLES: &[(&str, &[u8])] = &[
+    (
+        "report.txt",
+        include_bytes!("../../tests/fixtures/blobs/docs/report.txt"),
+    ),
+    (
+        "data.csv",
+        include_bytes!("../../tests/fixtures/blobs/docs/data.csv"),
+    ),
+    (
+        "notes.md",
+        include_bytes!("../../tests/fixtures/blobs/docs/notes.md"),
+    ),
+    (
+        "logo.png",
+        include_bytes!("../../tests/fixtures/blobs/docs/logo.png"),
+    ),
+];
+
+async fn demo(global: &GlobalArgs) -> anyhow::Result<bool> {
+    let env = global.env(None);
+    let docs = env.blobs_root.join("docs");
+    std::fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;
+    for (name, bytes) in SAMPLES {
+        std::fs::write(docs.join(name), bytes).with_context(|| format!("seeding {name}"))?;
+    }
+    println!(
+        "seeded {} sample documents into {}",
+        SAMPLES.len(),
+        docs.display()
+    );
+
+    let runtime = Runtime::new(global.engine())?;
+    let code = runtime::plugins::find("compress", global.plugins_dir().as_deref())?;
+    let plugin = runtime.load(
+        &code.name,
+        code.source,
+        &code.wasm,
+        Limits::default(),
+        BTreeMap::new(),
+    )?;
+    let (blobs, services) = env.open()?;
+    let files: Vec<String> = SAMPLES
+        .iter()
+        .map(|(name, _)| format!("s3://docs/{name}"))
+        .collect();
+    let body = serde_json::json!({
+        "job_id": "sample",
+        "files": files,
+        "output": "s3://archives/sample.zip",
+        "expires_in": 3600,
+    });
+    let message = Message {
+        id: "sample".into(),
+        body: body.to_string(),
+        attributes: Vec::new(),
+        receive_count: 1,
+        sent_at_ms: 0,
+        group_id: None,
+        queue: "demo".into(),
+    };
+    let log = LogSink::new(plugin.name().clone(), "sample".into(), false);
+    let run = runtime.run(&plugin, &services, &message, log).await;
+    match run.outcome {
+        Outcome::Done(Some(result)) => {
+            let result: serde_json::Value =
+                serde_json::from_str(&result).context("the processor's result is not JSON")?;
+            let uri = result["archive"]
+                .as_str()
+                .context("the result names no archive")?;
+            let path = blobs.path_of(&crate::blobs::BlobUri::parse(uri)?)?;
+            let entries = offline::list_entries(&path)?;
+            println!(
+                "archive: {uri} -> {} ({} bytes, {} entries: {})",
+                path.display(),
+                result["size"],
+                entries.len(),
+                entries.join(", ")
+            );
+            println!("link:    {}", result["url"].as_str().unwrap_or_default());
+            println!("took {} ms", run.elapsed.as_millis());
+            Ok(true)
+        }
+        other => bail!("the sample job did not complete: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("128MiB"), Ok(128 << 20));
+        assert_eq!(parse_bytes("4 GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").unwrap_err().contains("parsecs"));
+    }
+
+    #[test]
+    fn config_pairs_must_have_a_key() {
+        assert_eq!(
+            parse_config(&["level=9".into(), "prefix=s3://a/=b".into()]).unwrap(),
+            BTreeMap::from([
+                ("level".into(), "9".into()),
+                ("prefix".into(), "s3://a/=b".into())
+            ])
+        );
+        assert!(parse_config(&["=x".into()]).is_err());
+        assert!(parse_config(&["novalue".into()]).is_err());
+    }
+}

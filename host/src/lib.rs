@@ -1,0 +1,18 @@
+//! wasq: a queue's messages, each handed to a sandboxed WebAssembly processor.
+//!
+//! Layout:
+//! - [`blobs`]: object storage (`s3://bucket/key`) behind one trait; the local
+//!   directory store and its signed links.
+//! - [`records`]: small durable key/value records; SQLite.
+//! - [`runtime`]: the wasmtime engine, plugins, limits, and the host side of
+//!   each WIT interface.
+//! - [`fixture`]: fixture messages, in wasq's form and the Lambda SQS event form.
+//! - [`offline`]: `wasq test`, running a processor on fixtures.
+//! - [`cli`]: the command line; the only module that knows clap.
+
+pub mod blobs;
+pub mod cli;
+pub mod fixture;
+pub mod offline;
+pub mod records;
+pub mod runtime;

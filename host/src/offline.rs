@@ -1,0 +1,244 @@
+//! `wasq test`: runs a processor on fixture messages against the local
+//! backends and checks what each fixture expects.
+
+use crate::blobs::sign::LinkSigner;
+use crate::blobs::{BlobUri, LocalBlobs};
+use crate::fixture::{self, Fixture};
+use crate::records::SqliteRecords;
+use crate::runtime::{
+    self, EngineOptions, Fault, Limits, LogLine, LogSink, Outcome, Plugin, Runtime, Services,
+};
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The local backends an offline run uses.
+#[derive(Debug, Clone)]
+pub struct LocalEnv {
+    /// Holds the records database and the link secret.
+    pub data_dir: PathBuf,
+    /// The blob store's root.
+    pub blobs_root: PathBuf,
+    /// Where signed links point: wasq's HTTP server.
+    pub link_base: String,
+}
+
+impl LocalEnv {
+    /// Opens the blob store and records database, creating them if needed.
+    pub fn open(&self) -> anyhow::Result<(LocalBlobs, Services)> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating data directory {}", self.data_dir.display()))?;
+        let signer = LinkSigner::for_data_dir(&self.data_dir, &self.link_base)
+            .with_context(|| format!("loading the link secret in {}", self.data_dir.display()))?;
+        let blobs = LocalBlobs::new(&self.blobs_root, signer)
+            .with_context(|| format!("opening blob store {}", self.blobs_root.display()))?;
+        let records = SqliteRecords::open(&self.data_dir.join("records.db"))?;
+        let services = Services {
+            blobs: Arc::new(blobs.clone()),
+            records: Arc::new(records),
+        };
+        Ok((blobs, services))
+    }
+}
+
+/// What `wasq test` was asked to do, already validated.
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// A plugin name, or a path to a `.wasm` file.
+    pub plugin: String,
+    pub plugins_dir: Option<PathBuf>,
+    pub env: LocalEnv,
+    pub fixtures: Vec<PathBuf>,
+    pub json: bool,
+    pub engine: EngineOptions,
+    pub limits: Limits,
+    pub config: BTreeMap<String, String>,
+}
+
+/// One fixture message's run.
+#[derive(Debug, Clone)]
+pub struct CaseReport {
+    pub id: String,
+    pub outcome: Outcome,
+    pub fault: Option<Fault>,
+    pub logs: Vec<LogLine>,
+    /// None when the fixture declared no expectation.
+    pub unmet: Option<Vec<String>>,
+}
+
+impl CaseReport {
+    pub fn passed(&self) -> bool {
+        self.unmet.as_ref().is_none_or(Vec::is_empty)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut out = json!({ "id": self.id, "outcome": self.outcome.kind() });
+        match &self.outcome {
+            Outcome::Done(result) => {
+                out["result"] = match result {
+                    Some(text) => {
+                        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
+                    }
+                    None => Value::Null,
+                }
+            }
+            Outcome::Retry { reason, delay } => {
+                out["reason"] = reason.clone().into();
+                if let Some(delay) = delay {
+                    out["delay_secs"] = delay.as_secs().into();
+                }
+            }
+            Outcome::Reject(reason) => out["reason"] = reason.clone().into(),
+        }
+        out["logs"] = serde_json::to_value(&self.logs).unwrap_or_default();
+        if let Some(unmet) = &self.unmet {
+            out["expectation"] = json!({ "met": unmet.is_empty(), "unmet": unmet });
+        }
+        out
+    }
+}
+
+/// Runs every fixture, printing each result to `out` as it completes.
+/// Returns whether every declared expectation was met.
+pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<bool> {
+    let mut fixtures = Vec::new();
+    for path in &options.fixtures {
+        fixtures.extend(fixture::load(path)?);
+    }
+    let runtime = Runtime::new(options.engine.clone())?;
+    let code = runtime::plugins::find(&options.plugin, options.plugins_dir.as_deref())?;
+    let plugin = runtime.load(
+        &code.name,
+        code.source,
+        &code.wasm,
+        options.limits,
+        options.config.clone(),
+    )?;
+    let (blobs, services) = options.env.open()?;
+
+    let mut met = 0;
+    let mut unmet = 0;
+    let mut unchecked = 0;
+    for fixture in &fixtures {
+        let report = run_one(&runtime, &plugin, &services, &blobs, fixture).await;
+        match &report.unmet {
+            None => unchecked += 1,
+            Some(list) if list.is_empty() => met += 1,
+            Some(_) => unmet += 1,
+        }
+        if options.json {
+            writeln!(out, "{}", report.to_json())?;
+        } else {
+            print_human(out, &report)?;
+        }
+    }
+    if !options.json {
+        writeln!(
+            out,
+            "fixtures: {met} met, {unmet} unmet, {unchecked} without expectations ({} messages, plugin {})",
+            fixtures.len(),
+            plugin.name()
+        )?;
+    }
+    Ok(unmet == 0)
+}
+
+async fn run_one(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    services: &Services,
+    blobs: &LocalBlobs,
+    fixture: &Fixture,
+) -> CaseReport {
+    let log = LogSink::new(
+        plugin.name().clone(),
+        fixture.message.id.as_str().into(),
+        true,
+    );
+    let run = runtime
+        .run(plugin, services, &fixture.message, log.clone())
+        .await;
+    let unmet = fixture.expect.as_ref().map(|expect| {
+        let mut unmet = expect.unmet(&run.outcome);
+        if let Some(want) = &expect.entries {
+            match archive_entries(blobs, &run.outcome) {
+                Ok(got) if &got == want => {}
+                Ok(got) => unmet.push(format!("expected archive entries {want:?}, got {got:?}")),
+                Err(err) => unmet.push(format!("expected archive entries {want:?}, but {err:#}")),
+            }
+        }
+        unmet
+    });
+    CaseReport {
+        id: fixture.message.id.clone(),
+        outcome: run.outcome,
+        fault: run.fault,
+        logs: log.lines(),
+        unmet,
+    }
+}
+
+/// The entry names of the archive a `done` result points at (its `archive`
+/// field), read from the local store.
+pub fn archive_entries(blobs: &LocalBlobs, outcome: &Outcome) -> anyhow::Result<Vec<String>> {
+    let Outcome::Done(Some(result)) = outcome else {
+        anyhow::bail!("the outcome has no result naming an archive");
+    };
+    let result: Value = serde_json::from_str(result).context("the result is not JSON")?;
+    let uri = result["archive"]
+        .as_str()
+        .context("the result has no `archive` field")?;
+    let path = blobs.path_of(&BlobUri::parse(uri)?)?;
+    list_entries(&path)
+}
+
+/// The entry names of a zip file, in archive order.
+pub fn list_entries(path: &Path) -> anyhow::Result<Vec<String>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .with_context(|| format!("reading {} as a zip", path.display()))?;
+    (0..zip.len())
+        .map(|i| Ok(zip.by_index(i)?.name()?.to_string()))
+        .collect()
+}
+
+fn print_human(out: &mut dyn Write, report: &CaseReport) -> std::io::Result<()> {
+    let verdict = match &report.unmet {
+        None => "RAN ",
+        Some(list) if list.is_empty() => "PASS",
+        Some(_) => "FAIL",
+    };
+    let detail = match &report.outcome {
+        Outcome::Done(Some(result)) => result.clone(),
+        Outcome::Done(None) => String::new(),
+        Outcome::Retry {
+            reason,
+            delay: Some(delay),
+        } => format!("{reason} (retry in {}s)", delay.as_secs()),
+        Outcome::Retry {
+            reason,
+            delay: None,
+        } => reason.clone(),
+        Outcome::Reject(reason) => reason.clone(),
+    };
+    writeln!(
+        out,
+        "{verdict} {}  {}  {detail}",
+        report.id,
+        report.outcome.kind()
+    )?;
+    for line in &report.logs {
+        writeln!(
+            out,
+            "       {:?} {:?}: {}",
+            line.source, line.level, line.message
+        )?;
+    }
+    for miss in report.unmet.iter().flatten() {
+        writeln!(out, "       unmet: {miss}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Small durable key/value records, such as a job's result for its producer
+//! to find: one trait, SQLite locally.
+
+mod sqlite;
+
+pub use sqlite::SqliteRecords;
+
+use async_trait::async_trait;
+
+/// Longest table name and key accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Largest value accepted, in bytes (DynamoDB's item limit is 400 KB).
+pub const MAX_VALUE_LEN: usize = 350 * 1024;
+
+/// Why a record could not be read or written; the message names the table
+/// and key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordsError {
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A store of records, in tables of key → value.
+#[async_trait]
+pub trait Records: Send + Sync + 'static {
+    /// Stores `value` under `key`, replacing what was there.
+    async fn put(&self, table: &str, key: &str, value: &str) -> Result<(), RecordsError>;
+    /// The value under `key`, if any.
+    async fn get(&self, table: &str, key: &str) -> Result<Option<String>, RecordsError>;
+}
+
+/// Table names are 1–255 characters of letters, digits, `_`, `-` and `.`
+/// (DynamoDB's rule); keys are 1–255 bytes of anything but control
+/// characters; values are bounded.
+pub fn check(table: &str, key: &str, value: Option<&str>) -> Result<(), RecordsError> {
+    let table_ok = !table.is_empty()
+        && table.len() <= MAX_NAME_LEN
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !table_ok {
+        return Err(RecordsError::Invalid(format!(
+            "table `{table}`: names are 1-{MAX_NAME_LEN} letters, digits, `_`, `-` or `.`"
+        )));
+    }
+    if key.is_empty() || key.len() > MAX_NAME_LEN || key.chars().any(char::is_control) {
+        return Err(RecordsError::Invalid(format!(
+            "key `{}` in table `{table}`: keys are 1-{MAX_NAME_LEN} bytes without control characters",
+            key.escape_debug()
+        )));
+    }
+    if let Some(value) = value
+        && value.len() > MAX_VALUE_LEN
+    {
+        return Err(RecordsError::Invalid(format!(
+            "value for `{key}` in table `{table}` is {} bytes; the limit is {MAX_VALUE_LEN}",
+            value.len()
+        )));
+    }
+    Ok(())
+}

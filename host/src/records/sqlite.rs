@@ -1,0 +1,141 @@
+//! Records in a SQLite database in the data directory.
+
+use super::{Records, RecordsError, check};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Records in one SQLite file, safe to share between processes (WAL mode,
+/// busy timeout).
+#[derive(Clone)]
+pub struct SqliteRecords {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteRecords {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening records database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS records (
+                tbl TEXT NOT NULL,
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                updated_ms INTEGER NOT NULL,
+                PRIMARY KEY (tbl, key)
+            ) WITHOUT ROWID;",
+        )
+        .with_context(|| format!("creating the records table in {}", path.display()))?;
+        Ok(SqliteRecords {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        what: String,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, RecordsError> {
+        let conn = self.conn.clone();
+        let run = move || {
+            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&conn)
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(RecordsError::Unavailable(format!("{what}: {err}"))),
+            Err(join) => Err(RecordsError::Unavailable(format!("{what}: {join}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl Records for SqliteRecords {
+    async fn put(&self, table: &str, key: &str, value: &str) -> Result<(), RecordsError> {
+        check(table, key, Some(value))?;
+        let (table, key, value) = (table.to_string(), key.to_string(), value.to_string());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        self.with_conn(format!("writing `{key}` to table `{table}`"), move |conn| {
+            conn.execute(
+                "INSERT INTO records (tbl, key, value, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+                params![table, key, value, now_ms],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn get(&self, table: &str, key: &str) -> Result<Option<String>, RecordsError> {
+        check(table, key, None)?;
+        let (table, key) = (table.to_string(), key.to_string());
+        self.with_conn(
+            format!("reading `{key}` from table `{table}`"),
+            move |conn| {
+                conn.query_row(
+                    "SELECT value FROM records WHERE tbl = ?1 AND key = ?2",
+                    params![table, key],
+                    |row| row.get(0),
+                )
+                .optional()
+            },
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_replaces_and_get_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = SqliteRecords::open(&dir.path().join("records.db")).unwrap();
+        assert_eq!(records.get("archives", "j-1").await.unwrap(), None);
+        records.put("archives", "j-1", "first").await.unwrap();
+        records.put("archives", "j-1", "second").await.unwrap();
+        records.put("other", "j-1", "elsewhere").await.unwrap();
+        assert_eq!(
+            records.get("archives", "j-1").await.unwrap().as_deref(),
+            Some("second")
+        );
+
+        let reopened = SqliteRecords::open(&dir.path().join("records.db")).unwrap();
+        assert_eq!(
+            reopened.get("other", "j-1").await.unwrap().as_deref(),
+            Some("elsewhere")
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_names_and_oversized_values_are_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = SqliteRecords::open(&dir.path().join("records.db")).unwrap();
+        let big = "x".repeat(super::super::MAX_VALUE_LEN + 1);
+        for (table, key, value) in [
+            ("", "k", "v"),
+            ("bad table", "k", "v"),
+            ("t", "", "v"),
+            ("t", "line\nbreak", "v"),
+            ("t", "k", big.as_str()),
+        ] {
+            assert!(
+                matches!(
+                    records.put(table, key, value).await,
+                    Err(RecordsError::Invalid(_))
+                ),
+                "{table:?} {key:?}"
+            );
+        }
+    }
+}

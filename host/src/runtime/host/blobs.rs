@@ -1,0 +1,191 @@
+//! The `blobs` interface: URIs checked, handles bounded, bytes counted
+//! against the plugin's limits, then handed to the configured store.
+
+use super::HostBlobError;
+use crate::blobs::{BlobError, BlobReader, BlobUri, BlobWriter, ObjectInfo};
+use crate::runtime::bindings::blobs as wit;
+use crate::runtime::state::{Fault, HostState};
+use std::time::Duration;
+use wasmtime::component::Resource;
+
+/// Readers and writers one message may hold open at once.
+pub const MAX_OPEN_HANDLES: usize = 64;
+/// The most one `read` returns, whatever the processor asks for, so a
+/// processor cannot make the host allocate without bound.
+pub const MAX_READ_CHUNK: usize = 8 << 20;
+
+/// A reader as the resource table holds it.
+pub struct ReaderHandle(Box<dyn BlobReader>);
+
+/// A writer as the resource table holds it; `None` once finished.
+pub struct WriterHandle {
+    uri: BlobUri,
+    writer: Option<Box<dyn BlobWriter>>,
+}
+
+fn info(object: ObjectInfo) -> wit::ObjectInfo {
+    wit::ObjectInfo {
+        uri: object.uri.to_string(),
+        size: object.size,
+        content_type: object.content_type,
+        etag: object.etag,
+    }
+}
+
+impl HostState {
+    fn take_handle(&mut self) -> Result<(), HostBlobError> {
+        if self.open_handles >= MAX_OPEN_HANDLES {
+            return Err(BlobError::Denied(format!(
+                "at most {MAX_OPEN_HANDLES} readers and writers may be open at once"
+            ))
+            .into());
+        }
+        self.open_handles += 1;
+        Ok(())
+    }
+
+    fn release_handle(&mut self) {
+        self.open_handles = self.open_handles.saturating_sub(1);
+    }
+}
+
+impl wit::Host for HostState {
+    async fn stat(&mut self, uri: String) -> Result<wit::ObjectInfo, HostBlobError> {
+        let uri = BlobUri::parse(&uri)?;
+        Ok(info(self.services.blobs.stat(&uri).await?))
+    }
+
+    async fn open(&mut self, uri: String) -> Result<Resource<ReaderHandle>, HostBlobError> {
+        let uri = BlobUri::parse(&uri)?;
+        self.take_handle()?;
+        match self.services.blobs.open(&uri).await {
+            Ok(reader) => Ok(self.table.push(ReaderHandle(reader))?),
+            Err(err) => {
+                self.release_handle();
+                Err(err.into())
+            }
+        }
+    }
+
+    async fn create(
+        &mut self,
+        uri: String,
+        content_type: Option<String>,
+    ) -> Result<Resource<WriterHandle>, HostBlobError> {
+        let uri = BlobUri::parse(&uri)?;
+        self.take_handle()?;
+        match self
+            .services
+            .blobs
+            .create(&uri, content_type.as_deref())
+            .await
+        {
+            Ok(writer) => Ok(self.table.push(WriterHandle {
+                uri,
+                writer: Some(writer),
+            })?),
+            Err(err) => {
+                self.release_handle();
+                Err(err.into())
+            }
+        }
+    }
+
+    async fn presign_get(
+        &mut self,
+        uri: String,
+        expires_in_secs: u32,
+    ) -> Result<String, HostBlobError> {
+        let uri = BlobUri::parse(&uri)?;
+        let expires_in = Duration::from_secs(u64::from(expires_in_secs));
+        Ok(self.services.blobs.presign_get(&uri, expires_in).await?)
+    }
+
+    fn convert_error(&mut self, err: HostBlobError) -> wasmtime::Result<wit::Error> {
+        match err {
+            HostBlobError::Blob(BlobError::NotFound(m)) => Ok(wit::Error::NotFound(m)),
+            HostBlobError::Blob(BlobError::Denied(m)) => Ok(wit::Error::Denied(m)),
+            HostBlobError::Blob(BlobError::Invalid(m)) => Ok(wit::Error::Invalid(m)),
+            HostBlobError::Blob(BlobError::Unavailable(m)) => Ok(wit::Error::Unavailable(m)),
+            HostBlobError::Trap(trap) => Err(trap),
+        }
+    }
+}
+
+impl wit::HostReader for HostState {
+    async fn read(
+        &mut self,
+        reader: Resource<ReaderHandle>,
+        max: u32,
+    ) -> Result<Vec<u8>, HostBlobError> {
+        let limit = self.limits.bytes_read;
+        // Never read past the limit plus one byte: one byte over is enough to
+        // know the limit was exceeded.
+        let allowance = limit
+            .saturating_sub(self.usage.bytes_read)
+            .saturating_add(1);
+        let want = (max as usize)
+            .min(MAX_READ_CHUNK)
+            .min(usize::try_from(allowance).unwrap_or(usize::MAX));
+        let handle = self.table.get_mut(&reader)?;
+        let chunk = handle.0.read(want).await?;
+        self.usage.bytes_read += chunk.len() as u64;
+        if self.usage.bytes_read > limit {
+            return Err(self.exceed(Fault::BytesRead(limit)).into());
+        }
+        Ok(chunk)
+    }
+
+    async fn drop(&mut self, reader: Resource<ReaderHandle>) -> wasmtime::Result<()> {
+        self.table.delete(reader)?;
+        self.release_handle();
+        Ok(())
+    }
+}
+
+impl wit::HostWriter for HostState {
+    async fn write(
+        &mut self,
+        writer: Resource<WriterHandle>,
+        chunk: Vec<u8>,
+    ) -> Result<(), HostBlobError> {
+        let limit = self.limits.bytes_written;
+        if self.usage.bytes_written + chunk.len() as u64 > limit {
+            return Err(self.exceed(Fault::BytesWritten(limit)).into());
+        }
+        let len = chunk.len() as u64;
+        let handle = self.table.get_mut(&writer)?;
+        let Some(inner) = handle.writer.as_mut() else {
+            return Err(BlobError::Invalid(format!(
+                "`{}`: the writer is already finished",
+                handle.uri
+            ))
+            .into());
+        };
+        inner.write(chunk).await?;
+        self.usage.bytes_written += len;
+        Ok(())
+    }
+
+    async fn finish(
+        &mut self,
+        writer: Resource<WriterHandle>,
+    ) -> Result<wit::ObjectInfo, HostBlobError> {
+        let handle = self.table.get_mut(&writer)?;
+        let Some(inner) = handle.writer.take() else {
+            return Err(BlobError::Invalid(format!(
+                "`{}`: the writer is already finished",
+                handle.uri
+            ))
+            .into());
+        };
+        Ok(info(inner.finish().await?))
+    }
+
+    async fn drop(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<()> {
+        // An unfinished writer is discarded by its own drop.
+        self.table.delete(writer)?;
+        self.release_handle();
+        Ok(())
+    }
+}

@@ -1,0 +1,338 @@
+//! Runs processors: one wasmtime engine, a pre-instantiated component per
+//! plugin, and a fresh store per message under the plugin's hard limits.
+
+mod bindings;
+pub mod host;
+pub mod limits;
+pub mod log;
+pub mod plugins;
+mod state;
+
+pub use limits::Limits;
+pub use log::{Level, LogLine, LogSink, Source};
+pub use plugins::{Plugin, PluginSource};
+pub use state::{Fault, Services, Usage};
+
+use anyhow::Context as _;
+use bindings::{Processor, ProcessorPre};
+use state::HostState;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+
+/// How often the engine's epoch advances: the granularity of timeouts, and
+/// how often a running processor yields to other tasks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The longest retry delay a processor may ask for: SQS's 12-hour maximum
+/// visibility timeout.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(12 * 3600);
+
+/// Engine-wide settings, fixed for the life of a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Processor instances that may exist at once (the pool's size).
+    pub max_instances: u32,
+    /// The largest memory limit any plugin may be given.
+    pub max_memory: u64,
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_instances: 128,
+            max_memory: 4 << 30,
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/wasq/compiled`, else `~/.cache/wasq/compiled`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wasq").join("compiled"))
+}
+
+/// A message as a processor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: String,
+    pub body: String,
+    pub attributes: Vec<(String, String)>,
+    pub receive_count: u32,
+    pub sent_at_ms: u64,
+    pub group_id: Option<String>,
+    pub queue: String,
+}
+
+/// What became of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done(Option<String>),
+    Retry {
+        reason: String,
+        delay: Option<Duration>,
+    },
+    Reject(String),
+}
+
+impl Outcome {
+    /// `done`, `retry` or `reject`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Done(_) => "done",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Reject(_) => "reject",
+        }
+    }
+}
+
+/// One run of a processor on one message.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub outcome: Outcome,
+    /// Set when the run ended in a trap or an exceeded limit; the outcome is
+    /// then a retry naming it.
+    pub fault: Option<Fault>,
+    pub usage: Usage,
+    pub elapsed: Duration,
+}
+
+/// The engine and everything shared by all plugins.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    options: EngineOptions,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(options.max_instances)
+            .total_core_instances(options.max_instances * 8)
+            .total_memories(options.max_instances * 2)
+            .total_tables(options.max_instances * 4)
+            .total_stacks(options.max_instances)
+            .max_memory_size(usize::try_from(options.max_memory).unwrap_or(usize::MAX));
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = &options.cache_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the compile cache {}", dir.display()))?;
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = wasmtime::Cache::new(cache).map_err(|err| anyhow::anyhow!("{err:#}"))?;
+            config.cache(Some(cache));
+        }
+        let engine = Engine::new(&config).map_err(|err| anyhow::anyhow!("{err:#}"))?;
+
+        let mut linker = Linker::new(&engine);
+        link(&mut linker).map_err(|err| anyhow::anyhow!("{err:#}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("wasq-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .context("starting the epoch thread")?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            options,
+            ticker_stop,
+        })
+    }
+
+    /// Compiles a component (or takes it from the cache) and checks it
+    /// against the `processor` world.
+    pub fn load(
+        &self,
+        name: &str,
+        source: PluginSource,
+        wasm: &[u8],
+        limits: Limits,
+        config: std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Plugin> {
+        if limits.memory > self.options.max_memory {
+            anyhow::bail!(
+                "plugin `{name}`: memory limit {} is above the engine's maximum {}",
+                limits::Bytes(limits.memory),
+                limits::Bytes(self.options.max_memory)
+            );
+        }
+        let component = Component::new(&self.engine, wasm).map_err(|err| {
+            anyhow::anyhow!("plugin `{name}` ({source}): not a valid component: {err:#}")
+        })?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|err| {
+            anyhow::anyhow!("plugin `{name}` ({source}): does not fit the processor world: {err:#}")
+        })?;
+        let pre = ProcessorPre::new(instance_pre).map_err(|err| {
+            anyhow::anyhow!("plugin `{name}` ({source}): does not fit the processor world: {err:#}")
+        })?;
+        Ok(Plugin::new(name, source, pre, limits, config))
+    }
+
+    /// Runs `plugin` on one message in a fresh instance. Never fails: a trap
+    /// or an exceeded limit becomes a retry naming it.
+    pub async fn run(
+        &self,
+        plugin: &Plugin,
+        services: &Services,
+        message: &Message,
+        log: LogSink,
+    ) -> Run {
+        let started = Instant::now();
+        let limits = plugin.limits;
+        let wasi = WasiCtxBuilder::new()
+            .stdout(log.stream(Source::Stdout))
+            .stderr(log.stream(Source::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: limits::MemoryLimiter::new(limits.memory),
+            limits,
+            services: services.clone(),
+            config: plugin.config.clone(),
+            log,
+            usage: Usage::default(),
+            open_handles: 0,
+            fault: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+
+        // Epoch interruption bounds CPU-bound guests: each tick the guest
+        // yields to the executor, and past the deadline it traps. The tokio
+        // timeout around the call bounds time spent awaiting host I/O.
+        let deadline = started + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if Instant::now() >= deadline {
+                ctx.data_mut().fault = Some(Fault::Timeout(limits.timeout));
+                Err(wasmtime::Trap::Interrupt.into())
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
+
+        let wit_message = bindings::types::Message {
+            id: message.id.clone(),
+            body: message.body.clone(),
+            attributes: message.attributes.clone(),
+            receive_count: message.receive_count,
+            sent_at_ms: message.sent_at_ms,
+            group_id: message.group_id.clone(),
+            queue: message.queue.clone(),
+        };
+        let call = async {
+            let processor: Processor = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|err| Err(Fault::Instantiate(format!("{err:#}"))))?;
+            processor
+                .call_handle(&mut store, &wit_message)
+                .await
+                .map_err(Ok)
+        };
+        let result = tokio::time::timeout(limits.timeout, call).await;
+
+        let state = store.data_mut();
+        let (outcome, fault) = match result {
+            Ok(Ok(outcome)) => (from_wit(outcome), None),
+            Ok(Err(Err(fault))) => (retry_for(&fault), Some(fault)),
+            Ok(Err(Ok(trap))) => {
+                let fault = state.fault.take().unwrap_or_else(|| {
+                    if state.limiter.denied {
+                        Fault::Memory(limits.memory)
+                    } else {
+                        Fault::Trap(trap_message(&trap))
+                    }
+                });
+                (retry_for(&fault), Some(fault))
+            }
+            Err(_elapsed) => {
+                let fault = Fault::Timeout(limits.timeout);
+                (retry_for(&fault), Some(fault))
+            }
+        };
+        Run {
+            outcome,
+            fault,
+            usage: state.usage,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One line per interface: WASI (with nothing granted), then wasq's own.
+fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    bindings::blobs::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    bindings::records::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    bindings::log::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    bindings::config::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    Ok(())
+}
+
+fn retry_for(fault: &Fault) -> Outcome {
+    Outcome::Retry {
+        reason: fault.to_string(),
+        delay: None,
+    }
+}
+
+/// The first line of a trap's message, without the wasm backtrace.
+fn trap_message(trap: &wasmtime::Error) -> String {
+    let text = match trap.downcast_ref::<wasmtime::Trap>() {
+        Some(code) => code.to_string(),
+        None => format!("{trap:#}"),
+    };
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+fn from_wit(outcome: bindings::types::Outcome) -> Outcome {
+    use bindings::types::Outcome as Wit;
+    match outcome {
+        Wit::Done(result) => Outcome::Done(result),
+        Wit::Retry(retry) => Outcome::Retry {
+            reason: retry.reason,
+            delay: retry
+                .delay_secs
+                .map(|secs| Duration::from_secs(u64::from(secs)).min(MAX_RETRY_DELAY)),
+        },
+        Wit::Reject(reason) => Outcome::Reject(reason),
+    }
+}

@@ -1,0 +1,182 @@
+//! Where processors come from: built into the binary (the default
+//! `compress`), or `plugins/NAME.wasm`, which adds a processor or replaces a
+//! built-in one of the same name.
+
+use super::bindings::ProcessorPre;
+use super::limits::Limits;
+use super::state::HostState;
+use anyhow::Context as _;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The processors compiled into wasq.
+pub const BUILT_IN: &[(&str, &[u8])] = &[(
+    "compress",
+    include_bytes!(concat!(env!("OUT_DIR"), "/compress.wasm")),
+)];
+
+/// Where a plugin's code came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    BuiltIn,
+    File(PathBuf),
+}
+
+impl fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginSource::BuiltIn => write!(f, "built-in"),
+            PluginSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A processor ready to run: compiled, linked, with its limits and settings.
+pub struct Plugin {
+    name: Arc<str>,
+    source: PluginSource,
+    pub(super) pre: ProcessorPre<HostState>,
+    pub(super) limits: Limits,
+    pub(super) config: Arc<BTreeMap<String, String>>,
+}
+
+impl Plugin {
+    pub(super) fn new(
+        name: &str,
+        source: PluginSource,
+        pre: ProcessorPre<HostState>,
+        limits: Limits,
+        config: BTreeMap<String, String>,
+    ) -> Self {
+        Plugin {
+            name: name.into(),
+            source,
+            pre,
+            limits,
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn source(&self) -> &PluginSource {
+        &self.source
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}
+
+/// A plugin's code, found but not yet compiled.
+#[derive(Debug, Clone)]
+pub struct PluginCode {
+    pub name: String,
+    pub source: PluginSource,
+    pub wasm: Cow<'static, [u8]>,
+}
+
+/// Plugin names are what a file name and a config key can both carry.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    anyhow::ensure!(
+        ok,
+        "`{name}` is not a valid plugin name (1-64 lowercase letters, digits, `-` or `_`)"
+    );
+    Ok(())
+}
+
+/// Finds the code for `wanted`: a path to a `.wasm` file, or a name looked
+/// up first in `plugins_dir` (`NAME.wasm`) and then among the built-ins.
+pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCode> {
+    if wanted.ends_with(".wasm") || wanted.contains('/') {
+        let path = PathBuf::from(wanted);
+        let wasm =
+            std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .unwrap_or("plugin")
+            .to_string();
+        return Ok(PluginCode {
+            name,
+            source: PluginSource::File(path),
+            wasm: Cow::Owned(wasm),
+        });
+    }
+    check_name(wanted)?;
+    if let Some(dir) = plugins_dir {
+        let path = dir.join(format!("{wanted}.wasm"));
+        match std::fs::read(&path) {
+            Ok(wasm) => {
+                return Ok(PluginCode {
+                    name: wanted.to_string(),
+                    source: PluginSource::File(path),
+                    wasm: Cow::Owned(wasm),
+                });
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("reading plugin {}", path.display()));
+            }
+        }
+    }
+    match BUILT_IN.iter().find(|(name, _)| *name == wanted) {
+        Some((name, wasm)) => Ok(PluginCode {
+            name: name.to_string(),
+            source: PluginSource::BuiltIn,
+            wasm: Cow::Borrowed(wasm),
+        }),
+        None => {
+            let built_in: Vec<_> = BUILT_IN.iter().map(|(name, _)| *name).collect();
+            let looked = match plugins_dir {
+                Some(dir) => format!("{}/{wanted}.wasm nor ", dir.display()),
+                None => String::new(),
+            };
+            anyhow::bail!(
+                "no plugin `{wanted}`: found neither {looked}a built-in of that name (built-in: {})",
+                built_in.join(", ")
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_in_the_plugins_dir_overrides_a_built_in() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            find("compress", Some(dir.path())).unwrap().source,
+            PluginSource::BuiltIn
+        );
+        std::fs::write(dir.path().join("compress.wasm"), b"\0asm").unwrap();
+        let code = find("compress", Some(dir.path())).unwrap();
+        assert_eq!(
+            code.source,
+            PluginSource::File(dir.path().join("compress.wasm"))
+        );
+    }
+
+    #[test]
+    fn unknown_and_bad_names_are_explained() {
+        let err = find("nope", None).unwrap_err().to_string();
+        assert!(
+            err.contains("no plugin `nope`") && err.contains("compress"),
+            "{err}"
+        );
+        let err = find("Bad Name", None).unwrap_err().to_string();
+        assert!(err.contains("not a valid plugin name"), "{err}");
+    }
+}
