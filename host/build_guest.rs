@@ -9,8 +9,9 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 /// Builds the crate at `crate_dir` in release mode with `features` and
-/// copies its component to `OUT_DIR/<out_name>`, returning that path.
-pub fn build_guest(crate_dir: &Path, out_name: &str, features: &[&str]) -> PathBuf {
+/// copies its component to `OUT_DIR/<out_name>`, returning that path. `wit`
+/// is the contract the guest is generated from.
+pub fn build_guest(crate_dir: &Path, wit: &Path, out_name: &str, features: &[&str]) -> PathBuf {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set for build scripts"));
     println!("cargo:rerun-if-changed={}", crate_dir.join("src").display());
     println!(
@@ -21,10 +22,7 @@ pub fn build_guest(crate_dir: &Path, out_name: &str, features: &[&str]) -> PathB
         "cargo:rerun-if-changed={}",
         crate_dir.join("Cargo.lock").display()
     );
-    let wit = crate_dir.join("../wit");
-    if wit.exists() {
-        println!("cargo:rerun-if-changed={}", wit.display());
-    }
+    println!("cargo:rerun-if-changed={}", wit.display());
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());

@@ -103,7 +103,8 @@ pub struct Summary {
 /// Settings the operator may give in the processor's configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Deflate level, 0–9; 6 matches Info-ZIP's default.
+    /// Deflate level, 1–9 (6 matches Info-ZIP's default); 0 stores every
+    /// entry uncompressed.
     pub level: i64,
     /// Where archives go when a job names no `output`.
     pub output_prefix: Option<String>,
@@ -153,11 +154,12 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
     for (index, (info, name)) in inputs.iter().zip(&names).enumerate() {
         let uri = &job.files[index];
         let what = format!("files[{index}] `{uri}`");
-        let method = if job::already_compressed(name, info.content_type.as_deref()) {
-            CompressionMethod::Stored
-        } else {
-            CompressionMethod::Deflated
-        };
+        let method =
+            if settings.level == 0 || job::already_compressed(name, info.content_type.as_deref()) {
+                CompressionMethod::Stored
+            } else {
+                CompressionMethod::Deflated
+            };
         let options = SimpleFileOptions::default()
             .compression_method(method)
             .compression_level((method == CompressionMethod::Deflated).then_some(settings.level))

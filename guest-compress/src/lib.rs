@@ -12,9 +12,13 @@ mod component {
     use crate::archive::{
         self, Failure, ObjectInfo, ObjectReader, ObjectWriter, Store, StoreError,
     };
-    use wasq::processor::{blobs, config, log, records};
+    use bindings::wasq::processor::{blobs, config, log, records, types};
+    use bindings::{Guest, Message, Outcome};
 
-    wit_bindgen::generate!({ path: "../wit", world: "processor" });
+    mod bindings {
+        #![allow(clippy::too_many_arguments, reason = "generated code")]
+        wit_bindgen::generate!({ path: "../wit", world: "processor" });
+    }
 
     struct Compress;
 
@@ -28,7 +32,7 @@ mod component {
                     Outcome::Done(Some(result))
                 }
                 Err(Failure::Reject(reason)) => Outcome::Reject(reason),
-                Err(Failure::Retry(reason)) => Outcome::Retry(wasq::processor::types::RetryAfter {
+                Err(Failure::Retry(reason)) => Outcome::Retry(types::RetryAfter {
                     reason,
                     delay_secs: None,
                 }),
@@ -38,8 +42,13 @@ mod component {
 
     fn settings() -> archive::Settings {
         let mut settings = archive::Settings::default();
-        if let Some(level) = config::get("level").and_then(|l| l.parse().ok()) {
-            settings.level = level;
+        match config::get("level").map(|l| l.parse::<i64>()) {
+            Some(Ok(level)) if (0..=9).contains(&level) => settings.level = level,
+            Some(_) => log::log(
+                log::Level::Warn,
+                "setting `level` must be 0-9; using the default",
+            ),
+            None => {}
         }
         settings.output_prefix = config::get("output-prefix");
         settings
@@ -109,5 +118,5 @@ mod component {
         }
     }
 
-    export!(Compress);
+    bindings::export!(Compress with_types_in bindings);
 }

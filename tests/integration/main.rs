@@ -1,1 +1,8 @@
-fn main() {}
+//! Integration tests: real processor components (the built-in `compress`
+//! and the misbehaving `rogue`) run by the real runtime against the real
+//! local backends, and the `wasq` binary run as a user would.
+
+mod cli;
+mod compress;
+mod harness;
+mod sandbox;

@@ -37,11 +37,11 @@ pub struct Bytes(pub u64);
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n >= GIB && n % GIB == 0 {
+        if n >= GIB && n.is_multiple_of(GIB) {
             write!(f, "{} GiB", n / GIB)
-        } else if n >= MIB && n % MIB == 0 {
+        } else if n >= MIB && n.is_multiple_of(MIB) {
             write!(f, "{} MiB", n / MIB)
-        } else if n >= 1024 && n % 1024 == 0 {
+        } else if n >= 1024 && n.is_multiple_of(1024) {
             write!(f, "{} KiB", n / 1024)
         } else {
             write!(f, "{n} bytes")

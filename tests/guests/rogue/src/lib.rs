@@ -1,0 +1,121 @@
+//! A processor for tests. The message body is a command, and the processor
+//! does exactly that, however badly it behaves:
+//!
+//! - `noop`: done, no result
+//! - `echo`: done, with the message's fields as the result
+//! - `trap`: panics (a trap)
+//! - `loop`: spins forever
+//! - `hog`: allocates until memory runs out
+//! - `open URI`: opens an object and reads it all; done with its size, or
+//!   reject with the error
+//! - `write URI BYTES`: writes an object of BYTES zeros; done with its size,
+//!   or reject with the error
+//! - `handles URI N`: opens URI N times without closing; done with the number
+//!   opened before the first error, and that error
+//! - `print`: writes to stdout and stderr, and logs
+//! - `retry SECS`: asks for a retry after SECS seconds
+//! - `config KEY`: done with the value of setting KEY
+//! - `record TABLE KEY VALUE`: puts a record, reads it back, done with it
+
+use wasq::processor::types::RetryAfter;
+use wasq::processor::{blobs, config, log, records};
+
+wit_bindgen::generate!({ path: "../../../wit", world: "processor" });
+
+struct Rogue;
+
+impl Guest for Rogue {
+    fn handle(message: Message) -> Outcome {
+        let words: Vec<&str> = message.body.split_whitespace().collect();
+        match words.as_slice() {
+            ["noop"] => Outcome::Done(None),
+            ["echo"] => Outcome::Done(Some(format!(
+                "id={} receive_count={} sent_at_ms={} group={:?} queue={} attributes={:?}",
+                message.id,
+                message.receive_count,
+                message.sent_at_ms,
+                message.group_id,
+                message.queue,
+                message.attributes
+            ))),
+            ["trap"] => panic!("deliberate trap"),
+            ["loop"] => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            ["hog"] => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut block = vec![0u8; 1 << 20];
+                    block[0] = 1;
+                    hoard.push(std::hint::black_box(block));
+                }
+            }
+            ["open", uri] => match blobs::open(uri) {
+                Ok(reader) => {
+                    let mut total = 0usize;
+                    loop {
+                        match reader.read(1 << 20) {
+                            Ok(chunk) if chunk.is_empty() => {
+                                break Outcome::Done(Some(total.to_string()));
+                            }
+                            Ok(chunk) => total += chunk.len(),
+                            Err(err) => break Outcome::Reject(format!("{err:?}")),
+                        }
+                    }
+                }
+                Err(err) => Outcome::Reject(format!("{err:?}")),
+            },
+            ["write", uri, bytes] => {
+                let bytes: usize = bytes.parse().unwrap_or(0);
+                let result = blobs::create(uri, None).and_then(|writer| {
+                    let chunk = vec![0u8; 1 << 20];
+                    let mut left = bytes;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        writer.write(&chunk[..n])?;
+                        left -= n;
+                    }
+                    writer.finish()
+                });
+                match result {
+                    Ok(info) => Outcome::Done(Some(info.size.to_string())),
+                    Err(err) => Outcome::Reject(format!("{err:?}")),
+                }
+            }
+            ["handles", uri, n] => {
+                let n: usize = n.parse().unwrap_or(0);
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    match blobs::open(uri) {
+                        Ok(reader) => held.push(reader),
+                        Err(err) => return Outcome::Done(Some(format!("{} {err:?}", held.len()))),
+                    }
+                }
+                Outcome::Done(Some(held.len().to_string()))
+            }
+            ["print"] => {
+                println!("to stdout");
+                eprintln!("to stderr");
+                log::log(log::Level::Warn, "through log");
+                Outcome::Done(None)
+            }
+            ["retry", secs] => Outcome::Retry(RetryAfter {
+                reason: "asked to retry".into(),
+                delay_secs: secs.parse().ok(),
+            }),
+            ["config", key] => Outcome::Done(config::get(key)),
+            ["record", table, key, value] => {
+                match records::put(table, key, value).and_then(|()| records::get(table, key)) {
+                    Ok(value) => Outcome::Done(value),
+                    Err(err) => Outcome::Reject(err),
+                }
+            }
+            _ => Outcome::Reject(format!("unknown command `{}`", message.body)),
+        }
+    }
+}
+
+bindings::export!(Rogue with_types_in bindings);

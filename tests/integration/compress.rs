@@ -1,0 +1,264 @@
+//! The default processor, end to end: archives read back with the zip crate
+//! and compared byte for byte, large jobs under a small memory cap, and the
+//! outcome of a store that is briefly unavailable.
+
+use crate::harness::{self, Env, message, noise, run, text};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+use wasq::blobs::sign::LinkSigner;
+use wasq::blobs::{BlobError, BlobReader, BlobStore, BlobUri, BlobWriter, ObjectInfo};
+use wasq::records::{Records, RecordsError, SqliteRecords};
+use wasq::runtime::{Limits, Outcome, Services};
+
+fn job(id: &str, files: &[&str], output: &str) -> String {
+    serde_json::json!({ "job_id": id, "files": files, "output": output }).to_string()
+}
+
+fn result_of(outcome: &Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Done(Some(result)) => serde_json::from_str(result).unwrap(),
+        other => panic!("expected done with a result, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn archives_hold_every_input_byte_for_byte() {
+    let env = Env::new();
+    let inputs: Vec<(&str, Vec<u8>)> = vec![
+        ("docs/readme.txt", text(300_000)),
+        ("docs/photo.jpg", noise(200_000, 1)),
+        ("docs/empty.csv", Vec::new()),
+        ("docs/deep/er/blob.bin", noise(3_000_000, 2)),
+        ("other/readme.txt", b"same name, other bucket".to_vec()),
+    ];
+    for (path, bytes) in &inputs {
+        env.put(path, bytes);
+    }
+    let files: Vec<String> = inputs.iter().map(|(p, _)| format!("s3://{p}")).collect();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let plugin = harness::compress(Limits::default(), BTreeMap::new());
+
+    let (result, _) = run(
+        &plugin,
+        &env.services,
+        &message("m-1", &job("j-1", &files, "s3://archives/j-1.zip")),
+    )
+    .await;
+    let summary = result_of(&result.outcome);
+    assert_eq!(summary["archive"], "s3://archives/j-1.zip");
+    assert_eq!(summary["files"], 5);
+
+    let path = env.root().join("archives/j-1.zip");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(summary["size"], bytes.len() as u64);
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let names = [
+        "readme.txt",
+        "photo.jpg",
+        "empty.csv",
+        "blob.bin",
+        "readme (2).txt",
+    ];
+    assert_eq!(zip.len(), names.len());
+    for (i, ((_, original), name)) in inputs.iter().zip(names).enumerate() {
+        let mut entry = zip.by_index(i).unwrap();
+        assert_eq!(entry.name().unwrap(), name);
+        let expected_method = if name.ends_with(".jpg") {
+            zip::CompressionMethod::Stored
+        } else {
+            zip::CompressionMethod::Deflated
+        };
+        assert_eq!(entry.compression(), expected_method, "{name}");
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).unwrap();
+        assert!(content == *original, "{name} differs from its input");
+    }
+
+    // The result is recorded under the job id, and the link verifies.
+    let records = SqliteRecords::open(&env.dir.path().join("data/records.db")).unwrap();
+    let recorded = records.get("archives", "j-1").await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&recorded).unwrap(),
+        summary
+    );
+    let url = summary["url"].as_str().unwrap();
+    let (path_part, query) = url
+        .strip_prefix("http://127.0.0.1:9")
+        .unwrap()
+        .split_once('?')
+        .unwrap();
+    let signer =
+        LinkSigner::for_data_dir(&env.dir.path().join("data"), "http://127.0.0.1:9").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let granted = signer.verify(path_part, query, now).unwrap();
+    assert_eq!(granted.to_string(), "s3://archives/j-1.zip");
+}
+
+#[tokio::test]
+async fn a_rerun_overwrites_its_own_archive() {
+    let env = Env::new();
+    env.put("docs/a.txt", b"first");
+    let plugin = harness::compress(Limits::default(), BTreeMap::new());
+    let msg = message("m", &job("j", &["s3://docs/a.txt"], "s3://archives/j.zip"));
+    let (first, _) = run(&plugin, &env.services, &msg).await;
+    env.put("docs/a.txt", b"second, longer");
+    let (second, _) = run(&plugin, &env.services, &msg).await;
+    assert_eq!(first.outcome.kind(), "done");
+    let size = result_of(&second.outcome)["size"].as_u64().unwrap();
+    assert_eq!(
+        std::fs::metadata(env.root().join("archives/j.zip"))
+            .unwrap()
+            .len(),
+        size
+    );
+}
+
+/// 210 MB of input, under a 64 MiB memory cap: the processor streams and
+/// never holds an input or the archive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_job_streams_under_a_64_mib_memory_cap() {
+    const MB: usize = 1_000_000;
+    let env = Env::new();
+    let inputs = [
+        ("big/video.mp4", noise(80 * MB, 3)),
+        ("big/log.txt", text(70 * MB)),
+        ("big/backup.gz", noise(60 * MB, 4)),
+    ];
+    for (path, bytes) in &inputs {
+        env.put(path, bytes);
+    }
+    let limits = Limits {
+        memory: 64 << 20,
+        timeout: Duration::from_secs(300),
+        ..Limits::default()
+    };
+    let plugin = harness::compress(limits, BTreeMap::new());
+    let files: Vec<String> = inputs.iter().map(|(p, _)| format!("s3://{p}")).collect();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (result, _) = run(
+        &plugin,
+        &env.services,
+        &message("big", &job("big", &files, "s3://archives/big.zip")),
+    )
+    .await;
+    assert_eq!(result.fault, None);
+    let summary = result_of(&result.outcome);
+    assert_eq!(summary["files"], 3);
+    assert!(result.usage.bytes_read >= 210 * MB as u64);
+
+    let file = std::fs::File::open(env.root().join("archives/big.zip")).unwrap();
+    let mut zip = zip::ZipArchive::new(file).unwrap();
+    for (i, (_, original)) in inputs.iter().enumerate() {
+        let mut entry = zip.by_index(i).unwrap();
+        let mut content = Vec::with_capacity(original.len());
+        entry.read_to_end(&mut content).unwrap();
+        assert!(content == *original, "entry {i} differs from its input");
+    }
+}
+
+/// A store that answers `unavailable` to everything, as S3 does in an
+/// outage.
+struct DownStore;
+
+#[async_trait]
+impl BlobStore for DownStore {
+    async fn stat(&self, uri: &BlobUri) -> Result<ObjectInfo, BlobError> {
+        Err(BlobError::Unavailable(format!(
+            "`{uri}`: connection refused"
+        )))
+    }
+    async fn open(&self, uri: &BlobUri) -> Result<Box<dyn BlobReader>, BlobError> {
+        Err(BlobError::Unavailable(format!(
+            "`{uri}`: connection refused"
+        )))
+    }
+    async fn create(
+        &self,
+        uri: &BlobUri,
+        _: Option<&str>,
+    ) -> Result<Box<dyn BlobWriter>, BlobError> {
+        Err(BlobError::Unavailable(format!(
+            "`{uri}`: connection refused"
+        )))
+    }
+    async fn presign_get(&self, uri: &BlobUri, _: Duration) -> Result<String, BlobError> {
+        Err(BlobError::Unavailable(format!(
+            "`{uri}`: connection refused"
+        )))
+    }
+}
+
+struct DownRecords;
+
+#[async_trait]
+impl Records for DownRecords {
+    async fn put(&self, table: &str, _: &str, _: &str) -> Result<(), RecordsError> {
+        Err(RecordsError::Unavailable(format!(
+            "table `{table}`: database is locked"
+        )))
+    }
+    async fn get(&self, table: &str, _: &str) -> Result<Option<String>, RecordsError> {
+        Err(RecordsError::Unavailable(format!(
+            "table `{table}`: database is locked"
+        )))
+    }
+}
+
+#[tokio::test]
+async fn an_unavailable_store_is_a_retry_not_a_reject() {
+    let env = Env::new();
+    let plugin = harness::compress(Limits::default(), BTreeMap::new());
+    let msg = message("m", &job("j", &["s3://docs/a.txt"], "s3://archives/j.zip"));
+
+    let down_blobs = Services {
+        blobs: Arc::new(DownStore),
+        records: env.services.records.clone(),
+    };
+    let (result, _) = run(&plugin, &down_blobs, &msg).await;
+    match result.outcome {
+        Outcome::Retry { reason, .. } => assert!(
+            reason.contains("files[0] `s3://docs/a.txt`: unavailable"),
+            "{reason}"
+        ),
+        other => panic!("expected retry, got {other:?}"),
+    }
+
+    env.put("docs/a.txt", b"x");
+    let down_records = Services {
+        blobs: env.services.blobs.clone(),
+        records: Arc::new(DownRecords),
+    };
+    let (result, _) = run(&plugin, &down_records, &msg).await;
+    match result.outcome {
+        Outcome::Retry { reason, .. } => {
+            assert!(reason.contains("recording the result of `j`"), "{reason}")
+        }
+        other => panic!("expected retry, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn settings_choose_the_output_location_and_level() {
+    let env = Env::new();
+    env.put("docs/a.txt", &text(100_000));
+    let config = BTreeMap::from([
+        (
+            "output-prefix".to_string(),
+            "s3://archives/by-job/".to_string(),
+        ),
+        ("level".to_string(), "0".to_string()),
+    ]);
+    let plugin = harness::compress(Limits::default(), config);
+    let body = serde_json::json!({"job_id": "p-1", "files": ["s3://docs/a.txt"]}).to_string();
+    let (result, _) = run(&plugin, &env.services, &message("m", &body)).await;
+    let summary = result_of(&result.outcome);
+    assert_eq!(summary["archive"], "s3://archives/by-job/p-1.zip");
+    // Level 0 deflate stores the text nearly as is.
+    assert!(summary["size"].as_u64().unwrap() > 100_000);
+}

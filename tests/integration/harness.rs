@@ -1,0 +1,130 @@
+//! What every integration test shares: one engine, the plugins, and a fresh
+//! local environment per test.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use wasq::blobs::LocalBlobs;
+use wasq::offline::LocalEnv;
+use wasq::runtime::{EngineOptions, Limits, LogSink, Message, Plugin, Run, Runtime, Services};
+
+pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+    Runtime::new(EngineOptions {
+        max_instances: 64,
+        cache_dir: Some(cache_dir()),
+        ..EngineOptions::default()
+    })
+    .expect("the engine starts")
+});
+
+/// Compiled components are cached beside the test binaries, so reruns skip
+/// compilation.
+pub fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
+}
+
+pub fn compress(limits: Limits, config: BTreeMap<String, String>) -> Plugin {
+    let code = wasq::runtime::plugins::find("compress", None).unwrap();
+    RUNTIME
+        .load(&code.name, code.source, &code.wasm, limits, config)
+        .unwrap()
+}
+
+pub fn rogue(limits: Limits) -> Plugin {
+    let wasm = std::fs::read(wasq_test_guests::ROGUE).unwrap();
+    RUNTIME
+        .load(
+            "rogue",
+            wasq::runtime::PluginSource::File(wasq_test_guests::ROGUE.into()),
+            &wasm,
+            limits,
+            BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
+        )
+        .unwrap()
+}
+
+/// A data directory and blob root of its own.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub blobs: LocalBlobs,
+    pub services: Services,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let env = LocalEnv {
+            data_dir: dir.path().join("data"),
+            blobs_root: dir.path().join("blobs"),
+            link_base: "http://127.0.0.1:9".into(),
+        };
+        let (blobs, services) = env.open().unwrap();
+        Env {
+            dir,
+            blobs,
+            services,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.blobs.root()
+    }
+
+    /// Writes an object straight into the store's directory.
+    pub fn put(&self, uri_path: &str, bytes: &[u8]) {
+        let path = self.root().join(uri_path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+pub fn message(id: &str, body: &str) -> Message {
+    Message {
+        id: id.to_string(),
+        body: body.to_string(),
+        attributes: vec![("tenant".to_string(), "acme".to_string())],
+        receive_count: 1,
+        sent_at_ms: 1_700_000_000_000,
+        group_id: None,
+        queue: "tests".to_string(),
+    }
+}
+
+/// Runs one message, keeping its log lines.
+pub async fn run(plugin: &Plugin, services: &Services, msg: &Message) -> (Run, LogSink) {
+    let log = LogSink::new(plugin.name().clone(), msg.id.as_str().into(), true);
+    let run = RUNTIME.run(plugin, services, msg, log.clone()).await;
+    (run, log)
+}
+
+/// Deterministic bytes that do not compress.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Deterministic text that compresses well.
+pub fn text(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 100);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(
+            format!(
+                "line {i}: the quick brown fox jumps over the lazy dog {}\n",
+                i % 97
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}

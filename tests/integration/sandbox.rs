@@ -1,0 +1,288 @@
+//! Misbehaving processors meet their limits: each ends in its defined outcome
+//! and the host goes on serving other messages.
+
+use crate::harness::{self, Env, message, run};
+use std::time::{Duration, Instant};
+use wasq::runtime::{Fault, Limits, Outcome, Source};
+
+fn retry_reason(outcome: &Outcome) -> &str {
+    match outcome {
+        Outcome::Retry { reason, .. } => reason,
+        other => panic!("expected retry, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_trap_is_a_retry_naming_the_trap() {
+    let env = Env::new();
+    let plugin = harness::rogue(Limits::default());
+    let (result, _) = run(&plugin, &env.services, &message("t", "trap")).await;
+    assert!(
+        matches!(result.fault, Some(Fault::Trap(_))),
+        "{:?}",
+        result.fault
+    );
+    assert!(retry_reason(&result.outcome).starts_with("trap: "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_stopped_at_the_wall_clock_limit() {
+    let env = Env::new();
+    let limits = Limits {
+        timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let plugin = harness::rogue(limits);
+    let started = Instant::now();
+    let (result, _) = run(&plugin, &env.services, &message("l", "loop")).await;
+    let took = started.elapsed();
+    assert_eq!(
+        result.fault,
+        Some(Fault::Timeout(Duration::from_millis(500)))
+    );
+    assert!(retry_reason(&result.outcome).contains("wall-clock limit of 500ms"));
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_memory_hog_is_stopped_at_the_memory_limit() {
+    let env = Env::new();
+    let limits = Limits {
+        memory: 32 << 20,
+        ..Limits::default()
+    };
+    let plugin = harness::rogue(limits);
+    let (result, _) = run(&plugin, &env.services, &message("h", "hog")).await;
+    assert_eq!(result.fault, Some(Fault::Memory(32 << 20)));
+    assert!(retry_reason(&result.outcome).contains("32 MiB"));
+}
+
+#[tokio::test]
+async fn keys_that_escape_the_store_are_invalid_values_not_traps() {
+    let env = Env::new();
+    std::fs::write(env.dir.path().join("secret.txt"), b"host file").unwrap();
+    let plugin = harness::rogue(Limits::default());
+    for uri in [
+        "s3://blobs/../secret.txt",
+        "s3://docs/../../secret.txt",
+        "s3://docs//etc/passwd",
+        "/etc/passwd",
+        "file:///etc/passwd",
+        "s3://../secret.txt",
+    ] {
+        let (result, _) = run(
+            &plugin,
+            &env.services,
+            &message("e", &format!("open {uri}")),
+        )
+        .await;
+        assert_eq!(result.fault, None, "{uri}");
+        match &result.outcome {
+            Outcome::Reject(reason) => assert!(reason.contains("Invalid("), "{uri}: {reason}"),
+            other => panic!("{uri}: expected the processor to see an error, got {other:?}"),
+        }
+        let (write, _) = run(
+            &plugin,
+            &env.services,
+            &message("w", &format!("write {uri} 10")),
+        )
+        .await;
+        assert!(
+            matches!(write.outcome, Outcome::Reject(_)),
+            "{uri}: {:?}",
+            write.outcome
+        );
+    }
+    assert_eq!(
+        std::fs::read(env.dir.path().join("secret.txt")).unwrap(),
+        b"host file"
+    );
+}
+
+#[tokio::test]
+async fn reading_past_the_byte_limit_ends_the_message() {
+    let env = Env::new();
+    env.put("docs/three-mib.bin", &vec![7u8; 3 << 20]);
+    let limits = Limits {
+        bytes_read: 1 << 20,
+        ..Limits::default()
+    };
+    let plugin = harness::rogue(limits);
+    let (result, _) = run(
+        &plugin,
+        &env.services,
+        &message("r", "open s3://docs/three-mib.bin"),
+    )
+    .await;
+    assert_eq!(result.fault, Some(Fault::BytesRead(1 << 20)));
+    assert!(retry_reason(&result.outcome).contains("bytes-read limit"));
+
+    let (small, _) = run(
+        &harness::rogue(Limits::default()),
+        &env.services,
+        &message("r", "open s3://docs/three-mib.bin"),
+    )
+    .await;
+    assert_eq!(small.outcome, Outcome::Done(Some((3 << 20).to_string())));
+}
+
+#[tokio::test]
+async fn writing_past_the_byte_limit_ends_the_message_and_leaves_nothing() {
+    let env = Env::new();
+    let limits = Limits {
+        bytes_written: 2 << 20,
+        ..Limits::default()
+    };
+    let plugin = harness::rogue(limits);
+    let (result, _) = run(
+        &plugin,
+        &env.services,
+        &message("w", "write s3://out/big.bin 5000000"),
+    )
+    .await;
+    assert_eq!(result.fault, Some(Fault::BytesWritten(2 << 20)));
+    assert!(!env.root().join("out/big.bin").exists());
+    let leftovers = std::fs::read_dir(env.root().join(".wasq-tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        leftovers, 0,
+        "the unfinished object's temp file was left behind"
+    );
+}
+
+#[tokio::test]
+async fn open_handles_are_bounded() {
+    let env = Env::new();
+    env.put("docs/a.txt", b"a");
+    let plugin = harness::rogue(Limits::default());
+    let (result, _) = run(
+        &plugin,
+        &env.services,
+        &message("h", "handles s3://docs/a.txt 100"),
+    )
+    .await;
+    match result.outcome {
+        Outcome::Done(Some(text)) => assert!(text.starts_with("64 Error::Denied("), "{text}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stdout_stderr_and_log_become_tagged_log_lines() {
+    let env = Env::new();
+    let plugin = harness::rogue(Limits::default());
+    let (_, log) = run(&plugin, &env.services, &message("p", "print")).await;
+    let lines: Vec<_> = log
+        .lines()
+        .into_iter()
+        .map(|l| (l.source, l.message))
+        .collect();
+    assert!(
+        lines.contains(&(Source::Stdout, "to stdout".to_string())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&(Source::Stderr, "to stderr".to_string())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&(Source::Log, "through log".to_string())),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_message_config_and_records_reach_the_processor() {
+    let env = Env::new();
+    let plugin = harness::rogue(Limits::default());
+    let mut msg = message("m-7", "echo");
+    msg.receive_count = 3;
+    msg.group_id = Some("g".into());
+    let (result, _) = run(&plugin, &env.services, &msg).await;
+    assert_eq!(
+        result.outcome,
+        Outcome::Done(Some(
+            "id=m-7 receive_count=3 sent_at_ms=1700000000000 group=Some(\"g\") queue=tests attributes=[(\"tenant\", \"acme\")]".into()
+        ))
+    );
+    let (config, _) = run(&plugin, &env.services, &message("c", "config greeting")).await;
+    assert_eq!(config.outcome, Outcome::Done(Some("hello".into())));
+    let (missing, _) = run(&plugin, &env.services, &message("c", "config nothing")).await;
+    assert_eq!(missing.outcome, Outcome::Done(None));
+    let (record, _) = run(&plugin, &env.services, &message("r", "record jobs k-1 v-1")).await;
+    assert_eq!(record.outcome, Outcome::Done(Some("v-1".into())));
+    let (bad, _) = run(
+        &plugin,
+        &env.services,
+        &message("r", "record bad!table k v"),
+    )
+    .await;
+    assert!(
+        matches!(bad.outcome, Outcome::Reject(ref r) if r.contains("table `bad!table`")),
+        "{:?}",
+        bad.outcome
+    );
+    let (retry, _) = run(&plugin, &env.services, &message("r", "retry 42")).await;
+    assert_eq!(
+        retry.outcome,
+        Outcome::Retry {
+            reason: "asked to retry".into(),
+            delay: Some(Duration::from_secs(42))
+        }
+    );
+}
+
+/// Misbehaving messages run beside good ones: none of them fails another,
+/// and the host serves good messages afterwards as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_messages_never_fail_their_neighbours() {
+    let env = Env::new();
+    let limits = Limits {
+        memory: 32 << 20,
+        timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let plugin = std::sync::Arc::new(harness::rogue(limits));
+    let bodies = [
+        "trap",
+        "noop",
+        "hog",
+        "noop",
+        "loop",
+        "noop",
+        "open s3://../x",
+        "noop",
+    ];
+    let mut tasks = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let plugin = plugin.clone();
+        let services = env.services.clone();
+        let msg = message(&format!("n-{i}"), body);
+        tasks.push(tokio::spawn(async move {
+            run(&plugin, &services, &msg).await.0
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap().outcome.kind());
+    }
+    assert_eq!(
+        outcomes,
+        [
+            "retry", "done", "retry", "done", "retry", "done", "reject", "done"
+        ]
+    );
+    for i in 0..20 {
+        let (after, _) = run(
+            &plugin,
+            &env.services,
+            &message(&format!("after-{i}"), "noop"),
+        )
+        .await;
+        assert_eq!(after.outcome, Outcome::Done(None));
+    }
+}
