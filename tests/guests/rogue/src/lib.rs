@@ -17,10 +17,14 @@
 //! - `config KEY`: done with the value of setting KEY
 //! - `record TABLE KEY VALUE`: puts a record, reads it back, done with it
 
-use wasq::processor::types::RetryAfter;
-use wasq::processor::{blobs, config, log, records};
+use bindings::wasq::processor::types::RetryAfter;
+use bindings::wasq::processor::{blobs, config, log, records};
+use bindings::{Guest, Message, Outcome};
 
-wit_bindgen::generate!({ path: "../../../wit", world: "processor" });
+mod bindings {
+    #![allow(clippy::too_many_arguments, reason = "generated code")]
+    wit_bindgen::generate!({ path: "../../../wit", world: "processor" });
+}
 
 struct Rogue;
 
