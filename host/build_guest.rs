@@ -32,7 +32,9 @@ pub fn build_guest(crate_dir: &Path, wit: &Path, out_name: &str, features: &[&st
     // the outer build's directory would deadlock on its lock.
     let target_dir = guest_target_dir(&out_dir);
     let mut command = Command::new(&cargo);
+    // Run from the guest's directory so its own .cargo/config.toml applies.
     command
+        .current_dir(crate_dir)
         .arg("build")
         .arg("--release")
         .arg("--target")

@@ -7,6 +7,7 @@ use crate::fixture::{self, Fixture};
 use crate::records::SqliteRecords;
 use crate::runtime::{
     self, EngineOptions, Fault, Limits, LogLine, LogSink, Outcome, Plugin, Runtime, Services,
+    Source,
 };
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -231,11 +232,13 @@ fn print_human(out: &mut dyn Write, report: &CaseReport) -> std::io::Result<()> 
         report.outcome.kind()
     )?;
     for line in &report.logs {
-        writeln!(
-            out,
-            "       {:?} {:?}: {}",
-            line.source, line.level, line.message
-        )?;
+        let source = match line.source {
+            Source::Log => "log",
+            Source::Stdout => "stdout",
+            Source::Stderr => "stderr",
+        };
+        let level = format!("{:?}", line.level).to_lowercase();
+        writeln!(out, "       [{source} {level}] {}", line.message)?;
     }
     for miss in report.unmet.iter().flatten() {
         writeln!(out, "       unmet: {miss}")?;

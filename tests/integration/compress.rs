@@ -151,6 +151,11 @@ async fn a_large_job_streams_under_a_64_mib_memory_cap() {
     let summary = result_of(&result.outcome);
     assert_eq!(summary["files"], 3);
     assert!(result.usage.bytes_read >= 210 * MB as u64);
+    assert!(
+        result.usage.peak_memory <= 64 << 20,
+        "{}",
+        result.usage.peak_memory
+    );
 
     let file = std::fs::File::open(env.root().join("archives/big.zip")).unwrap();
     let mut zip = zip::ZipArchive::new(file).unwrap();

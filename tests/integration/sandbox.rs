@@ -286,3 +286,42 @@ async fn misbehaving_messages_never_fail_their_neighbours() {
         assert_eq!(after.outcome, Outcome::Done(None));
     }
 }
+
+/// A processor sees no environment, no arguments, no host filesystem and no
+/// network, whatever the host process has.
+#[tokio::test]
+async fn no_environment_filesystem_or_network_is_granted() {
+    let env = Env::new();
+    let plugin = harness::rogue(Limits::default());
+    assert!(std::env::var_os("HOME").is_some() || std::env::var_os("PATH").is_some());
+    let (vars, _) = run(&plugin, &env.services, &message("e", "env")).await;
+    assert_eq!(vars.outcome, Outcome::Done(Some("vars=[] args=[]".into())));
+
+    for path in ["/", ".", "/etc", env.root().to_str().unwrap()] {
+        let (listing, _) = run(&plugin, &env.services, &message("f", &format!("fs {path}"))).await;
+        assert!(
+            matches!(listing.outcome, Outcome::Reject(_)),
+            "{path}: {:?}",
+            listing.outcome
+        );
+    }
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (connect, _) = run(
+        &plugin,
+        &env.services,
+        &message("c", &format!("connect {addr}")),
+    )
+    .await;
+    assert!(
+        matches!(connect.outcome, Outcome::Reject(_)),
+        "{:?}",
+        connect.outcome
+    );
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "the processor reached the host's socket"
+    );
+}

@@ -15,4 +15,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use wasq::processor::{blobs, config, log, records, types};
+pub use self::wasq::processor::{blobs, config, log, records, types};

@@ -55,6 +55,8 @@ impl fmt::Display for Bytes {
 pub struct MemoryLimiter {
     max_memory: usize,
     pub denied: bool,
+    /// The largest linear memory granted, in bytes.
+    pub peak: usize,
 }
 
 /// Table elements a component may have; far above what real code needs.
@@ -65,6 +67,7 @@ impl MemoryLimiter {
         MemoryLimiter {
             max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
             denied: false,
+            peak: 0,
         }
     }
 }
@@ -78,6 +81,9 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.max_memory;
         self.denied |= !allowed;
+        if allowed {
+            self.peak = self.peak.max(desired);
+        }
         Ok(allowed)
     }
 

@@ -285,7 +285,10 @@ impl Runtime {
         Run {
             outcome,
             fault,
-            usage: state.usage,
+            usage: Usage {
+                peak_memory: state.limiter.peak as u64,
+                ..state.usage
+            },
             elapsed: started.elapsed(),
         }
     }

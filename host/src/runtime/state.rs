@@ -61,11 +61,13 @@ impl fmt::Display for Fault {
     }
 }
 
-/// Blob bytes moved during one run.
+/// What one run used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// The processor's largest linear memory, in bytes.
+    pub peak_memory: u64,
 }
 
 /// The store data of one run.

@@ -16,6 +16,10 @@
 //! - `retry SECS`: asks for a retry after SECS seconds
 //! - `config KEY`: done with the value of setting KEY
 //! - `record TABLE KEY VALUE`: puts a record, reads it back, done with it
+//! - `env`: done with every environment variable and argument it can see
+//! - `fs PATH`: lists a directory of the host; done with the names, or
+//!   reject with the error
+//! - `connect ADDR`: opens a TCP connection; done if it could, else reject
 
 use bindings::wasq::processor::types::RetryAfter;
 use bindings::wasq::processor::{blobs, config, log, records};
@@ -117,6 +121,25 @@ impl Guest for Rogue {
                     Err(err) => Outcome::Reject(err),
                 }
             }
+            ["env"] => {
+                let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                let args: Vec<String> = std::env::args().collect();
+                Outcome::Done(Some(format!("vars={vars:?} args={args:?}")))
+            }
+            ["fs", path] => match std::fs::read_dir(path) {
+                Ok(entries) => Outcome::Done(Some(
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )),
+                Err(err) => Outcome::Reject(err.to_string()),
+            },
+            ["connect", addr] => match std::net::TcpStream::connect(addr) {
+                Ok(_) => Outcome::Done(Some(format!("connected to {addr}"))),
+                Err(err) => Outcome::Reject(err.to_string()),
+            },
             _ => Outcome::Reject(format!("unknown command `{}`", message.body)),
         }
     }
