@@ -9,6 +9,7 @@ rustup target add wasm32-wasip2
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --manifest-path guest-compress/Cargo.toml --all-targets -- -D warnings
 cargo test --workspace
 # The default processor's own unit tests run natively, in its own workspace.
 cargo test --manifest-path guest-compress/Cargo.toml

@@ -237,3 +237,216 @@ fn zip_failure(what: &str, err: zip::result::ZipError) -> Failure {
         other => Failure::Reject(format!("{what}: writing the archive failed: {other}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::io::Read;
+    use std::rc::Rc;
+
+    /// A store in memory. Objects named `zeros-N` hold N zero bytes,
+    /// produced as they are read.
+    #[derive(Default)]
+    struct MemStore {
+        objects: RefCell<BTreeMap<String, Vec<u8>>>,
+        written: Rc<RefCell<BTreeMap<String, Vec<u8>>>>,
+        records: RefCell<Vec<(String, String, String)>>,
+    }
+
+    fn zeros_len(uri: &str) -> Option<u64> {
+        uri.rsplit('/')
+            .next()?
+            .strip_prefix("zeros-")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    enum MemReader {
+        Bytes(Vec<u8>, usize),
+        Zeros(u64),
+    }
+
+    impl ObjectReader for MemReader {
+        fn read(&mut self, max: u32) -> Result<Vec<u8>, StoreError> {
+            match self {
+                MemReader::Bytes(bytes, at) => {
+                    let end = (*at + max as usize).min(bytes.len());
+                    let chunk = bytes[*at..end].to_vec();
+                    *at = end;
+                    Ok(chunk)
+                }
+                MemReader::Zeros(left) => {
+                    let n = (*left).min(u64::from(max));
+                    *left -= n;
+                    Ok(vec![0; n as usize])
+                }
+            }
+        }
+    }
+
+    struct MemWriter {
+        uri: String,
+        bytes: Vec<u8>,
+        into: Rc<RefCell<BTreeMap<String, Vec<u8>>>>,
+    }
+
+    impl ObjectWriter for MemWriter {
+        fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+            self.bytes.extend_from_slice(chunk);
+            Ok(())
+        }
+        fn finish(self) -> Result<ObjectInfo, StoreError> {
+            let size = self.bytes.len() as u64;
+            self.into.borrow_mut().insert(self.uri.clone(), self.bytes);
+            Ok(ObjectInfo {
+                uri: self.uri,
+                size,
+                content_type: None,
+            })
+        }
+    }
+
+    impl Store for MemStore {
+        type Reader = MemReader;
+        type Writer = MemWriter;
+
+        fn stat(&self, uri: &str) -> Result<ObjectInfo, StoreError> {
+            let size = match zeros_len(uri) {
+                Some(n) => n,
+                None => self
+                    .objects
+                    .borrow()
+                    .get(uri)
+                    .map(|b| b.len() as u64)
+                    .ok_or_else(|| StoreError::NotFound(uri.to_string()))?,
+            };
+            Ok(ObjectInfo {
+                uri: uri.to_string(),
+                size,
+                content_type: None,
+            })
+        }
+        fn open(&self, uri: &str) -> Result<MemReader, StoreError> {
+            match zeros_len(uri) {
+                Some(n) => Ok(MemReader::Zeros(n)),
+                None => Ok(MemReader::Bytes(self.objects.borrow()[uri].clone(), 0)),
+            }
+        }
+        fn create(&self, uri: &str, _: Option<&str>) -> Result<MemWriter, StoreError> {
+            Ok(MemWriter {
+                uri: uri.to_string(),
+                bytes: Vec::new(),
+                into: self.written.clone(),
+            })
+        }
+        fn presign_get(&self, uri: &str, secs: u32) -> Result<String, StoreError> {
+            Ok(format!("https://signed/{uri}?expires-in={secs}"))
+        }
+        fn put_record(&self, table: &str, key: &str, value: &str) -> Result<(), String> {
+            self.records
+                .borrow_mut()
+                .push((table.into(), key.into(), value.into()));
+            Ok(())
+        }
+        fn info(&self, _: &str) {}
+    }
+
+    fn archive(store: &MemStore, uri: &str) -> zip::ZipArchive<std::io::Cursor<Vec<u8>>> {
+        let bytes = store.written.borrow()[uri].clone();
+        zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap()
+    }
+
+    #[test]
+    fn a_job_records_its_summary_and_the_archive_reads_back() {
+        let store = MemStore::default();
+        store
+            .objects
+            .borrow_mut()
+            .insert("s3://d/a.txt".into(), b"hello hello hello".to_vec());
+        store
+            .objects
+            .borrow_mut()
+            .insert("s3://d/b.png".into(), vec![1, 2, 3]);
+        let body = r#"{"job_id":"j","files":["s3://d/a.txt","s3://d/b.png"],"output":"s3://o/j.zip","expires_in":60}"#;
+        let summary = run(&store, body, &Settings::default()).unwrap();
+        assert_eq!(summary.url, "https://signed/s3://o/j.zip?expires-in=60");
+        assert_eq!(summary.files, 2);
+        let records = store.records.borrow();
+        assert_eq!(records[0].0, RESULTS_TABLE);
+        assert_eq!(records[0].1, "j");
+        assert_eq!(records[0].2, serde_json::to_string(&summary).unwrap());
+        let mut zip = archive(&store, "s3://o/j.zip");
+        let mut text = String::new();
+        zip.by_name("a.txt")
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "hello hello hello");
+        assert_eq!(
+            zip.by_name("b.png").unwrap().compression(),
+            zip::CompressionMethod::Stored
+        );
+    }
+
+    #[test]
+    fn a_missing_input_rejects_before_anything_is_written() {
+        let store = MemStore::default();
+        let body = r#"{"job_id":"j","files":["s3://d/none.txt"],"output":"s3://o/j.zip"}"#;
+        let failure = run(&store, body, &Settings::default()).unwrap_err();
+        assert_eq!(
+            failure,
+            Failure::Reject("files[0] `s3://d/none.txt`: not found: s3://d/none.txt".into())
+        );
+        assert!(store.written.borrow().is_empty());
+        assert!(store.records.borrow().is_empty());
+    }
+
+    /// More than 65,535 entries needs ZIP64's end-of-directory records.
+    #[test]
+    fn seventy_thousand_entries_make_a_zip64_archive() {
+        let store = MemStore::default();
+        let files: Vec<String> = (0..70_000)
+            .map(|i| format!("s3://d/zeros-{}.bin", i % 3))
+            .collect();
+        let body =
+            serde_json::json!({"job_id": "many", "files": files, "output": "s3://o/many.zip"})
+                .to_string();
+        let summary = run(&store, &body, &Settings::default()).unwrap();
+        assert_eq!(summary.files, 70_000);
+        let mut zip = archive(&store, "s3://o/many.zip");
+        assert_eq!(zip.len(), 70_000);
+        assert_eq!(
+            zip.by_index(69_999).unwrap().name().unwrap(),
+            "zeros-0 (23334).bin"
+        );
+    }
+
+    /// An entry over 4 GiB needs ZIP64 sizes in its headers.
+    #[test]
+    fn an_entry_over_4_gib_gets_zip64_sizes() {
+        const SIZE: u64 = (4 << 30) + 12_345;
+        let store = MemStore::default();
+        let body = serde_json::json!({
+            "job_id": "huge",
+            "files": [format!("s3://d/zeros-{SIZE}.raw"), "s3://d/zeros-10.raw"],
+            "output": "s3://o/huge.zip"
+        })
+        .to_string();
+        let settings = Settings {
+            level: 1,
+            ..Settings::default()
+        };
+        run(&store, &body, &settings).unwrap();
+        let mut zip = archive(&store, "s3://o/huge.zip");
+        assert_eq!(zip.len(), 2);
+        let mut entry = zip.by_index(0).unwrap();
+        assert_eq!(entry.size(), SIZE);
+        // Reading to the end checks the CRC as well as the length.
+        let read = std::io::copy(&mut entry, &mut std::io::sink()).unwrap();
+        assert_eq!(read, SIZE);
+    }
+}

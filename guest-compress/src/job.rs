@@ -2,7 +2,7 @@
 //! any object is touched.
 
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Link lifetime when the job names none.
 pub const DEFAULT_EXPIRES_IN: u32 = 3600;
@@ -104,18 +104,25 @@ fn check_s3_uri(uri: &str) -> Result<(), String> {
 /// before the extension of a name already taken.
 pub fn entry_names(files: &[String]) -> Vec<String> {
     let mut taken = HashSet::new();
+    // The next suffix to try for each base name, so a job that lists one
+    // name many times stays linear.
+    let mut next_suffix: HashMap<String, usize> = HashMap::new();
     files
         .iter()
         .map(|uri| {
             let base = safe_name(uri.rsplit('/').next().unwrap_or_default());
-            let mut name = base.clone();
-            let mut n = 2;
-            while !taken.insert(name.clone()) {
-                let (stem, ext) = split_extension(&base);
-                name = format!("{stem} ({n}){ext}");
-                n += 1;
+            if taken.insert(base.clone()) {
+                return base;
             }
-            name
+            let (stem, ext) = split_extension(&base);
+            let n = next_suffix.entry(base.clone()).or_insert(2);
+            loop {
+                let name = format!("{stem} ({n}){ext}");
+                *n += 1;
+                if taken.insert(name.clone()) {
+                    return name;
+                }
+            }
         })
         .collect()
 }
@@ -274,6 +281,9 @@ mod tests {
             "s3://d/back\\slash",
             "s3://d/.profile",
             "s3://d/z/.profile",
+            "s3://d/b (2).txt",
+            "s3://d/b.txt",
+            "s3://d/q/b.txt",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -287,7 +297,10 @@ mod tests {
                 "file",
                 "back_slash",
                 ".profile",
-                ".profile (2)"
+                ".profile (2)",
+                "b (2).txt",
+                "b.txt",
+                "b (3).txt"
             ]
         );
     }

@@ -131,6 +131,20 @@ fn main() -> anyhow::Result<()> {
         peak = run.usage.peak_memory;
     });
 
+    // The host's share: the same bytes read through the blobs interface by a
+    // processor that does nothing else with them.
+    let read_through = best_of(rounds, || {
+        for uri in &uris {
+            let run = tokio.block_on(runtime.run(
+                &noop,
+                &services,
+                &message("read", &format!("open {uri}")),
+                LogSink::new("rogue".into(), "read".into(), false),
+            ));
+            assert!(matches!(run.outcome, Outcome::Done(_)), "{:?}", run.outcome);
+        }
+    });
+
     let native_store = NativeStore {
         root: env.blobs_root.clone(),
     };
@@ -179,6 +193,11 @@ fn main() -> anyhow::Result<()> {
         rate(native),
         native.as_secs_f64(),
         native.as_secs_f64() / guest.as_secs_f64()
+    );
+    println!(
+        "  reading the inputs only:  {:>7.1} MB/s  ({:.2} s, the host's read path alone)",
+        rate(read_through),
+        read_through.as_secs_f64()
     );
     match info_zip {
         Some(d) => println!(
