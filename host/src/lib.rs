@@ -14,5 +14,6 @@ pub mod blobs;
 pub mod cli;
 pub mod fixture;
 pub mod offline;
+pub mod queue;
 pub mod records;
 pub mod runtime;

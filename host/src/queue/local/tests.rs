@@ -1,0 +1,319 @@
+use super::*;
+use std::time::Instant;
+
+fn open() -> (tempfile::TempDir, LocalQueues) {
+    let dir = tempfile::tempdir().unwrap();
+    let queues = LocalQueues::open(dir.path()).unwrap();
+    (dir, queues)
+}
+
+fn text(body: &str) -> Outgoing {
+    Outgoing {
+        body: body.into(),
+        ..Outgoing::default()
+    }
+}
+
+fn grouped(body: &str, group: &str) -> Outgoing {
+    Outgoing {
+        body: body.into(),
+        group_id: Some(group.into()),
+        ..Outgoing::default()
+    }
+}
+
+const NOW: Duration = Duration::ZERO;
+const HIDE: Duration = Duration::from_secs(30);
+
+async fn queue(queues: &LocalQueues, name: &str) -> LocalQueue {
+    queues.create(name, QueueOptions::default()).await.unwrap();
+    queues.queue(name).await.unwrap()
+}
+
+fn bodies(messages: &[Received]) -> Vec<&str> {
+    messages.iter().map(|m| m.body.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_received_message_is_hidden_until_deleted_or_its_visibility_lapses() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "jobs").await;
+    let id = q
+        .send(Outgoing {
+            attributes: vec![("k".into(), "v".into())],
+            ..text("hello")
+        })
+        .await
+        .unwrap();
+    let got = q
+        .receive(10, NOW, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (
+            got[0].id.as_str(),
+            got[0].body.as_str(),
+            got[0].receive_count
+        ),
+        (id.as_str(), "hello", 1)
+    );
+    assert_eq!(got[0].attributes, vec![("k".to_string(), "v".to_string())]);
+    assert!(q.receive(10, NOW, HIDE).await.unwrap().is_empty());
+
+    // Visibility lapses: delivered again, counted, with a new receipt.
+    let again = q.receive(10, Duration::from_secs(2), HIDE).await.unwrap();
+    assert_eq!(again[0].receive_count, 2);
+    assert_ne!(again[0].receipt, got[0].receipt);
+    let stale = q
+        .delete_batch(std::slice::from_ref(&got[0].receipt))
+        .await
+        .unwrap();
+    assert_eq!(stale.len(), 1);
+    assert!(
+        q.delete_batch(&[again[0].receipt.clone()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight, stats.delayed), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_long_poll_wakes_as_soon_as_a_message_is_sent() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "jobs").await;
+    let receiver = q.clone();
+    let started = Instant::now();
+    let waiting =
+        tokio::spawn(async move { receiver.receive(1, Duration::from_secs(10), HIDE).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    q.send(text("wake up")).await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(bodies(&got), ["wake up"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_long_poll_wakes_for_a_send_from_another_process_on_the_directory() {
+    let (dir, queues) = open();
+    let q = queue(&queues, "jobs").await;
+    // A second, independent handle on the same directory, as another
+    // process has: its own connection and wake socket.
+    let other = LocalQueues::open(dir.path()).unwrap();
+    let sender = other.queue("jobs").await.unwrap();
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move { q.receive(1, Duration::from_secs(15), HIDE).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sender.send(text("from afar")).await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(bodies(&got), ["from afar"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_empty_long_poll_returns_after_its_wait() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "jobs").await;
+    let started = Instant::now();
+    assert!(
+        q.receive(10, Duration::from_millis(300), HIDE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_delayed_message_appears_after_its_delay() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "jobs").await;
+    q.send(Outgoing {
+        delay: Duration::from_millis(400),
+        ..text("later")
+    })
+    .await
+    .unwrap();
+    assert_eq!(q.stats().await.unwrap().delayed, 1);
+    assert!(q.receive(1, NOW, HIDE).await.unwrap().is_empty());
+    let started = Instant::now();
+    let got = q.receive(1, Duration::from_secs(5), HIDE).await.unwrap();
+    assert_eq!(bodies(&got), ["later"]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn heartbeats_extend_visibility_and_release_makes_it_visible_now() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "jobs").await;
+    q.send(text("long job")).await.unwrap();
+    let got = q.receive(1, NOW, Duration::from_millis(300)).await.unwrap();
+    let receipt = got[0].receipt.clone();
+    assert!(
+        q.change_visibility_batch(&[(receipt.clone(), HIDE)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        q.receive(1, NOW, HIDE).await.unwrap().is_empty(),
+        "the heartbeat did not extend the lease"
+    );
+    assert!(
+        q.change_visibility_batch(&[(receipt, NOW)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        bodies(&q.receive(1, NOW, HIDE).await.unwrap()),
+        ["long job"]
+    );
+}
+
+#[tokio::test]
+async fn after_max_receives_a_message_moves_to_the_dead_letter_queue_and_back() {
+    let (_dir, queues) = open();
+    let redrive = Redrive {
+        dlq: "jobs-dlq".into(),
+        max_receive_count: 2,
+    };
+    queues
+        .create(
+            "jobs",
+            QueueOptions {
+                redrive: Some(redrive.clone()),
+                ..QueueOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let q = queues.queue("jobs").await.unwrap();
+    assert_eq!(q.stats().await.unwrap().redrive, Some(redrive));
+    q.send(text("poison")).await.unwrap();
+    for _ in 0..2 {
+        let got = q.receive(1, NOW, HIDE).await.unwrap();
+        q.change_visibility_batch(&[(got[0].receipt.clone(), NOW)])
+            .await
+            .unwrap();
+    }
+    assert!(q.receive(1, NOW, HIDE).await.unwrap().is_empty());
+    let dead = queues.peek("jobs-dlq", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].body.as_str(), dead[0].receive_count),
+        ("poison", 2)
+    );
+    assert_eq!(dead[0].source_queue.as_deref(), Some("jobs"));
+
+    assert_eq!(queues.redrive("jobs-dlq", None).await.unwrap(), 1);
+    let back = q.receive(1, NOW, HIDE).await.unwrap();
+    assert_eq!(
+        (back[0].body.as_str(), back[0].receive_count),
+        ("poison", 1)
+    );
+}
+
+#[tokio::test]
+async fn fifo_groups_are_delivered_in_order_one_head_at_a_time() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "jobs.fifo").await;
+    for (body, group) in [
+        ("a1", "a"),
+        ("b1", "b"),
+        ("a2", "a"),
+        ("a3", "a"),
+        ("b2", "b"),
+    ] {
+        q.send(grouped(body, group)).await.unwrap();
+    }
+    // A batch may hold several messages of one group, in order.
+    let first = q.receive(2, NOW, HIDE).await.unwrap();
+    assert_eq!(bodies(&first), ["a1", "b1"]);
+    // Both groups are now locked while their heads are in flight.
+    assert!(q.receive(10, NOW, HIDE).await.unwrap().is_empty());
+    // a1 failed and was released: it comes back before a2.
+    q.change_visibility_batch(&[(first[0].receipt.clone(), NOW)])
+        .await
+        .unwrap();
+    let retry = q.receive(10, NOW, HIDE).await.unwrap();
+    assert_eq!(bodies(&retry), ["a1", "a2", "a3"]);
+    assert_eq!(retry[0].receive_count, 2);
+    q.delete_batch(&[first[1].receipt.clone()]).await.unwrap();
+    assert_eq!(bodies(&q.receive(10, NOW, HIDE).await.unwrap()), ["b2"]);
+}
+
+#[tokio::test]
+async fn fifo_duplicates_within_the_window_are_dropped() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "orders.fifo").await;
+    let first = q
+        .send(Outgoing {
+            dedup_id: Some("order-1".into()),
+            ..grouped("one", "g")
+        })
+        .await
+        .unwrap();
+    let again = q
+        .send(Outgoing {
+            dedup_id: Some("order-1".into()),
+            ..grouped("one, resent", "g")
+        })
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    // Without an id, the body's hash deduplicates.
+    let by_body = q.send(grouped("same", "g")).await.unwrap();
+    assert_eq!(q.send(grouped("same", "g")).await.unwrap(), by_body);
+    assert_eq!(q.stats().await.unwrap().visible, 2);
+}
+
+#[tokio::test]
+async fn queues_are_listed_purged_and_checked() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "b-jobs").await;
+    queue(&queues, "a-jobs").await;
+    assert_eq!(queues.list().await.unwrap(), ["a-jobs", "b-jobs"]);
+    for i in 0..3 {
+        q.send(text(&format!("m{i}"))).await.unwrap();
+    }
+    assert_eq!(queues.purge("b-jobs").await.unwrap(), 3);
+    assert!(matches!(
+        queues.queue("nope").await,
+        Err(QueueError::NoSuchQueue(_))
+    ));
+    assert!(matches!(
+        queues.queue("bad name").await,
+        Err(QueueError::Invalid(_))
+    ));
+    let mismatched = QueueOptions {
+        redrive: Some(Redrive {
+            dlq: "dead".into(),
+            max_receive_count: 3,
+        }),
+        ..QueueOptions::default()
+    };
+    assert!(matches!(
+        queues.create("x.fifo", mismatched).await,
+        Err(QueueError::Invalid(_))
+    ));
+    assert!(matches!(
+        q.receive(11, NOW, HIDE).await,
+        Err(QueueError::Invalid(_))
+    ));
+}

@@ -1,0 +1,286 @@
+//! Message queues behind one small trait with SQS's semantics: receive with
+//! long polling and a visibility timeout, delete and change visibility in
+//! batches by receipt, send with delay and FIFO groups, and a redrive policy
+//! that moves a message to its dead-letter queue after too many receives.
+
+pub mod local;
+
+pub use local::LocalQueues;
+
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// SQS's limits, kept by every backend.
+pub const MAX_BATCH: usize = 10;
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+pub const MAX_BODY: usize = 256 * 1024;
+pub const MAX_ATTRIBUTES: usize = 10;
+/// How long a FIFO deduplication id is remembered.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(300);
+
+/// A message as received: the fields a processor sees and the receipt that
+/// settles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub id: String,
+    /// Identifies this delivery; deleting or changing visibility needs it.
+    pub receipt: String,
+    pub body: String,
+    pub attributes: Vec<(String, String)>,
+    pub receive_count: u32,
+    pub sent_at_ms: u64,
+    pub group_id: Option<String>,
+    pub dedup_id: Option<String>,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outgoing {
+    pub body: String,
+    pub attributes: Vec<(String, String)>,
+    pub delay: Duration,
+    /// Required on FIFO queues, refused on standard ones.
+    pub group_id: Option<String>,
+    /// FIFO only; defaults to a hash of the body.
+    pub dedup_id: Option<String>,
+}
+
+/// Where a queue's dead letters go, and after how many receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redrive {
+    /// The dead-letter queue's name.
+    pub dlq: String,
+    pub max_receive_count: u32,
+}
+
+/// What a queue is and holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    pub name: String,
+    pub fifo: bool,
+    pub visibility_timeout: Duration,
+    pub redrive: Option<Redrive>,
+    /// Ready to be received.
+    pub visible: u64,
+    /// Received and not yet settled.
+    pub in_flight: u64,
+    /// Sent with a delay that has not passed.
+    pub delayed: u64,
+}
+
+/// One entry of a batch operation that failed, by its receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchFailure {
+    pub receipt: String,
+    pub reason: String,
+}
+
+/// Why a queue operation failed; the message names the queue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue `{0}` does not exist")]
+    NoSuchQueue(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One queue.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// The queue's name.
+    fn name(&self) -> &str;
+
+    /// Up to `max` messages (1–10), waiting up to `wait` for the first one to
+    /// arrive. Each is hidden from other receivers for `visibility`.
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Received>, QueueError>;
+
+    /// Deletes messages by receipt; returns the entries that failed.
+    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<BatchFailure>, QueueError>;
+
+    /// Sets when each message becomes visible again, counted from now;
+    /// returns the entries that failed.
+    async fn change_visibility_batch(
+        &self,
+        entries: &[(String, Duration)],
+    ) -> Result<Vec<BatchFailure>, QueueError>;
+
+    /// Sends a message; returns its id. On FIFO queues a duplicate within the
+    /// deduplication window returns the first message's id and adds nothing.
+    async fn send(&self, message: Outgoing) -> Result<String, QueueError>;
+
+    /// Counts and settings.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+}
+
+/// Checks a message before it is sent, as SQS would.
+pub fn check_outgoing(queue: &str, fifo: bool, message: &Outgoing) -> Result<(), QueueError> {
+    let invalid = |why: String| Err(QueueError::Invalid(format!("queue `{queue}`: {why}")));
+    if message.body.is_empty() {
+        return invalid("the message body is empty".into());
+    }
+    if message.body.len() > MAX_BODY {
+        return invalid(format!(
+            "the message body is {} bytes; the limit is {MAX_BODY}",
+            message.body.len()
+        ));
+    }
+    if message.attributes.len() > MAX_ATTRIBUTES {
+        return invalid(format!(
+            "at most {MAX_ATTRIBUTES} message attributes are allowed"
+        ));
+    }
+    if let Some((name, _)) = message
+        .attributes
+        .iter()
+        .find(|(name, _)| !valid_attribute_name(name))
+    {
+        return invalid(format!(
+            "attribute name `{name}` must be 1-256 letters, digits, `_`, `-` or `.`"
+        ));
+    }
+    if message.delay > MAX_DELAY {
+        return invalid(format!(
+            "a delay of {}s is over the 900s maximum",
+            message.delay.as_secs()
+        ));
+    }
+    match (fifo, &message.group_id) {
+        (true, None) => return invalid("FIFO queues need a message group id".into()),
+        (false, Some(_)) => return invalid("only FIFO queues take a message group id".into()),
+        (false, None) if message.dedup_id.is_some() => {
+            return invalid("only FIFO queues take a deduplication id".into());
+        }
+        (true, Some(group)) if group.is_empty() || group.len() > 128 => {
+            return invalid("message group ids are 1-128 characters".into());
+        }
+        _ => {}
+    }
+    if fifo && !message.delay.is_zero() {
+        return invalid("FIFO queues do not take a per-message delay".into());
+    }
+    Ok(())
+}
+
+fn valid_attribute_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Queue names: 1–80 letters, digits, `-` and `_`, plus `.fifo` at the end
+/// of a FIFO queue's name (SQS's rule).
+pub fn check_name(name: &str) -> Result<bool, QueueError> {
+    let (stem, fifo) = match name.strip_suffix(".fifo") {
+        Some(stem) => (stem, true),
+        None => (name, false),
+    };
+    let ok = !stem.is_empty()
+        && name.len() <= 80
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(fifo)
+    } else {
+        Err(QueueError::Invalid(format!(
+            "`{name}` is not a valid queue name (1-80 letters, digits, `-` or `_`, ending `.fifo` for FIFO queues)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_sqs_rules() {
+        assert_eq!(check_name("jobs"), Ok(false));
+        assert_eq!(check_name("jobs-dlq_2.fifo"), Ok(true));
+        for bad in [
+            "",
+            ".fifo",
+            "a b",
+            "x".repeat(81).as_str(),
+            "jobs.fifo.fifo",
+            "../x",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn outgoing_messages_are_checked() {
+        let ok = Outgoing {
+            body: "x".into(),
+            ..Outgoing::default()
+        };
+        assert!(check_outgoing("q", false, &ok).is_ok());
+        let cases = [
+            (
+                false,
+                Outgoing {
+                    body: String::new(),
+                    ..ok.clone()
+                },
+                "body is empty",
+            ),
+            (
+                false,
+                Outgoing {
+                    body: "x".repeat(MAX_BODY + 1),
+                    ..ok.clone()
+                },
+                "limit is",
+            ),
+            (
+                false,
+                Outgoing {
+                    delay: Duration::from_secs(901),
+                    ..ok.clone()
+                },
+                "900s maximum",
+            ),
+            (true, ok.clone(), "need a message group id"),
+            (
+                false,
+                Outgoing {
+                    group_id: Some("g".into()),
+                    ..ok.clone()
+                },
+                "only FIFO queues take a message group",
+            ),
+            (
+                true,
+                Outgoing {
+                    group_id: Some("g".into()),
+                    delay: Duration::from_secs(1),
+                    ..ok.clone()
+                },
+                "per-message delay",
+            ),
+            (
+                false,
+                Outgoing {
+                    attributes: vec![("bad name".into(), "v".into())],
+                    ..ok.clone()
+                },
+                "attribute name",
+            ),
+        ];
+        for (fifo, message, expected) in cases {
+            let err = check_outgoing("q", fifo, &message).unwrap_err().to_string();
+            assert!(err.contains(expected) && err.contains("queue `q`"), "{err}");
+        }
+    }
+}
