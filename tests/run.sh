@@ -10,6 +10,13 @@ rustup target add wasm32-wasip2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --manifest-path guest-compress/Cargo.toml --all-targets -- -D warnings
-cargo test --workspace
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 # The default processor's own unit tests run natively, in its own workspace.
-cargo test --manifest-path guest-compress/Cargo.toml
+cargo test --manifest-path guest-compress/Cargo.toml 2>&1 | tee "$log"
+cargo test --workspace 2>&1 | tee -a "$log"
+
+# One closing line for every test binary above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"

@@ -6,14 +6,19 @@
 //! - [`records`]: small durable key/value records; SQLite.
 //! - [`runtime`]: the wasmtime engine, plugins, limits, and the host side of
 //!   each WIT interface.
+//! - [`queue`]: message queues behind one trait; the embedded SQLite queue.
+//! - [`dispatch`]: poll → run → settle, per binding; metrics.
 //! - [`fixture`]: fixture messages, in wasq's form and the Lambda SQS event form.
 //! - [`offline`]: `wasq test`, running a processor on fixtures.
+//! - [`serve`]: the HTTP server: health, metrics, signed downloads.
 //! - [`cli`]: the command line; the only module that knows clap.
 
 pub mod blobs;
 pub mod cli;
+pub mod dispatch;
 pub mod fixture;
 pub mod offline;
 pub mod queue;
 pub mod records;
 pub mod runtime;
+pub mod serve;

@@ -6,7 +6,7 @@
 
 use super::{
     BatchFailure, DEDUP_WINDOW, MAX_BATCH, MAX_VISIBILITY, MAX_WAIT, Outgoing, Queue, QueueError,
-    QueueStats, Received, Redrive, check_name, check_outgoing,
+    QueueStats, Received, Redrive, SOURCE_ATTRIBUTE, check_name, check_outgoing,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queues (
@@ -260,6 +261,8 @@ impl LocalQueues {
 
     /// Moves every message of dead-letter queue `dlq` back to the queue it
     /// came from (or to `to`), as new deliveries; returns how many moved.
+    /// A message's source is where the queue's redrive put it from, or the
+    /// `wasq-source-queue` attribute the dispatcher adds.
     pub async fn redrive(&self, dlq: &str, to: Option<&str>) -> Result<u64, QueueError> {
         let dlq = self.queue(dlq).await?;
         let to = match to {
@@ -269,38 +272,46 @@ impl LocalQueues {
         let moved = self
             .with_db(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+                let rows: Vec<(i64, Option<String>, String)> = {
+                    let mut stmt = tx
+                        .prepare("SELECT seq, source_queue, attributes FROM messages WHERE queue = ?1 ORDER BY seq")
+                        .map_err(db_err)?;
+                    stmt.query_map([&dlq.name], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                        .map_err(db_err)?
+                        .collect::<Result<_, _>>()
+                        .map_err(db_err)?
+                };
                 let now = now_ms();
-                let updated = match &to {
-                    Some(to) => tx.execute(
-                        "UPDATE messages SET queue = ?2, receive_count = 0, receipt = NULL, visible_ms = ?3, source_queue = NULL
-                         WHERE queue = ?1",
-                        params![dlq.name, to, now],
-                    ),
-                    None => {
-                        let orphans: i64 = tx
-                            .query_row(
-                                "SELECT COUNT(*) FROM messages WHERE queue = ?1 AND (source_queue IS NULL
-                                 OR source_queue NOT IN (SELECT name FROM queues))",
-                                [&dlq.name],
-                                |row| row.get(0),
-                            )
-                            .map_err(db_err)?;
-                        if orphans > 0 {
-                            return Err(QueueError::Invalid(format!(
-                                "{orphans} messages in `{}` have no source queue to return to: name one",
-                                dlq.name
-                            )));
-                        }
-                        tx.execute(
-                            "UPDATE messages SET queue = source_queue, receive_count = 0, receipt = NULL, visible_ms = ?2, source_queue = NULL
-                             WHERE queue = ?1",
-                            params![dlq.name, now],
-                        )
+                let mut moved = 0;
+                for (seq, source, attributes) in rows {
+                    let source = source.or_else(|| {
+                        decode_attributes(&attributes)
+                            .into_iter()
+                            .find(|(name, _)| name == SOURCE_ATTRIBUTE)
+                            .map(|(_, value)| value)
+                    });
+                    let Some(target) = to.clone().or(source) else {
+                        return Err(QueueError::Invalid(format!(
+                            "a message in `{}` names no source queue to return to: give one",
+                            dlq.name
+                        )));
+                    };
+                    let exists: bool = tx
+                        .query_row("SELECT EXISTS (SELECT 1 FROM queues WHERE name = ?1)", [&target], |row| row.get(0))
+                        .map_err(db_err)?;
+                    if !exists {
+                        return Err(QueueError::NoSuchQueue(target));
                     }
+                    tx.execute(
+                        "UPDATE messages SET queue = ?2, receive_count = 0, receipt = NULL, visible_ms = ?3, source_queue = NULL
+                         WHERE seq = ?1",
+                        params![seq, target, now],
+                    )
+                    .map_err(db_err)?;
+                    moved += 1;
                 }
-                .map_err(db_err)?;
                 tx.commit().map_err(db_err)?;
-                Ok(updated as u64)
+                Ok(moved)
             })
             .await?;
         self.wake.all();
@@ -503,6 +514,7 @@ impl Queue for LocalQueue {
         max: usize,
         wait: Duration,
         visibility: Duration,
+        cancel: &CancellationToken,
     ) -> Result<Vec<Received>, QueueError> {
         if !(1..=MAX_BATCH).contains(&max) {
             return Err(QueueError::Invalid(format!(
@@ -537,7 +549,7 @@ impl Queue for LocalQueue {
                 return Ok(attempt.messages);
             }
             let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if now >= deadline || cancel.is_cancelled() {
                 return Ok(Vec::new());
             }
             let mut until = deadline;
@@ -545,9 +557,12 @@ impl Queue for LocalQueue {
                 let in_ms = (next - now_ms()).max(0) as u64;
                 until = until.min(now + Duration::from_millis(in_ms));
             }
+            // Only the wait is cut short by `cancel`: a transaction that took
+            // messages always runs to its end and hands them back.
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(until) => {}
+                _ = cancel.cancelled() => return Ok(Vec::new()),
             }
         }
     }

@@ -9,6 +9,7 @@ pub use local::LocalQueues;
 
 use async_trait::async_trait;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// SQS's limits, kept by every backend.
 pub const MAX_BATCH: usize = 10;
@@ -17,6 +18,8 @@ pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
 pub const MAX_BODY: usize = 256 * 1024;
 pub const MAX_ATTRIBUTES: usize = 10;
+/// The attribute that names the queue a dead letter came from.
+pub const SOURCE_ATTRIBUTE: &str = "wasq-source-queue";
 /// How long a FIFO deduplication id is remembered.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(300);
 
@@ -95,12 +98,15 @@ pub trait Queue: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Up to `max` messages (1–10), waiting up to `wait` for the first one to
-    /// arrive. Each is hidden from other receivers for `visibility`.
+    /// arrive, or until `cancel` fires. Each is hidden from other receivers
+    /// for `visibility`. Messages taken are always returned, even when
+    /// cancelled, so that the caller can settle or release them.
     async fn receive(
         &self,
         max: usize,
         wait: Duration,
         visibility: Duration,
+        cancel: &CancellationToken,
     ) -> Result<Vec<Received>, QueueError>;
 
     /// Deletes messages by receipt; returns the entries that failed.

@@ -46,7 +46,12 @@ async fn a_received_message_is_hidden_until_deleted_or_its_visibility_lapses() {
         .await
         .unwrap();
     let got = q
-        .receive(10, NOW, Duration::from_millis(300))
+        .receive(
+            10,
+            NOW,
+            Duration::from_millis(300),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(got.len(), 1);
@@ -59,10 +64,18 @@ async fn a_received_message_is_hidden_until_deleted_or_its_visibility_lapses() {
         (id.as_str(), "hello", 1)
     );
     assert_eq!(got[0].attributes, vec![("k".to_string(), "v".to_string())]);
-    assert!(q.receive(10, NOW, HIDE).await.unwrap().is_empty());
+    assert!(
+        q.receive(10, NOW, HIDE, &CancellationToken::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Visibility lapses: delivered again, counted, with a new receipt.
-    let again = q.receive(10, Duration::from_secs(2), HIDE).await.unwrap();
+    let again = q
+        .receive(10, Duration::from_secs(2), HIDE, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(again[0].receive_count, 2);
     assert_ne!(again[0].receipt, got[0].receipt);
     let stale = q
@@ -86,8 +99,11 @@ async fn a_long_poll_wakes_as_soon_as_a_message_is_sent() {
     let q = queue(&queues, "jobs").await;
     let receiver = q.clone();
     let started = Instant::now();
-    let waiting =
-        tokio::spawn(async move { receiver.receive(1, Duration::from_secs(10), HIDE).await });
+    let waiting = tokio::spawn(async move {
+        receiver
+            .receive(1, Duration::from_secs(10), HIDE, &CancellationToken::new())
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(100)).await;
     q.send(text("wake up")).await.unwrap();
     let got = waiting.await.unwrap().unwrap();
@@ -108,7 +124,10 @@ async fn a_long_poll_wakes_for_a_send_from_another_process_on_the_directory() {
     let other = LocalQueues::open(dir.path()).unwrap();
     let sender = other.queue("jobs").await.unwrap();
     let started = Instant::now();
-    let waiting = tokio::spawn(async move { q.receive(1, Duration::from_secs(15), HIDE).await });
+    let waiting = tokio::spawn(async move {
+        q.receive(1, Duration::from_secs(15), HIDE, &CancellationToken::new())
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     sender.send(text("from afar")).await.unwrap();
     let got = waiting.await.unwrap().unwrap();
@@ -126,10 +145,15 @@ async fn an_empty_long_poll_returns_after_its_wait() {
     let q = queue(&queues, "jobs").await;
     let started = Instant::now();
     assert!(
-        q.receive(10, Duration::from_millis(300), HIDE)
-            .await
-            .unwrap()
-            .is_empty()
+        q.receive(
+            10,
+            Duration::from_millis(300),
+            HIDE,
+            &CancellationToken::new()
+        )
+        .await
+        .unwrap()
+        .is_empty()
     );
     let took = started.elapsed();
     assert!(
@@ -149,9 +173,17 @@ async fn a_delayed_message_appears_after_its_delay() {
     .await
     .unwrap();
     assert_eq!(q.stats().await.unwrap().delayed, 1);
-    assert!(q.receive(1, NOW, HIDE).await.unwrap().is_empty());
+    assert!(
+        q.receive(1, NOW, HIDE, &CancellationToken::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let started = Instant::now();
-    let got = q.receive(1, Duration::from_secs(5), HIDE).await.unwrap();
+    let got = q
+        .receive(1, Duration::from_secs(5), HIDE, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(bodies(&got), ["later"]);
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -161,7 +193,15 @@ async fn heartbeats_extend_visibility_and_release_makes_it_visible_now() {
     let (_dir, queues) = open();
     let q = queue(&queues, "jobs").await;
     q.send(text("long job")).await.unwrap();
-    let got = q.receive(1, NOW, Duration::from_millis(300)).await.unwrap();
+    let got = q
+        .receive(
+            1,
+            NOW,
+            Duration::from_millis(300),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
     let receipt = got[0].receipt.clone();
     assert!(
         q.change_visibility_batch(&[(receipt.clone(), HIDE)])
@@ -171,7 +211,10 @@ async fn heartbeats_extend_visibility_and_release_makes_it_visible_now() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        q.receive(1, NOW, HIDE).await.unwrap().is_empty(),
+        q.receive(1, NOW, HIDE, &CancellationToken::new())
+            .await
+            .unwrap()
+            .is_empty(),
         "the heartbeat did not extend the lease"
     );
     assert!(
@@ -181,7 +224,11 @@ async fn heartbeats_extend_visibility_and_release_makes_it_visible_now() {
             .is_empty()
     );
     assert_eq!(
-        bodies(&q.receive(1, NOW, HIDE).await.unwrap()),
+        bodies(
+            &q.receive(1, NOW, HIDE, &CancellationToken::new())
+                .await
+                .unwrap()
+        ),
         ["long job"]
     );
 }
@@ -207,12 +254,20 @@ async fn after_max_receives_a_message_moves_to_the_dead_letter_queue_and_back() 
     assert_eq!(q.stats().await.unwrap().redrive, Some(redrive));
     q.send(text("poison")).await.unwrap();
     for _ in 0..2 {
-        let got = q.receive(1, NOW, HIDE).await.unwrap();
+        let got = q
+            .receive(1, NOW, HIDE, &CancellationToken::new())
+            .await
+            .unwrap();
         q.change_visibility_batch(&[(got[0].receipt.clone(), NOW)])
             .await
             .unwrap();
     }
-    assert!(q.receive(1, NOW, HIDE).await.unwrap().is_empty());
+    assert!(
+        q.receive(1, NOW, HIDE, &CancellationToken::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let dead = queues.peek("jobs-dlq", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
@@ -222,7 +277,10 @@ async fn after_max_receives_a_message_moves_to_the_dead_letter_queue_and_back() 
     assert_eq!(dead[0].source_queue.as_deref(), Some("jobs"));
 
     assert_eq!(queues.redrive("jobs-dlq", None).await.unwrap(), 1);
-    let back = q.receive(1, NOW, HIDE).await.unwrap();
+    let back = q
+        .receive(1, NOW, HIDE, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(
         (back[0].body.as_str(), back[0].receive_count),
         ("poison", 1)
@@ -243,19 +301,37 @@ async fn fifo_groups_are_delivered_in_order_one_head_at_a_time() {
         q.send(grouped(body, group)).await.unwrap();
     }
     // A batch may hold several messages of one group, in order.
-    let first = q.receive(2, NOW, HIDE).await.unwrap();
+    let first = q
+        .receive(2, NOW, HIDE, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(bodies(&first), ["a1", "b1"]);
     // Both groups are now locked while their heads are in flight.
-    assert!(q.receive(10, NOW, HIDE).await.unwrap().is_empty());
+    assert!(
+        q.receive(10, NOW, HIDE, &CancellationToken::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // a1 failed and was released: it comes back before a2.
     q.change_visibility_batch(&[(first[0].receipt.clone(), NOW)])
         .await
         .unwrap();
-    let retry = q.receive(10, NOW, HIDE).await.unwrap();
+    let retry = q
+        .receive(10, NOW, HIDE, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(bodies(&retry), ["a1", "a2", "a3"]);
     assert_eq!(retry[0].receive_count, 2);
     q.delete_batch(&[first[1].receipt.clone()]).await.unwrap();
-    assert_eq!(bodies(&q.receive(10, NOW, HIDE).await.unwrap()), ["b2"]);
+    assert_eq!(
+        bodies(
+            &q.receive(10, NOW, HIDE, &CancellationToken::new())
+                .await
+                .unwrap()
+        ),
+        ["b2"]
+    );
 }
 
 #[tokio::test]
@@ -313,7 +389,31 @@ async fn queues_are_listed_purged_and_checked() {
         Err(QueueError::Invalid(_))
     ));
     assert!(matches!(
-        q.receive(11, NOW, HIDE).await,
+        q.receive(11, NOW, HIDE, &CancellationToken::new()).await,
         Err(QueueError::Invalid(_))
     ));
+}
+
+#[tokio::test]
+async fn a_cancelled_long_poll_returns_at_once() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "jobs").await;
+    let cancel = CancellationToken::new();
+    let stopper = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stopper.cancel();
+    });
+    let started = Instant::now();
+    assert!(
+        q.receive(10, Duration::from_secs(20), HIDE, &cancel)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }

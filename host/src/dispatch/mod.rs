@@ -1,0 +1,619 @@
+//! Poll → run → settle. Each binding ties a queue to a processor: pollers
+//! long-poll for batches while permits are free, every message runs in a
+//! fresh instance, and each ends in exactly one of delete, retry with
+//! backoff, or dead-letter. Nothing here ends the loop but shutdown.
+
+pub mod backoff;
+pub mod metrics;
+
+pub use backoff::Backoff;
+pub use metrics::{BindingMetrics, Metrics};
+
+use crate::queue::{MAX_ATTRIBUTES, Outgoing, Queue, Received, SOURCE_ATTRIBUTE};
+use crate::runtime::{LogSink, Message, Outcome, Plugin, Runtime, Services};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+/// The table where results of `done` are recorded, under `QUEUE/MESSAGE_ID`.
+pub const RESULTS_TABLE: &str = "results";
+/// Attributes a dead letter carries.
+pub const REASON_ATTRIBUTE: &str = "wasq-reason";
+pub const PLUGIN_ATTRIBUTE: &str = "wasq-plugin";
+pub const RECEIVE_COUNT_ATTRIBUTE: &str = "wasq-receive-count";
+/// Longest reason kept on a dead letter.
+const MAX_REASON: usize = 1024;
+/// How long deletes wait to be batched.
+const DELETE_LINGER: Duration = Duration::from_millis(20);
+
+/// How one binding behaves; validated by the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingConfig {
+    /// The name in logs and metrics.
+    pub name: String,
+    /// Messages per receive, 1–10.
+    pub batch_size: usize,
+    /// How long to gather a fuller batch after the first message.
+    pub batching_window: Duration,
+    /// Messages in flight at most.
+    pub max_concurrency: usize,
+    /// How long a received message stays hidden; heartbeats renew it.
+    pub visibility_timeout: Duration,
+    /// Long-poll wait per receive.
+    pub wait: Duration,
+    pub backoff: Backoff,
+    /// Receives after which a failing message is dead-lettered.
+    pub max_receive_count: u32,
+}
+
+impl Default for BindingConfig {
+    fn default() -> Self {
+        BindingConfig {
+            name: "default".into(),
+            batch_size: 10,
+            batching_window: Duration::ZERO,
+            max_concurrency: 8,
+            visibility_timeout: Duration::from_secs(180),
+            wait: Duration::from_secs(20),
+            backoff: Backoff::default(),
+            max_receive_count: 5,
+        }
+    }
+}
+
+/// A queue bound to a processor.
+pub struct Binding {
+    pub config: BindingConfig,
+    pub queue: Arc<dyn Queue>,
+    /// Where rejected and exhausted messages go; `None` only when the user
+    /// opted in to dropping them.
+    pub dlq: Option<Arc<dyn Queue>>,
+    pub plugin: Arc<Plugin>,
+}
+
+/// Runs bindings until shutdown.
+pub struct Dispatcher {
+    pub runtime: Arc<Runtime>,
+    pub services: Services,
+    pub metrics: Arc<Metrics>,
+    /// How long in-flight messages may take to finish after shutdown.
+    pub grace: Duration,
+}
+
+/// Whether every binding has polled at least once.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    pending: Arc<AtomicUsize>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+}
+
+impl Dispatcher {
+    /// Runs `bindings` until `shutdown` resolves; then stops receiving, lets
+    /// in-flight messages finish within the grace period, and releases the
+    /// rest (visibility 0). Returns when everything is settled or released.
+    pub async fn run(
+        &self,
+        bindings: Vec<Binding>,
+        readiness: Readiness,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        readiness.pending.store(bindings.len(), Ordering::Release);
+        for binding in bindings {
+            let (deletes, delete_rx) = mpsc::channel(1024);
+            let state = Arc::new(BindingState {
+                metrics: self.metrics.binding(&binding.config.name),
+                permits: Arc::new(Semaphore::new(binding.config.max_concurrency)),
+                max_pollers: binding
+                    .config
+                    .max_concurrency
+                    .div_ceil(binding.config.batch_size)
+                    .max(1),
+                pollers: AtomicUsize::new(1),
+                polled: AtomicBool::new(false),
+                readiness: readiness.clone(),
+                binding,
+                runtime: self.runtime.clone(),
+                services: self.services.clone(),
+                deletes,
+                stop: stop.clone(),
+                abort: abort.clone(),
+                tracker: tracker.clone(),
+            });
+            tracker.spawn(delete_loop(state.binding.queue.clone(), delete_rx));
+            tracker.spawn(state.clone().depth_loop());
+            state.spawn_poller();
+        }
+        shutdown.await;
+        info!("shutting down: no more receives; waiting for messages in flight");
+        stop.cancel();
+        tracker.close();
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(grace = ?self.grace, "grace period over: releasing unfinished messages");
+            abort.cancel();
+            tracker.wait().await;
+        }
+        info!("all messages settled or released");
+    }
+}
+
+struct BindingState {
+    binding: Binding,
+    runtime: Arc<Runtime>,
+    services: Services,
+    metrics: BindingMetrics,
+    permits: Arc<Semaphore>,
+    max_pollers: usize,
+    pollers: AtomicUsize,
+    polled: AtomicBool,
+    readiness: Readiness,
+    /// Receipts of finished messages, for batched deletion.
+    deletes: mpsc::Sender<String>,
+    /// Stops receiving.
+    stop: CancellationToken,
+    /// Abandons messages still running after the grace period.
+    abort: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl BindingState {
+    fn config(&self) -> &BindingConfig {
+        &self.binding.config
+    }
+
+    /// One poller: take permits for a batch, receive, hand each message (or
+    /// FIFO group) to a task. Pollers are added while batches come back full
+    /// and retire while they come back empty.
+    async fn poll(self: Arc<Self>) {
+        let batch_size = self.config().batch_size;
+        loop {
+            let permits = tokio::select! {
+                permits = self.permits.clone().acquire_many_owned(batch_size as u32) => match permits {
+                    Ok(permits) => permits,
+                    Err(_) => break,
+                },
+                _ = self.stop.cancelled() => break,
+            };
+            let batch = self.receive_batch().await;
+            if !self.polled.swap(true, Ordering::AcqRel) {
+                self.readiness.pending.fetch_sub(1, Ordering::AcqRel);
+            }
+            let received = batch.len();
+            self.metrics.received.inc_by(received as u64);
+            let mut permits = permits;
+            for group in group_batch(batch, self.binding.queue_is_fifo()) {
+                let Some(share) = permits.split(group.len()) else {
+                    break;
+                };
+                let state = self.clone();
+                self.tracker.spawn(async move {
+                    state.process_group(group).await;
+                    drop(share);
+                });
+            }
+            drop(permits);
+            if self.stop.is_cancelled() {
+                break;
+            }
+            // Scale: a full batch means more is waiting; an empty one means
+            // this poller is not needed.
+            let pollers = self.pollers.load(Ordering::Acquire);
+            if received == batch_size && pollers < self.max_pollers {
+                if self
+                    .pollers
+                    .compare_exchange(pollers, pollers + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    debug!(binding = %self.config().name, pollers = pollers + 1, "adding a poller");
+                    self.clone().spawn_poller();
+                }
+            } else if received == 0
+                && pollers > 1
+                && self
+                    .pollers
+                    .compare_exchange(pollers, pollers - 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                debug!(binding = %self.config().name, pollers = pollers - 1, "retiring a poller");
+                return;
+            }
+        }
+        self.pollers.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn spawn_poller(self: Arc<Self>) {
+        let tracker = self.tracker.clone();
+        // Boxed as `dyn Send` so that a poller can start another.
+        let poller: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(self.poll());
+        tracker.spawn(poller);
+    }
+
+    /// One batch: a long poll, then, within the batching window, more
+    /// receives to fill it.
+    async fn receive_batch(&self) -> Vec<Received> {
+        let config = self.config();
+        let mut batch = Vec::new();
+        let mut window_ends: Option<Instant> = None;
+        while batch.len() < config.batch_size {
+            let wait = match window_ends {
+                None => config.wait,
+                Some(ends) => ends.saturating_duration_since(Instant::now()),
+            };
+            if window_ends.is_some() && wait.is_zero() {
+                break;
+            }
+            let want = config.batch_size - batch.len();
+            match self
+                .binding
+                .queue
+                .receive(want, wait, config.visibility_timeout, &self.stop)
+                .await
+            {
+                Ok(messages) if messages.is_empty() => break,
+                Ok(messages) => batch.extend(messages),
+                Err(err) => {
+                    // A queue outage is logged and waited out; the loop goes on.
+                    warn!(binding = %config.name, queue = self.binding.queue.name(), error = %err, "receive failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = self.stop.cancelled() => {}
+                    }
+                    break;
+                }
+            }
+            if config.batching_window.is_zero() {
+                break;
+            }
+            window_ends.get_or_insert_with(|| Instant::now() + config.batching_window);
+        }
+        batch
+    }
+
+    /// Runs a FIFO group's messages in order (a standard queue's "group" is
+    /// one message). After a message that does not finish `done`, the rest
+    /// are released unprocessed so that order holds.
+    async fn process_group(self: &Arc<Self>, group: Vec<Received>) {
+        let mut rest: VecDeque<Received> = group.into();
+        while let Some(message) = rest.pop_front() {
+            let succeeded = self.process(message).await;
+            if (!succeeded || self.abort.is_cancelled()) && !rest.is_empty() {
+                let release: Vec<_> = rest
+                    .drain(..)
+                    .map(|m| (m.receipt, Duration::ZERO))
+                    .collect();
+                self.change_visibility(&release).await;
+            }
+        }
+    }
+
+    /// Runs one message and settles it. Returns whether it finished `done`.
+    async fn process(self: &Arc<Self>, received: Received) -> bool {
+        let span = info_span!(
+            "message",
+            message_id = %received.id,
+            queue = self.binding.queue.name(),
+            plugin = %self.binding.plugin.name(),
+            receive_count = received.receive_count,
+        );
+        async {
+            self.metrics.in_flight.inc();
+            let message = Message {
+                id: received.id.clone(),
+                body: received.body.clone(),
+                attributes: received.attributes.clone(),
+                receive_count: received.receive_count,
+                sent_at_ms: received.sent_at_ms,
+                group_id: received.group_id.clone(),
+                queue: self.binding.queue.name().to_string(),
+            };
+            let log = LogSink::new(self.binding.plugin.name().clone(), received.id.as_str().into(), false);
+            let heartbeat = self.heartbeat(received.receipt.clone());
+            let run = tokio::select! {
+                run = self.runtime.run(&self.binding.plugin, &self.services, &message, log) => Some(run),
+                _ = self.abort.cancelled() => None,
+            };
+            heartbeat.cancel();
+            self.metrics.in_flight.dec();
+            let Some(run) = run else {
+                info!("released unfinished at shutdown");
+                self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)]).await;
+                return false;
+            };
+            self.metrics.handle_seconds.observe(run.elapsed.as_secs_f64());
+            if let Some(fault) = &run.fault {
+                warn!(%fault, "processor failed");
+            }
+            self.settle(&received, run.outcome).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Keeps a running message's lease: every third of the visibility
+    /// timeout, the timeout is renewed in full.
+    fn heartbeat(self: &Arc<Self>, receipt: String) -> CancellationToken {
+        let done = CancellationToken::new();
+        let token = done.clone();
+        let state = self.clone();
+        let every = (self.config().visibility_timeout / 3).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        let renew = [(receipt.clone(), state.config().visibility_timeout)];
+                        match state.binding.queue.change_visibility_batch(&renew).await {
+                            Ok(failures) if failures.is_empty() => debug!("visibility renewed"),
+                            Ok(failures) => warn!(reason = %failures[0].reason, "could not renew visibility"),
+                            Err(err) => warn!(error = %err, "could not renew visibility"),
+                        }
+                    }
+                    _ = token.cancelled() => break,
+                }
+            }
+        });
+        done
+    }
+
+    /// Ends a message in exactly one of: delete, retry with backoff,
+    /// dead-letter.
+    async fn settle(&self, received: &Received, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Done(result) => {
+                if let Some(result) = result {
+                    let key = format!("{}/{}", self.binding.queue.name(), received.id);
+                    if let Err(err) = self
+                        .services
+                        .records
+                        .put(RESULTS_TABLE, &key, &result)
+                        .await
+                    {
+                        warn!(error = %err, "could not record the result; deleting the message anyway");
+                    }
+                }
+                info!("done");
+                self.metrics.done.inc();
+                self.delete(received.receipt.clone()).await;
+                true
+            }
+            Outcome::Retry { reason, delay } => {
+                let config = self.config();
+                if received.receive_count >= config.max_receive_count {
+                    let reason = format!(
+                        "gave up after {} receives; last: {reason}",
+                        received.receive_count
+                    );
+                    self.dead_letter(received, &reason).await;
+                } else {
+                    let delay =
+                        delay.unwrap_or_else(|| config.backoff.delay(received.receive_count));
+                    info!(%reason, delay_secs = delay.as_secs_f64(), "retry");
+                    self.metrics.retried.inc();
+                    self.change_visibility(&[(received.receipt.clone(), delay)])
+                        .await;
+                }
+                false
+            }
+            Outcome::Reject(reason) => {
+                self.metrics.rejected.inc();
+                self.dead_letter(received, &reason).await;
+                false
+            }
+        }
+    }
+
+    /// Sends a message to the dead-letter queue with its reason, then
+    /// deletes it. If the send fails, the message stays (it will be
+    /// received again): nothing is lost.
+    async fn dead_letter(&self, received: &Received, reason: &str) {
+        let reason: String = reason.chars().take(MAX_REASON).collect();
+        let Some(dlq) = &self.binding.dlq else {
+            error!(%reason, "no dead-letter queue (opted out): dropping the message");
+            self.metrics.dead_lettered.inc();
+            self.delete(received.receipt.clone()).await;
+            return;
+        };
+        let mut attributes = vec![
+            (REASON_ATTRIBUTE.to_string(), reason.clone()),
+            (
+                PLUGIN_ATTRIBUTE.to_string(),
+                self.binding.plugin.name().to_string(),
+            ),
+            (
+                RECEIVE_COUNT_ATTRIBUTE.to_string(),
+                received.receive_count.to_string(),
+            ),
+            (
+                SOURCE_ATTRIBUTE.to_string(),
+                self.binding.queue.name().to_string(),
+            ),
+        ];
+        let room = MAX_ATTRIBUTES - attributes.len();
+        let original: Vec<_> = received
+            .attributes
+            .iter()
+            .filter(|(name, _)| !name.starts_with("wasq-"))
+            .cloned()
+            .collect();
+        if original.len() > room {
+            warn!(
+                kept = room,
+                dropped = original.len() - room,
+                "dead letter keeps only the first attributes"
+            );
+        }
+        attributes.extend(original.into_iter().take(room));
+        let letter = Outgoing {
+            body: received.body.clone(),
+            attributes,
+            delay: Duration::ZERO,
+            group_id: received.group_id.clone(),
+            dedup_id: received.group_id.as_ref().map(|_| received.id.clone()),
+        };
+        match dlq.send(letter).await {
+            Ok(_) => {
+                warn!(%reason, dlq = dlq.name(), "dead-lettered");
+                self.metrics.dead_lettered.inc();
+                self.delete(received.receipt.clone()).await;
+            }
+            Err(err) => {
+                error!(error = %err, "could not send to the dead-letter queue; the message will be received again");
+                let delay = self.config().backoff.delay(received.receive_count);
+                self.change_visibility(&[(received.receipt.clone(), delay)])
+                    .await;
+            }
+        }
+    }
+
+    async fn delete(&self, receipt: String) {
+        if self.deletes.send(receipt).await.is_err() {
+            error!("the delete batcher is gone; the message will be received again");
+        }
+    }
+
+    async fn change_visibility(&self, entries: &[(String, Duration)]) {
+        match self.binding.queue.change_visibility_batch(entries).await {
+            Ok(failures) => {
+                for failure in failures {
+                    warn!(reason = %failure.reason, "could not change visibility");
+                }
+            }
+            Err(err) => {
+                warn!(error = %err, "could not change visibility; the lease will lapse on its own")
+            }
+        }
+    }
+
+    /// Refreshes the queue and DLQ depth gauges until shutdown.
+    async fn depth_loop(self: Arc<Self>) {
+        loop {
+            if let Ok(stats) = self.binding.queue.stats().await {
+                self.metrics
+                    .queue_depth
+                    .set((stats.visible + stats.delayed) as i64);
+            }
+            if let Some(dlq) = &self.binding.dlq
+                && let Ok(stats) = dlq.stats().await
+            {
+                self.metrics
+                    .dlq_depth
+                    .set((stats.visible + stats.in_flight + stats.delayed) as i64);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = self.stop.cancelled() => break,
+            }
+        }
+    }
+}
+
+impl Binding {
+    fn queue_is_fifo(&self) -> bool {
+        self.queue.name().ends_with(".fifo")
+    }
+}
+
+/// Splits a batch into the units that run concurrently: each message on its
+/// own, or on FIFO queues each message group, in order.
+fn group_batch(batch: Vec<Received>, fifo: bool) -> Vec<Vec<Received>> {
+    if !fifo {
+        return batch.into_iter().map(|m| vec![m]).collect();
+    }
+    let mut groups: Vec<Vec<Received>> = Vec::new();
+    for message in batch {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].group_id == message.group_id)
+        {
+            Some(group) => group.push(message),
+            None => groups.push(vec![message]),
+        }
+    }
+    groups
+}
+
+/// Deletes finished messages in batches of up to ten, waiting a moment to
+/// fill each batch. Ends when every sender is gone, after a last flush.
+async fn delete_loop(queue: Arc<dyn Queue>, mut receipts: mpsc::Receiver<String>) {
+    let mut batch = Vec::with_capacity(crate::queue::MAX_BATCH);
+    loop {
+        let first = match receipts.recv().await {
+            Some(receipt) => receipt,
+            None => break,
+        };
+        batch.push(first);
+        let linger = tokio::time::sleep(DELETE_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < crate::queue::MAX_BATCH {
+            tokio::select! {
+                next = receipts.recv() => match next {
+                    Some(receipt) => batch.push(receipt),
+                    None => break,
+                },
+                _ = &mut linger => break,
+            }
+        }
+        match queue.delete_batch(&batch).await {
+            Ok(failures) => {
+                for failure in failures {
+                    warn!(queue = queue.name(), reason = %failure.reason, "delete failed; the message may be processed again");
+                }
+            }
+            Err(err) => {
+                warn!(queue = queue.name(), error = %err, count = batch.len(), "delete failed; the messages may be processed again")
+            }
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(id: &str, group: Option<&str>) -> Received {
+        Received {
+            id: id.into(),
+            receipt: format!("r-{id}"),
+            body: String::new(),
+            attributes: Vec::new(),
+            receive_count: 1,
+            sent_at_ms: 0,
+            group_id: group.map(str::to_string),
+            dedup_id: None,
+        }
+    }
+
+    #[test]
+    fn fifo_batches_split_by_group_in_order() {
+        let batch = vec![
+            received("a1", Some("a")),
+            received("b1", Some("b")),
+            received("a2", Some("a")),
+        ];
+        let groups = group_batch(batch.clone(), true);
+        let ids: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|m| m.id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, [vec!["a1", "a2"], vec!["b1"]]);
+        assert_eq!(group_batch(batch, false).len(), 3);
+    }
+}
