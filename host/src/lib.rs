@@ -10,6 +10,7 @@
 //! - [`dispatch`]: poll → run → settle, per binding; metrics.
 //! - [`fixture`]: fixture messages, in wasq's form and the Lambda SQS event form.
 //! - [`offline`]: `wasq test`, running a processor on fixtures.
+//! - [`run`]: `wasq run`: backends, plugins, dispatcher and server wired up.
 //! - [`serve`]: the HTTP server: health, metrics, signed downloads.
 //! - [`cli`]: the command line; the only module that knows clap.
 
@@ -20,5 +21,6 @@ pub mod fixture;
 pub mod offline;
 pub mod queue;
 pub mod records;
+pub mod run;
 pub mod runtime;
 pub mod serve;

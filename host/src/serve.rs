@@ -10,7 +10,6 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
@@ -32,22 +31,6 @@ pub fn router(state: ServeState) -> Router {
         .route("/metrics", get(metrics))
         .route("/blobs/{*path}", get(download))
         .with_state(state)
-}
-
-/// Binds `addr` and serves until `shutdown` resolves.
-pub async fn serve(
-    addr: SocketAddr,
-    state: ServeState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the HTTP server to {addr}"))?;
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")
 }
 
 async fn readyz(State(state): State<ServeState>) -> Response {

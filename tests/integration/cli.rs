@@ -192,22 +192,115 @@ fn a_plugin_file_replaces_the_built_in_of_its_name() {
     );
 }
 
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and the body.
+pub fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let mut request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, response[split + 4..].to_vec())
+}
+
 #[test]
-fn the_demo_archives_the_sample_documents() {
+fn the_demo_runs_the_whole_flow_and_serves_working_links() {
+    use std::io::{BufRead, BufReader};
     let scratch = Scratch::new();
-    let out = scratch.wasq(&["demo"]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .current_dir(scratch.dir.path())
+        .env("WASQ_DATA_DIR", scratch.dir.path().join("data"))
+        .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--link-base",
+            &base,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        lines.push(line.trim_end().to_string());
+        if line.starts_with("serving the links") {
+            break;
+        }
+    }
+    let output = lines.join("\n");
     assert!(
-        stdout.contains("archive: s3://archives/sample.zip"),
-        "{stdout}"
+        output.contains("3 archived, 3 dead-lettered, 0 to go"),
+        "{output}"
     );
     assert!(
-        stdout.contains("report.txt, data.csv, notes.md, logo.png"),
-        "{stdout}"
+        output.contains("everything: s3://archives/everything.zip"),
+        "{output}"
     );
     assert!(
-        stdout.contains("link:    http://127.0.0.1:8080/blobs/archives/sample.zip?expires="),
-        "{stdout}"
+        output.contains("dead letters in local://demo-jobs-dlq: 3"),
+        "{output}"
     );
+    assert!(
+        output.contains("`s3://docs/budget.xlsx`: not found"),
+        "{output}"
+    );
+    assert!(output.contains("job is not valid JSON"), "{output}");
+
+    // The link downloads the archive while the host serves; a byte range
+    // and a tampered link behave.
+    let link = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with(&format!("{base}/blobs/archives/everything.zip")))
+        .unwrap()
+        .to_string();
+    let (status, body) = http_get(&link, &[]);
+    assert_eq!(status, 200);
+    let on_disk = std::fs::read(
+        scratch
+            .dir
+            .path()
+            .join("data/blobs/archives/everything.zip"),
+    )
+    .unwrap();
+    assert_eq!(body, on_disk);
+    let (status, part) = http_get(&link, &[("Range", "bytes=0-3")]);
+    assert_eq!((status, part.as_slice()), (206, &b"PK\x03\x04"[..]));
+    let (status, _) = http_get(&link.replace("everything.zip", "tables.zip"), &[]);
+    assert_eq!(status, 403);
+
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }

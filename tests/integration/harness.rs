@@ -3,18 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use wasq::blobs::LocalBlobs;
 use wasq::offline::LocalEnv;
 use wasq::runtime::{EngineOptions, Limits, LogSink, Message, Plugin, Run, Runtime, Services};
 
-pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
-    Runtime::new(EngineOptions {
-        max_instances: 64,
-        cache_dir: Some(cache_dir()),
-        ..EngineOptions::default()
-    })
-    .expect("the engine starts")
+pub static RUNTIME: LazyLock<Arc<Runtime>> = LazyLock::new(|| {
+    Arc::new(
+        Runtime::new(EngineOptions {
+            max_instances: 64,
+            cache_dir: Some(cache_dir()),
+            ..EngineOptions::default()
+        })
+        .expect("the engine starts"),
+    )
 });
 
 /// Compiled components are cached beside the test binaries, so reruns skip

@@ -4,5 +4,6 @@
 
 mod cli;
 mod compress;
+mod dispatch;
 mod harness;
 mod sandbox;

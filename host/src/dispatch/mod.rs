@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, error_span, info, warn};
 
 /// The table where results of `done` are recorded, under `QUEUE/MESSAGE_ID`.
 pub const RESULTS_TABLE: &str = "results";
@@ -51,6 +51,8 @@ pub struct BindingConfig {
     pub backoff: Backoff,
     /// Receives after which a failing message is dead-lettered.
     pub max_receive_count: u32,
+    /// Warn when the dead-letter queue holds more than this many messages.
+    pub dlq_alarm: Option<u64>,
 }
 
 impl Default for BindingConfig {
@@ -64,6 +66,7 @@ impl Default for BindingConfig {
             wait: Duration::from_secs(20),
             backoff: Backoff::default(),
             max_receive_count: 5,
+            dlq_alarm: None,
         }
     }
 }
@@ -136,6 +139,7 @@ impl Dispatcher {
             });
             tracker.spawn(delete_loop(state.binding.queue.clone(), delete_rx));
             tracker.spawn(state.clone().depth_loop());
+            state.metrics.pollers.inc();
             state.spawn_poller();
         }
         shutdown.await;
@@ -184,20 +188,27 @@ impl BindingState {
     async fn poll(self: Arc<Self>) {
         let batch_size = self.config().batch_size;
         loop {
-            let permits = tokio::select! {
-                permits = self.permits.clone().acquire_many_owned(batch_size as u32) => match permits {
-                    Ok(permits) => permits,
+            // One permit is waited for; more are taken only if free now, so
+            // a batch never asks for more messages than can start at once.
+            let mut permits = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
                     Err(_) => break,
                 },
                 _ = self.stop.cancelled() => break,
             };
-            let batch = self.receive_batch().await;
+            while permits.num_permits() < batch_size {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(more) => permits.merge(more),
+                    Err(_) => break,
+                }
+            }
+            let batch = self.receive_batch(permits.num_permits()).await;
             if !self.polled.swap(true, Ordering::AcqRel) {
                 self.readiness.pending.fetch_sub(1, Ordering::AcqRel);
             }
             let received = batch.len();
             self.metrics.received.inc_by(received as u64);
-            let mut permits = permits;
             for group in group_batch(batch, self.binding.queue_is_fifo()) {
                 let Some(share) = permits.split(group.len()) else {
                     break;
@@ -221,6 +232,7 @@ impl BindingState {
                     .compare_exchange(pollers, pollers + 1, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
+                    self.metrics.pollers.inc();
                     debug!(binding = %self.config().name, pollers = pollers + 1, "adding a poller");
                     self.clone().spawn_poller();
                 }
@@ -232,10 +244,12 @@ impl BindingState {
                     .is_ok()
             {
                 debug!(binding = %self.config().name, pollers = pollers - 1, "retiring a poller");
+                self.metrics.pollers.dec();
                 return;
             }
         }
         self.pollers.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.pollers.dec();
     }
 
     fn spawn_poller(self: Arc<Self>) {
@@ -247,11 +261,11 @@ impl BindingState {
 
     /// One batch: a long poll, then, within the batching window, more
     /// receives to fill it.
-    async fn receive_batch(&self) -> Vec<Received> {
+    async fn receive_batch(&self, size: usize) -> Vec<Received> {
         let config = self.config();
         let mut batch = Vec::new();
         let mut window_ends: Option<Instant> = None;
-        while batch.len() < config.batch_size {
+        while batch.len() < size {
             let wait = match window_ends {
                 None => config.wait,
                 Some(ends) => ends.saturating_duration_since(Instant::now()),
@@ -259,7 +273,7 @@ impl BindingState {
             if window_ends.is_some() && wait.is_zero() {
                 break;
             }
-            let want = config.batch_size - batch.len();
+            let want = size - batch.len();
             match self
                 .binding
                 .queue
@@ -305,7 +319,9 @@ impl BindingState {
 
     /// Runs one message and settles it. Returns whether it finished `done`.
     async fn process(self: &Arc<Self>, received: Received) -> bool {
-        let span = info_span!(
+        // An error-level span, so that its fields reach every log line a
+        // filter lets through, warnings included.
+        let span = error_span!(
             "message",
             message_id = %received.id,
             queue = self.binding.queue.name(),

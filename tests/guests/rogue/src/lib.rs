@@ -16,6 +16,11 @@
 //! - `retry SECS`: asks for a retry after SECS seconds
 //! - `config KEY`: done with the value of setting KEY
 //! - `record TABLE KEY VALUE`: puts a record, reads it back, done with it
+//! - `fail-until N`: retry (no delay given) until the Nth receive, then done
+//!   with the receive count
+//! - `sleep MS`: sleeps, then done with the receive count
+//! - `seq KEY VALUE`: appends VALUE to the record `order/KEY`; done
+//! - `reject`: rejects
 //! - `env`: done with every environment variable and argument it can see
 //! - `fs PATH`: lists a directory of the host; done with the names, or
 //!   reject with the error
@@ -121,6 +126,40 @@ impl Guest for Rogue {
                     Err(err) => Outcome::Reject(err),
                 }
             }
+            ["fail-until", n] => {
+                let n: u32 = n.parse().unwrap_or(1);
+                if message.receive_count < n {
+                    Outcome::Retry(RetryAfter {
+                        reason: format!("failing receive {} of {n}", message.receive_count),
+                        delay_secs: None,
+                    })
+                } else {
+                    Outcome::Done(Some(message.receive_count.to_string()))
+                }
+            }
+            ["sleep", ms] => {
+                std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                Outcome::Done(Some(message.receive_count.to_string()))
+            }
+            ["seq", key, value] => {
+                let so_far = records::get("order", key)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let next = if so_far.is_empty() {
+                    value.to_string()
+                } else {
+                    format!("{so_far},{value}")
+                };
+                match records::put("order", key, &next) {
+                    Ok(()) => Outcome::Done(None),
+                    Err(err) => Outcome::Retry(RetryAfter {
+                        reason: err,
+                        delay_secs: Some(0),
+                    }),
+                }
+            }
+            ["reject"] => Outcome::Reject("rejected on request".into()),
             ["env"] => {
                 let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
                 let args: Vec<String> = std::env::args().collect();

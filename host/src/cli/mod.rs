@@ -1,9 +1,13 @@
 //! The command line, in two stages: clap structs for what the user typed,
 //! then validated settings the rest of wasq runs on. Nothing else knows clap.
 
+mod admin;
+mod demo;
+mod run;
+
 use crate::offline::{self, LocalEnv, TestOptions};
-use crate::runtime::{self, EngineOptions, Limits, LogSink, Message, Outcome, Runtime};
-use anyhow::{Context as _, bail};
+use crate::runtime::{self, EngineOptions, Limits};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -59,11 +63,23 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Consume queues: every message to its processor, settled like the
+    /// Lambda SQS trigger (and better).
+    Run(Box<run::RunArgs>),
+    /// Send a message to a queue.
+    Send(admin::SendArgs),
+    /// Create, list, inspect and purge queues.
+    #[command(subcommand)]
+    Queue(admin::QueueCommand),
+    /// Inspect and redrive dead letters.
+    #[command(subcommand)]
+    Dlq(admin::DlqCommand),
     /// Run a processor on fixture messages against the local backends.
     Test(TestArgs),
-    /// Archive the bundled sample documents with the default processor and
-    /// print the archive and its link.
-    Demo,
+    /// The whole flow on the embedded backends: seed sample documents,
+    /// enqueue good and bad jobs, run until the queue is drained, print the
+    /// download links and the dead letters, and serve the links.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -121,7 +137,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
-fn parse_config(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_config(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|pair| match pair.split_once('=') {
@@ -132,7 +148,7 @@ fn parse_config(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 impl GlobalArgs {
-    fn engine(&self) -> EngineOptions {
+    pub(crate) fn engine(&self) -> EngineOptions {
         EngineOptions {
             cache_dir: if self.no_cache {
                 None
@@ -143,7 +159,7 @@ impl GlobalArgs {
         }
     }
 
-    fn env(&self, blobs: Option<PathBuf>) -> LocalEnv {
+    pub(crate) fn env(&self, blobs: Option<PathBuf>) -> LocalEnv {
         LocalEnv {
             blobs_root: blobs.unwrap_or_else(|| self.data_dir.join("blobs")),
             data_dir: self.data_dir.clone(),
@@ -151,7 +167,7 @@ impl GlobalArgs {
         }
     }
 
-    fn plugins_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn plugins_dir(&self) -> Option<PathBuf> {
         self.plugins_dir.is_dir().then(|| self.plugins_dir.clone())
     }
 }
@@ -185,6 +201,17 @@ impl TestArgs {
     }
 }
 
+impl Cli {
+    /// What is logged unless `WASQ_LOG` says otherwise: the host's progress
+    /// for `run`, only warnings for the commands that print their own.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Run(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
 /// Runs the command line; `Ok(false)` means the command ran but reports
 /// failure (an unmet fixture expectation), for a non-zero exit.
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
@@ -194,95 +221,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             let stdout = std::io::stdout();
             offline::test(&options, &mut stdout.lock()).await
         }
-        Command::Demo => demo(&cli.global).await,
-    }
-}
-
-/// The bundled sample documents, seeded into the local store by `demo`.
-const SAMPLES: &[(&str, &[u8])] = &[
-    (
-        "report.txt",
-        include_bytes!("../../tests/fixtures/blobs/docs/report.txt"),
-    ),
-    (
-        "data.csv",
-        include_bytes!("../../tests/fixtures/blobs/docs/data.csv"),
-    ),
-    (
-        "notes.md",
-        include_bytes!("../../tests/fixtures/blobs/docs/notes.md"),
-    ),
-    (
-        "logo.png",
-        include_bytes!("../../tests/fixtures/blobs/docs/logo.png"),
-    ),
-];
-
-async fn demo(global: &GlobalArgs) -> anyhow::Result<bool> {
-    let env = global.env(None);
-    let docs = env.blobs_root.join("docs");
-    std::fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;
-    for (name, bytes) in SAMPLES {
-        std::fs::write(docs.join(name), bytes).with_context(|| format!("seeding {name}"))?;
-    }
-    println!(
-        "seeded {} sample documents into {}",
-        SAMPLES.len(),
-        docs.display()
-    );
-
-    let runtime = Runtime::new(global.engine())?;
-    let code = runtime::plugins::find("compress", global.plugins_dir().as_deref())?;
-    let plugin = runtime.load(
-        &code.name,
-        code.source,
-        &code.wasm,
-        Limits::default(),
-        BTreeMap::new(),
-    )?;
-    let (blobs, services) = env.open()?;
-    let files: Vec<String> = SAMPLES
-        .iter()
-        .map(|(name, _)| format!("s3://docs/{name}"))
-        .collect();
-    let body = serde_json::json!({
-        "job_id": "sample",
-        "files": files,
-        "output": "s3://archives/sample.zip",
-        "expires_in": 3600,
-    });
-    let message = Message {
-        id: "sample".into(),
-        body: body.to_string(),
-        attributes: Vec::new(),
-        receive_count: 1,
-        sent_at_ms: 0,
-        group_id: None,
-        queue: "demo".into(),
-    };
-    let log = LogSink::new(plugin.name().clone(), "sample".into(), false);
-    let run = runtime.run(&plugin, &services, &message, log).await;
-    match run.outcome {
-        Outcome::Done(Some(result)) => {
-            let result: serde_json::Value =
-                serde_json::from_str(&result).context("the processor's result is not JSON")?;
-            let uri = result["archive"]
-                .as_str()
-                .context("the result names no archive")?;
-            let path = blobs.path_of(&crate::blobs::BlobUri::parse(uri)?)?;
-            let entries = offline::list_entries(&path)?;
-            println!(
-                "archive: {uri} -> {} ({} bytes, {} entries: {})",
-                path.display(),
-                result["size"],
-                entries.len(),
-                entries.join(", ")
-            );
-            println!("link:    {}", result["url"].as_str().unwrap_or_default());
-            println!("took {} ms", run.elapsed.as_millis());
-            Ok(true)
-        }
-        other => bail!("the sample job did not complete: {other:?}"),
+        Command::Run(args) => run::run(*args, &cli.global).await,
+        Command::Send(args) => admin::send(args, &cli.global).await,
+        Command::Queue(command) => admin::queue(command, &cli.global).await,
+        Command::Dlq(command) => admin::dlq(command, &cli.global).await,
+        Command::Demo(args) => demo::demo(args, &cli.global).await,
     }
 }
 

@@ -1,0 +1,450 @@
+//! `wasq run`: bindings from flags or `wasq.toml`, checked into a
+//! [`HostConfig`], then run until a signal (or until the queues are empty).
+
+use super::{GlobalArgs, parse_bytes, parse_config};
+use crate::dispatch::{Backoff, BindingConfig};
+use crate::queue::{MAX_BATCH, MAX_VISIBILITY};
+use crate::run::{BindingSpec, DeadLetters, Host, HostConfig, QueueRef, drained};
+use crate::runtime::Limits;
+use anyhow::{Context as _, bail, ensure};
+use clap::Args;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The queue to consume, `local://NAME`. Without it, bindings come
+    /// from the config file.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// The processor for --queue: a plugin name or a .wasm path.
+    #[arg(long, default_value = "compress")]
+    pub plugin: String,
+    /// Bindings and settings in TOML (default: wasq.toml, if present).
+    #[arg(long = "config-file")]
+    pub config_file: Option<PathBuf>,
+    /// The HTTP server's address: health, metrics, signed links.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// How long in-flight messages may take to finish at shutdown.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub grace: Option<Duration>,
+    /// Stop once every bound queue is empty, instead of at a signal.
+    #[arg(long)]
+    pub until_empty: bool,
+    #[command(flatten)]
+    pub binding: BindingArgs,
+}
+
+/// Settings of one binding, from flags or one `[[binding]]` of the file.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BindingArgs {
+    #[arg(skip)]
+    pub queue: Option<String>,
+    #[arg(skip)]
+    pub plugin: Option<String>,
+    /// Messages per receive, 1-10.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// How long to gather a fuller batch, e.g. 200ms (at most 300s).
+    #[arg(long)]
+    pub batching_window: Option<String>,
+    /// Messages in flight at most.
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
+    /// How long a received message stays hidden, e.g. 3m; must exceed --timeout.
+    #[arg(long)]
+    pub visibility_timeout: Option<String>,
+    /// The processor's wall-clock limit per message, e.g. 30s.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// The processor's memory limit, e.g. 128MiB.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// First retry delay, e.g. 2s; doubles per receive.
+    #[arg(long)]
+    pub backoff_base: Option<String>,
+    /// Longest retry delay, e.g. 15m.
+    #[arg(long)]
+    pub backoff_cap: Option<String>,
+    /// Random share of each retry delay, 0-1.
+    #[arg(long)]
+    pub backoff_jitter: Option<f64>,
+    /// Receives after which a failing message is dead-lettered.
+    #[arg(long)]
+    pub max_receive_count: Option<u32>,
+    /// The dead-letter queue (default: NAME-dlq).
+    #[arg(long)]
+    pub dlq: Option<String>,
+    /// Drop rejected and exhausted messages instead of dead-lettering them.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub no_dlq: Option<bool>,
+    /// Warn when the dead-letter queue holds more than this many messages.
+    #[arg(long)]
+    pub dlq_alarm: Option<u64>,
+    /// Settings for the processor, KEY=VALUE.
+    #[arg(long = "plugin-config", value_name = "KEY=VALUE")]
+    #[serde(default)]
+    pub plugin_config: Vec<String>,
+}
+
+/// `wasq.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    listen: Option<SocketAddr>,
+    grace: Option<String>,
+    #[serde(default)]
+    binding: Vec<BindingArgs>,
+}
+
+fn duration(field: &str, value: &Option<String>, default: Duration) -> anyhow::Result<Duration> {
+    match value {
+        Some(text) => humantime::parse_duration(text)
+            .with_context(|| format!("{field} `{text}` is not a duration like 30s or 5m")),
+        None => Ok(default),
+    }
+}
+
+impl BindingArgs {
+    /// Fills fields unset here from `base` (flags over file).
+    fn or(self, base: &BindingArgs) -> BindingArgs {
+        BindingArgs {
+            queue: self.queue.or_else(|| base.queue.clone()),
+            plugin: self.plugin.or_else(|| base.plugin.clone()),
+            batch_size: self.batch_size.or(base.batch_size),
+            batching_window: self
+                .batching_window
+                .or_else(|| base.batching_window.clone()),
+            max_concurrency: self.max_concurrency.or(base.max_concurrency),
+            visibility_timeout: self
+                .visibility_timeout
+                .or_else(|| base.visibility_timeout.clone()),
+            timeout: self.timeout.or_else(|| base.timeout.clone()),
+            memory: self.memory.or_else(|| base.memory.clone()),
+            backoff_base: self.backoff_base.or_else(|| base.backoff_base.clone()),
+            backoff_cap: self.backoff_cap.or_else(|| base.backoff_cap.clone()),
+            backoff_jitter: self.backoff_jitter.or(base.backoff_jitter),
+            max_receive_count: self.max_receive_count.or(base.max_receive_count),
+            dlq: self.dlq.or_else(|| base.dlq.clone()),
+            no_dlq: self.no_dlq.or(base.no_dlq),
+            dlq_alarm: self.dlq_alarm.or(base.dlq_alarm),
+            plugin_config: if self.plugin_config.is_empty() {
+                base.plugin_config.clone()
+            } else {
+                self.plugin_config
+            },
+        }
+    }
+
+    /// Checks the combination and builds the binding.
+    pub fn spec(&self) -> anyhow::Result<BindingSpec> {
+        let queue_text = self.queue.as_deref().context("a binding needs a queue")?;
+        let queue = QueueRef::parse(queue_text)?;
+        let at = |what: &str| format!("binding {queue}: {what}");
+        let defaults = BindingConfig::default();
+        let limit_defaults = Limits::default();
+
+        let batch_size = self.batch_size.unwrap_or(defaults.batch_size);
+        ensure!(
+            (1..=MAX_BATCH).contains(&batch_size),
+            at(&format!("batch size {batch_size} is not 1-{MAX_BATCH}"))
+        );
+        let batching_window = duration(
+            "batching window",
+            &self.batching_window,
+            defaults.batching_window,
+        )?;
+        ensure!(
+            batching_window <= Duration::from_secs(300),
+            at("the batching window is at most 300s")
+        );
+        let max_concurrency = self.max_concurrency.unwrap_or(defaults.max_concurrency);
+        ensure!(
+            (1..=1000).contains(&max_concurrency),
+            at(&format!("max concurrency {max_concurrency} is not 1-1000"))
+        );
+        let timeout = duration("timeout", &self.timeout, limit_defaults.timeout)?;
+        ensure!(
+            !timeout.is_zero(),
+            at("the processor timeout must be more than zero")
+        );
+        let visibility_timeout = duration(
+            "visibility timeout",
+            &self.visibility_timeout,
+            defaults.visibility_timeout.max(timeout * 6),
+        )?;
+        ensure!(
+            visibility_timeout <= MAX_VISIBILITY,
+            at("the visibility timeout is at most 12h")
+        );
+        ensure!(
+            visibility_timeout > timeout,
+            at(&format!(
+                "the visibility timeout ({}) must exceed the processor timeout ({}), or a message could reappear while it still runs",
+                humantime::format_duration(visibility_timeout),
+                humantime::format_duration(timeout)
+            ))
+        );
+        let memory = match &self.memory {
+            Some(text) => {
+                parse_bytes(text).map_err(|err| anyhow::anyhow!(at(&format!("memory: {err}"))))?
+            }
+            None => limit_defaults.memory,
+        };
+        let backoff = Backoff {
+            base: duration("backoff base", &self.backoff_base, defaults.backoff.base)?,
+            cap: duration("backoff cap", &self.backoff_cap, defaults.backoff.cap)?,
+            jitter: self.backoff_jitter.unwrap_or(defaults.backoff.jitter),
+        };
+        ensure!(
+            !backoff.base.is_zero(),
+            at("the backoff base must be more than zero")
+        );
+        ensure!(
+            backoff.cap >= backoff.base,
+            at("the backoff cap must be at least its base")
+        );
+        ensure!(
+            backoff.cap <= MAX_VISIBILITY,
+            at("the backoff cap is at most 12h")
+        );
+        ensure!(
+            (0.0..=1.0).contains(&backoff.jitter),
+            at("the backoff jitter is a share, 0-1")
+        );
+        let max_receive_count = self.max_receive_count.unwrap_or(defaults.max_receive_count);
+        ensure!(
+            (1..=1000).contains(&max_receive_count),
+            at("max receive count is 1-1000")
+        );
+        let dead_letters = match (&self.dlq, self.no_dlq.unwrap_or(false)) {
+            (Some(_), true) => bail!(at("give a dead-letter queue or no-dlq, not both")),
+            (Some(dlq), false) => {
+                let dlq = QueueRef::parse(dlq)?;
+                ensure!(
+                    dlq != queue,
+                    at("a queue cannot be its own dead-letter queue")
+                );
+                DeadLetters::To(dlq)
+            }
+            (None, true) => DeadLetters::Drop,
+            (None, false) => DeadLetters::Default,
+        };
+        Ok(BindingSpec {
+            plugin: self
+                .plugin
+                .clone()
+                .unwrap_or_else(|| "compress".to_string()),
+            limits: Limits {
+                memory,
+                timeout,
+                ..limit_defaults
+            },
+            plugin_config: parse_config(&self.plugin_config)?,
+            config: BindingConfig {
+                name: queue.name().to_string(),
+                batch_size,
+                batching_window,
+                max_concurrency,
+                visibility_timeout,
+                wait: defaults.wait,
+                backoff,
+                max_receive_count,
+                dlq_alarm: self.dlq_alarm,
+            },
+            queue,
+            dead_letters,
+        })
+    }
+}
+
+impl RunArgs {
+    pub fn host_config(self, global: &GlobalArgs) -> anyhow::Result<(HostConfig, bool)> {
+        let file_path = self.config_file.clone().or_else(|| {
+            std::path::Path::new("wasq.toml")
+                .is_file()
+                .then(|| "wasq.toml".into())
+        });
+        let file: ConfigFile = match &file_path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("{} is not a valid wasq config", path.display()))?
+            }
+            None => ConfigFile::default(),
+        };
+        let flags = BindingArgs {
+            queue: self.queue.clone(),
+            plugin: self.queue.as_ref().map(|_| self.plugin.clone()),
+            ..self.binding.clone()
+        };
+        let bindings = if self.queue.is_some() {
+            vec![flags.spec()?]
+        } else {
+            file.binding
+                .iter()
+                .map(|binding| binding.clone().or(&BindingArgs::default()).spec())
+                .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        if bindings.is_empty() {
+            bail!("nothing to run: give --queue local://NAME, or [[binding]]s in wasq.toml");
+        }
+        let grace = match self.grace {
+            Some(grace) => grace,
+            None => duration("grace", &file.grace, Duration::from_secs(30))?,
+        };
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
+        Ok((
+            HostConfig {
+                env: global.env(None),
+                engine: global.engine(),
+                plugins_dir: global.plugins_dir(),
+                listen: Some(listen),
+                grace,
+                bindings,
+            },
+            self.until_empty,
+        ))
+    }
+}
+
+/// Resolves at SIGINT or SIGTERM.
+pub async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot listen for signals; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
+    let (config, until_empty) = args.host_config(global)?;
+    let host = Host::start(config).await?;
+    if until_empty {
+        let queues = host.bound.clone();
+        host.run(
+            async move {
+                tokio::select! {
+                    _ = signal() => {}
+                    _ = drained(queues) => {}
+                }
+            },
+            None,
+        )
+        .await?;
+    } else {
+        host.run(signal(), None).await?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(extra: impl FnOnce(&mut BindingArgs)) -> anyhow::Result<BindingSpec> {
+        let mut args = BindingArgs {
+            queue: Some("local://jobs".into()),
+            ..BindingArgs::default()
+        };
+        extra(&mut args);
+        args.spec()
+    }
+
+    #[test]
+    fn defaults_make_a_sound_binding() {
+        let spec = binding(|_| {}).unwrap();
+        assert_eq!(spec.dead_letters, DeadLetters::Default);
+        assert!(spec.config.visibility_timeout > spec.limits.timeout);
+        assert_eq!(spec.plugin, "compress");
+    }
+
+    #[test]
+    fn bad_combinations_are_explained() {
+        type Change = Box<dyn FnOnce(&mut BindingArgs)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|a| a.batch_size = Some(11)),
+                "batch size 11 is not 1-10",
+            ),
+            (
+                Box::new(|a| {
+                    a.timeout = Some("60s".into());
+                    a.visibility_timeout = Some("30s".into())
+                }),
+                "the visibility timeout (30s) must exceed the processor timeout (1m)",
+            ),
+            (
+                Box::new(|a| a.max_concurrency = Some(0)),
+                "max concurrency 0",
+            ),
+            (
+                Box::new(|a| a.timeout = Some("soon".into())),
+                "timeout `soon` is not a duration",
+            ),
+            (
+                Box::new(|a| {
+                    a.dlq = Some("local://dead".into());
+                    a.no_dlq = Some(true)
+                }),
+                "not both",
+            ),
+            (
+                Box::new(|a| a.dlq = Some("local://jobs".into())),
+                "its own dead-letter queue",
+            ),
+            (
+                Box::new(|a| a.backoff_jitter = Some(2.0)),
+                "jitter is a share",
+            ),
+            (Box::new(|a| a.memory = Some("lots".into())), "memory"),
+        ];
+        for (change, expected) in cases {
+            let err = format!("{:#}", binding(change).unwrap_err());
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_holds_several_bindings() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            listen = "127.0.0.1:9090"
+            grace = "10s"
+            [[binding]]
+            queue = "local://jobs"
+            batch-size = 5
+            timeout = "10s"
+            [[binding]]
+            queue = "local://orders.fifo"
+            plugin = "my-plugin"
+            no-dlq = true
+            plugin-config = ["level=9"]
+            "#,
+        )
+        .unwrap();
+        let specs: Vec<_> = file.binding.iter().map(|b| b.spec().unwrap()).collect();
+        assert_eq!(specs[0].config.batch_size, 5);
+        assert_eq!(specs[0].config.visibility_timeout, Duration::from_secs(180));
+        assert_eq!(specs[1].dead_letters, DeadLetters::Drop);
+        assert_eq!(specs[1].plugin_config["level"], "9");
+        let err =
+            toml::from_str::<ConfigFile>("[[binding]]\nqueue = \"x\"\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}

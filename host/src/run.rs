@@ -1,0 +1,283 @@
+//! `wasq run`: opens the backends, loads the plugins, and runs the
+//! dispatcher and the HTTP server until shutdown.
+
+use crate::blobs::sign::LinkSigner;
+use crate::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
+use crate::offline::LocalEnv;
+use crate::queue::local::QueueOptions;
+use crate::queue::{LocalQueues, Queue, Redrive};
+use crate::runtime::{self, EngineOptions, Limits, Runtime};
+use crate::serve::{self, ServeState};
+use anyhow::{Context as _, bail};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// A queue address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueRef {
+    /// `local://NAME`, or a bare name: the embedded queue.
+    Local(String),
+}
+
+impl QueueRef {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let name = match text.split_once("://") {
+            Some(("local", name)) => name,
+            Some((scheme, _)) => bail!(
+                "queue `{text}`: unknown scheme `{scheme}://` (this build knows local://NAME)"
+            ),
+            None => text,
+        };
+        crate::queue::check_name(name)?;
+        Ok(QueueRef::Local(name.to_string()))
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            QueueRef::Local(name) => name,
+        }
+    }
+
+    /// The dead-letter queue a local queue gets unless told otherwise:
+    /// `NAME-dlq`, or `STEM-dlq.fifo` for a FIFO queue.
+    pub fn default_dlq(&self) -> QueueRef {
+        let name = self.name();
+        match name.strip_suffix(".fifo") {
+            Some(stem) => QueueRef::Local(format!("{stem}-dlq.fifo")),
+            None => QueueRef::Local(format!("{name}-dlq")),
+        }
+    }
+}
+
+impl std::fmt::Display for QueueRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueRef::Local(name) => write!(f, "local://{name}"),
+        }
+    }
+}
+
+/// Where a binding's dead letters go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetters {
+    /// The queue's default dead-letter queue.
+    Default,
+    To(QueueRef),
+    /// Dropped, logged as errors: the user's explicit choice.
+    Drop,
+}
+
+/// One binding as configured.
+#[derive(Debug, Clone)]
+pub struct BindingSpec {
+    pub queue: QueueRef,
+    pub dead_letters: DeadLetters,
+    pub plugin: String,
+    pub limits: Limits,
+    pub plugin_config: BTreeMap<String, String>,
+    pub config: BindingConfig,
+}
+
+/// Everything `wasq run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub env: LocalEnv,
+    pub engine: EngineOptions,
+    pub plugins_dir: Option<PathBuf>,
+    /// Where the HTTP server listens; `None` runs without one.
+    pub listen: Option<SocketAddr>,
+    pub grace: Duration,
+    pub bindings: Vec<BindingSpec>,
+}
+
+/// A host with its backends open and plugins loaded, ready to run.
+pub struct Host {
+    pub metrics: Arc<Metrics>,
+    pub readiness: Readiness,
+    pub queues: LocalQueues,
+    /// Each binding's queue, in configuration order.
+    pub bound: Vec<Arc<dyn Queue>>,
+    bindings: Vec<Binding>,
+    dispatcher: Dispatcher,
+    serve: Option<(SocketAddr, ServeState)>,
+}
+
+impl Host {
+    pub async fn start(config: HostConfig) -> anyhow::Result<Self> {
+        if config.bindings.is_empty() {
+            bail!("nothing to run: give --queue, or bindings in wasq.toml");
+        }
+        let (blobs, services) = config.env.open()?;
+        let queues = LocalQueues::open(&config.env.data_dir)?;
+        let runtime = Arc::new(Runtime::new(config.engine.clone())?);
+
+        let mut bindings = Vec::new();
+        let mut bound: Vec<Arc<dyn Queue>> = Vec::new();
+        for spec in &config.bindings {
+            let code = runtime::plugins::find(&spec.plugin, config.plugins_dir.as_deref())?;
+            let plugin = runtime.load(
+                &code.name,
+                code.source,
+                &code.wasm,
+                spec.limits,
+                spec.plugin_config.clone(),
+            )?;
+            let dlq_ref = match &spec.dead_letters {
+                DeadLetters::Default => Some(spec.queue.default_dlq()),
+                DeadLetters::To(dlq) => Some(dlq.clone()),
+                DeadLetters::Drop => None,
+            };
+            let redrive = dlq_ref.as_ref().map(|dlq| Redrive {
+                dlq: dlq.name().to_string(),
+                max_receive_count: spec.config.max_receive_count,
+            });
+            queues
+                .create(
+                    spec.queue.name(),
+                    QueueOptions {
+                        visibility_timeout: spec.config.visibility_timeout,
+                        redrive,
+                    },
+                )
+                .await
+                .with_context(|| format!("setting up queue {}", spec.queue))?;
+            let queue: Arc<dyn Queue> = Arc::new(queues.queue(spec.queue.name()).await?);
+            let dlq: Option<Arc<dyn Queue>> = match &dlq_ref {
+                Some(dlq) => Some(Arc::new(queues.queue(dlq.name()).await?)),
+                None => {
+                    warn!(queue = %spec.queue, "no dead-letter queue: rejected and exhausted messages will be dropped");
+                    None
+                }
+            };
+            info!(queue = %spec.queue, plugin = %plugin.name(), source = %plugin.source(), "bound");
+            bound.push(queue.clone());
+            bindings.push(Binding {
+                config: spec.config.clone(),
+                queue,
+                dlq,
+                plugin: Arc::new(plugin),
+            });
+        }
+
+        let metrics = Arc::new(Metrics::default());
+        let readiness = Readiness::default();
+        let serve = config.listen.map(|addr| {
+            let signer = LinkSigner::for_data_dir(&config.env.data_dir, &config.env.link_base);
+            let links = signer.ok().map(|signer| (blobs.clone(), signer));
+            (
+                addr,
+                ServeState {
+                    metrics: metrics.clone(),
+                    readiness: readiness.clone(),
+                    links,
+                },
+            )
+        });
+        Ok(Host {
+            dispatcher: Dispatcher {
+                runtime,
+                services,
+                metrics: metrics.clone(),
+                grace: config.grace,
+            },
+            metrics,
+            readiness,
+            queues,
+            bound,
+            bindings,
+            serve,
+        })
+    }
+
+    /// Runs until `shutdown` resolves, then drains (see
+    /// [`Dispatcher::run`]) and stops the HTTP server. `keep_serving`, if
+    /// given, holds the HTTP server up after the dispatcher has stopped,
+    /// until it resolves.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        keep_serving: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ) -> anyhow::Result<()> {
+        let server_stop = tokio_util::sync::CancellationToken::new();
+        let server = match self.serve {
+            Some((addr, state)) => {
+                let stop = server_stop.clone();
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the HTTP server to {addr}"))?;
+                info!(%addr, "serving health, metrics and signed links");
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, serve::router(state))
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                }))
+            }
+            None => None,
+        };
+        self.dispatcher
+            .run(self.bindings, self.readiness, shutdown)
+            .await;
+        if let Some(keep) = keep_serving {
+            keep.await;
+        }
+        server_stop.cancel();
+        if let Some(server) = server {
+            server
+                .await
+                .context("the HTTP server task")?
+                .context("serving HTTP")?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves once every queue is empty: nothing visible, in flight or
+/// delayed, seen twice in a row.
+pub async fn drained(queues: Vec<Arc<dyn Queue>>) {
+    let mut empty_checks = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut empty = true;
+        for queue in &queues {
+            match queue.stats().await {
+                Ok(stats) if stats.visible + stats.in_flight + stats.delayed == 0 => {}
+                _ => empty = false,
+            }
+        }
+        empty_checks = if empty { empty_checks + 1 } else { 0 };
+        if empty_checks >= 2 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_addresses_and_their_default_dead_letter_queues() {
+        assert_eq!(
+            QueueRef::parse("local://jobs").unwrap(),
+            QueueRef::Local("jobs".into())
+        );
+        assert_eq!(
+            QueueRef::parse("jobs").unwrap().default_dlq(),
+            QueueRef::Local("jobs-dlq".into())
+        );
+        assert_eq!(
+            QueueRef::parse("local://orders.fifo")
+                .unwrap()
+                .default_dlq(),
+            QueueRef::Local("orders-dlq.fifo".into())
+        );
+        let err = QueueRef::parse("nats://x").unwrap_err().to_string();
+        assert!(err.contains("unknown scheme `nats://`"), "{err}");
+        assert!(QueueRef::parse("local://bad name").is_err());
+    }
+}

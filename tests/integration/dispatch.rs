@@ -1,0 +1,457 @@
+//! The dispatcher's semantics on the embedded queue, one test per row of
+//! the design's table: done, retry with backoff, traps, dead letters,
+//! reject, FIFO, heartbeats, scaling, shutdown.
+
+use crate::harness::{self, Env};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use wasq::dispatch::{Backoff, Binding, BindingConfig, Dispatcher, Metrics, Readiness};
+use wasq::queue::local::{LocalQueue, QueueOptions};
+use wasq::queue::{LocalQueues, Outgoing, Queue, Redrive};
+use wasq::runtime::Limits;
+
+/// A queue `jobs` (or `jobs.fifo`) with its DLQ, and a dispatcher over the
+/// rogue processor.
+struct Rig {
+    env: Env,
+    queues: LocalQueues,
+    queue: LocalQueue,
+    dlq: LocalQueue,
+    metrics: Arc<Metrics>,
+}
+
+fn fast_config(name: &str) -> BindingConfig {
+    BindingConfig {
+        name: name.into(),
+        batch_size: 10,
+        max_concurrency: 4,
+        visibility_timeout: Duration::from_secs(30),
+        wait: Duration::from_millis(200),
+        backoff: Backoff {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(2),
+            jitter: 0.0,
+        },
+        max_receive_count: 3,
+        ..BindingConfig::default()
+    }
+}
+
+impl Rig {
+    async fn new(name: &str) -> Rig {
+        let env = Env::new();
+        let queues = LocalQueues::open(&env.dir.path().join("data")).unwrap();
+        let dlq_name = match name.strip_suffix(".fifo") {
+            Some(stem) => format!("{stem}-dlq.fifo"),
+            None => format!("{name}-dlq"),
+        };
+        queues
+            .create(
+                name,
+                QueueOptions {
+                    visibility_timeout: Duration::from_secs(30),
+                    redrive: Some(Redrive {
+                        dlq: dlq_name.clone(),
+                        max_receive_count: 10,
+                    }),
+                },
+            )
+            .await
+            .unwrap();
+        let queue = queues.queue(name).await.unwrap();
+        let dlq = queues.queue(&dlq_name).await.unwrap();
+        Rig {
+            env,
+            queues,
+            queue,
+            dlq,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    async fn send(&self, body: &str, group: Option<&str>) -> String {
+        self.queue
+            .send(Outgoing {
+                body: body.into(),
+                group_id: group.map(str::to_string),
+                ..Outgoing::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    fn binding(&self, config: BindingConfig, limits: Limits, with_dlq: bool) -> Binding {
+        Binding {
+            config,
+            queue: Arc::new(self.queue.clone()),
+            dlq: with_dlq.then(|| Arc::new(self.dlq.clone()) as Arc<dyn Queue>),
+            plugin: Arc::new(harness::rogue(limits)),
+        }
+    }
+
+    fn dispatcher(&self, grace: Duration) -> Dispatcher {
+        Dispatcher {
+            runtime: harness::RUNTIME.clone(),
+            services: self.env.services.clone(),
+            metrics: self.metrics.clone(),
+            grace,
+        }
+    }
+
+    /// Runs until the queue is empty (or `limit` passes).
+    async fn drain(&self, binding: Binding, limit: Duration) {
+        let queue: Arc<dyn Queue> = Arc::new(self.queue.clone());
+        let stop = async move {
+            tokio::select! {
+                _ = wasq::run::drained(vec![queue]) => {}
+                _ = tokio::time::sleep(limit) => {}
+            }
+        };
+        self.dispatcher(Duration::from_secs(5))
+            .run(vec![binding], Readiness::default(), stop)
+            .await;
+    }
+
+    async fn result_of(&self, id: &str) -> Option<String> {
+        self.env
+            .services
+            .records
+            .get("results", &format!("{}/{id}", self.queue.name()))
+            .await
+            .unwrap()
+    }
+}
+
+fn attribute<'a>(attributes: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    attributes
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_messages_are_deleted_and_their_results_recorded() {
+    let rig = Rig::new("jobs").await;
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        ids.push(rig.send("sleep 1", None).await);
+    }
+    rig.drain(
+        rig.binding(fast_config("jobs"), Limits::default(), true),
+        Duration::from_secs(60),
+    )
+    .await;
+    let stats = rig.queue.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 0));
+    for id in &ids {
+        assert_eq!(rig.result_of(id).await.as_deref(), Some("1"), "{id}");
+    }
+    let m = rig.metrics.binding("jobs");
+    assert_eq!((m.received.get(), m.done.get()), (25, 25));
+}
+
+/// Fails on its first two receives, succeeds on the third; each retry waits
+/// the backoff (200 ms, then 400 ms), not the 30 s visibility timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_comes_back_after_the_backoff_and_succeeds_on_the_third_receive() {
+    let rig = Rig::new("jobs").await;
+    let id = rig.send("fail-until 3", None).await;
+    let started = Instant::now();
+    rig.drain(
+        rig.binding(fast_config("jobs"), Limits::default(), true),
+        Duration::from_secs(20),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(rig.result_of(&id).await.as_deref(), Some("3"));
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(rig.metrics.binding("jobs").retried.get(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_on_every_receive_is_dead_lettered_after_max_receives() {
+    let rig = Rig::new("jobs").await;
+    let id = rig.send("trap", None).await;
+    rig.drain(
+        rig.binding(fast_config("jobs"), Limits::default(), true),
+        Duration::from_secs(20),
+    )
+    .await;
+    let dead = rig.queues.peek("jobs-dlq", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, "trap");
+    let reason = attribute(&dead[0].attributes, "wasq-reason").unwrap();
+    assert!(
+        reason.starts_with("gave up after 3 receives; last: trap:"),
+        "{reason}"
+    );
+    assert_eq!(
+        attribute(&dead[0].attributes, "wasq-receive-count"),
+        Some("3")
+    );
+    assert_eq!(
+        attribute(&dead[0].attributes, "wasq-source-queue"),
+        Some("jobs")
+    );
+    assert_eq!(rig.result_of(&id).await, None);
+    assert_eq!(rig.queue.stats().await.unwrap().visible, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_counts_as_a_retry() {
+    let rig = Rig::new("jobs").await;
+    rig.send("loop", None).await;
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let config = BindingConfig {
+        max_receive_count: 2,
+        ..fast_config("jobs")
+    };
+    rig.drain(rig.binding(config, limits, true), Duration::from_secs(20))
+        .await;
+    let dead = rig.queues.peek("jobs-dlq", 10).await.unwrap();
+    let reason = attribute(&dead[0].attributes, "wasq-reason").unwrap();
+    assert!(
+        reason.contains("timeout: the processor ran past its wall-clock limit of 300ms"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
+    let rig = Rig::new("jobs").await;
+    rig.queue
+        .send(Outgoing {
+            body: "reject".into(),
+            attributes: vec![("tenant".into(), "acme".into())],
+            ..Outgoing::default()
+        })
+        .await
+        .unwrap();
+    rig.drain(
+        rig.binding(fast_config("jobs"), Limits::default(), true),
+        Duration::from_secs(20),
+    )
+    .await;
+    let dead = rig.queues.peek("jobs-dlq", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let attrs = &dead[0].attributes;
+    assert_eq!(attribute(attrs, "wasq-reason"), Some("rejected on request"));
+    assert_eq!(attribute(attrs, "wasq-plugin"), Some("rogue"));
+    assert_eq!(attribute(attrs, "wasq-receive-count"), Some("1"));
+    assert_eq!(attribute(attrs, "tenant"), Some("acme"));
+    let m = rig.metrics.binding("jobs");
+    assert_eq!(
+        (m.rejected.get(), m.dead_lettered.get(), m.retried.get()),
+        (1, 1, 0)
+    );
+
+    // And it can be sent back.
+    assert_eq!(rig.queues.redrive("jobs-dlq", None).await.unwrap(), 1);
+    assert_eq!(rig.queue.stats().await.unwrap().visible, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_queue_a_failing_message_is_still_not_retried_forever() {
+    let rig = Rig::new("jobs").await;
+    rig.send("fail-until 1000", None).await;
+    let config = BindingConfig {
+        max_receive_count: 2,
+        ..fast_config("jobs")
+    };
+    rig.drain(
+        rig.binding(config, Limits::default(), false),
+        Duration::from_secs(20),
+    )
+    .await;
+    let stats = rig.queue.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight, stats.delayed), (0, 0, 0));
+    assert_eq!(rig.metrics.binding("jobs").dead_lettered.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_groups_run_in_order_and_a_failure_holds_its_group_back() {
+    let rig = Rig::new("jobs.fifo").await;
+    // Group a's head fails once: a2..a5 must still come after it.
+    rig.send("fail-until 2", Some("a")).await;
+    for i in 1..=5 {
+        rig.send(&format!("seq a a{i}"), Some("a")).await;
+        rig.send(&format!("seq b b{i}"), Some("b")).await;
+    }
+    rig.drain(
+        rig.binding(fast_config("jobs.fifo"), Limits::default(), true),
+        Duration::from_secs(30),
+    )
+    .await;
+    let order = |key: &str| {
+        let records = rig.env.services.records.clone();
+        let key = key.to_string();
+        async move {
+            records
+                .get("order", &key)
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(order("a").await, "a1,a2,a3,a4,a5");
+    assert_eq!(order("b").await, "b1,b2,b3,b4,b5");
+    assert_eq!(rig.metrics.binding("jobs.fifo").retried.get(), 1);
+}
+
+/// A job longer than the visibility timeout keeps its lease through
+/// heartbeats and is processed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_job_from_reappearing() {
+    let rig = Rig::new("jobs").await;
+    let id = rig.send("sleep 2500", None).await;
+    let config = BindingConfig {
+        visibility_timeout: Duration::from_millis(900),
+        ..fast_config("jobs")
+    };
+    rig.drain(
+        rig.binding(config, Limits::default(), true),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        rig.result_of(&id).await.as_deref(),
+        Some("1"),
+        "the message was received more than once"
+    );
+    assert_eq!(rig.metrics.binding("jobs").received.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pollers_scale_up_under_load_within_max_concurrency_and_back_down() {
+    let rig = Rig::new("jobs").await;
+    for _ in 0..40 {
+        rig.send("sleep 200", None).await;
+    }
+    let config = BindingConfig {
+        batch_size: 2,
+        max_concurrency: 4,
+        ..fast_config("jobs")
+    };
+    let metrics = rig.metrics.binding("jobs");
+    let peak = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let peak_pollers = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let sampling = CancellationToken::new();
+    let sampler = tokio::spawn({
+        let (metrics, peak, peak_pollers, sampling) = (
+            metrics.clone(),
+            peak.clone(),
+            peak_pollers.clone(),
+            sampling.clone(),
+        );
+        async move {
+            while !sampling.is_cancelled() {
+                peak.fetch_max(
+                    metrics.in_flight.get(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                peak_pollers.fetch_max(metrics.pollers.get(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let started = Instant::now();
+    let queue: Arc<dyn Queue> = Arc::new(rig.queue.clone());
+    let dispatcher = rig.dispatcher(Duration::from_secs(5));
+    let binding = rig.binding(config, Limits::default(), true);
+    let stop = async {
+        wasq::run::drained(vec![queue]).await;
+        let took = started.elapsed();
+        // Empty batches retire the extra pollers.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(metrics.pollers.get(), 1, "pollers did not scale back down");
+        took
+    };
+    let (took, ()) = {
+        let stop_flag = CancellationToken::new();
+        let flag = stop_flag.clone();
+        let run = dispatcher.run(vec![binding], Readiness::default(), async move {
+            flag.cancelled().await
+        });
+        let watch = async {
+            let took = stop.await;
+            stop_flag.cancel();
+            took
+        };
+        tokio::join!(watch, run)
+    };
+    sampling.cancel();
+    sampler.await.unwrap();
+    assert_eq!(metrics.done.get(), 40);
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(peak <= 4, "{peak} in flight with max concurrency 4");
+    assert!(peak >= 3, "never scaled up: peak {peak}");
+    assert!(peak_pollers.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    // 40 × 200 ms at 4 at a time is at least 2 s; one at a time would be 8 s.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(7),
+        "{took:?}"
+    );
+}
+
+/// Shutdown: receiving stops, the message in flight gets the grace period,
+/// and what is still running after it is released at once (visibility 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_what_the_grace_period_cannot_finish() {
+    let rig = Rig::new("jobs").await;
+    for _ in 0..3 {
+        rig.send("sleep 5000", None).await;
+    }
+    let config = BindingConfig {
+        max_concurrency: 2,
+        ..fast_config("jobs")
+    };
+    let binding = rig.binding(config, Limits::default(), true);
+    let started = Instant::now();
+    rig.dispatcher(Duration::from_millis(500))
+        .run(
+            vec![binding],
+            Readiness::default(),
+            tokio::time::sleep(Duration::from_millis(700)),
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = rig.queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.visible, stats.in_flight),
+        (3, 0),
+        "nothing lost, nothing left hidden"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_messages_finish_within_the_grace_period() {
+    let rig = Rig::new("jobs").await;
+    let id = rig.send("sleep 600", None).await;
+    rig.send("sleep 600", None).await;
+    let config = BindingConfig {
+        max_concurrency: 1,
+        ..fast_config("jobs")
+    };
+    let binding = rig.binding(config, Limits::default(), true);
+    let readiness = Readiness::default();
+    rig.dispatcher(Duration::from_secs(10))
+        .run(
+            vec![binding],
+            readiness.clone(),
+            tokio::time::sleep(Duration::from_millis(200)),
+        )
+        .await;
+    assert!(readiness.is_ready());
+    assert_eq!(rig.result_of(&id).await.as_deref(), Some("1"));
+    let stats = rig.queue.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (1, 0));
+}
