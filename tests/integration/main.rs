@@ -6,4 +6,5 @@ mod cli;
 mod compress;
 mod dispatch;
 mod harness;
+mod reliability;
 mod sandbox;

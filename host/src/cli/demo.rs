@@ -16,9 +16,10 @@ pub struct DemoArgs {
     /// Where to serve the download links.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Exit when done instead of serving the links until Ctrl-C.
-    #[arg(long)]
-    pub exit: bool,
+    /// How long to keep serving the links once the jobs are done (Ctrl-C
+    /// stops sooner; 0s exits at once).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub serve_for: Duration,
 }
 
 const QUEUE: &str = "demo-jobs";
@@ -152,7 +153,7 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     let local_queues = host.queues.clone();
     let link_base = args.listen;
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let exit = args.exit;
+    let serve_for = args.serve_for;
     let was_interrupted = interrupted.clone();
     let report = Box::pin(async move {
         progress.abort();
@@ -188,11 +189,15 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
             }
             Err(err) => println!("5. could not list dead letters: {err}"),
         }
-        if !exit && !was_interrupted.load(std::sync::atomic::Ordering::Acquire) {
+        if !serve_for.is_zero() && !was_interrupted.load(std::sync::atomic::Ordering::Acquire) {
             println!(
-                "serving the links at http://{link_base}/ (try curl -O on one); Ctrl-C to stop"
+                "serving the links at http://{link_base}/ for {} (try curl -O on one); Ctrl-C to stop",
+                humantime::format_duration(serve_for)
             );
-            signal().await;
+            tokio::select! {
+                _ = signal() => {}
+                _ = tokio::time::sleep(serve_for) => {}
+            }
         }
     });
     host.run(

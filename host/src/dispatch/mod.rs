@@ -116,6 +116,7 @@ impl Dispatcher {
         let abort = CancellationToken::new();
         let tracker = TaskTracker::new();
         readiness.pending.store(bindings.len(), Ordering::Release);
+        let names: Vec<String> = bindings.iter().map(|b| b.config.name.clone()).collect();
         for binding in bindings {
             let (deletes, delete_rx) = mpsc::channel(1024);
             let state = Arc::new(BindingState {
@@ -153,6 +154,18 @@ impl Dispatcher {
             warn!(grace = ?self.grace, "grace period over: releasing unfinished messages");
             abort.cancel();
             tracker.wait().await;
+        }
+        for name in names {
+            let m = self.metrics.binding(&name);
+            info!(
+                binding = %name,
+                received = m.received.get(),
+                done = m.done.get(),
+                retried = m.retried.get(),
+                rejected = m.rejected.get(),
+                dead_lettered = m.dead_lettered.get(),
+                "binding stopped"
+            );
         }
         info!("all messages settled or released");
     }
@@ -404,7 +417,7 @@ impl BindingState {
                         warn!(error = %err, "could not record the result; deleting the message anyway");
                     }
                 }
-                info!("done");
+                debug!("done");
                 self.metrics.done.inc();
                 self.delete(received.receipt.clone()).await;
                 true

@@ -371,6 +371,67 @@ fn decode_attributes(text: &str) -> Vec<(String, String)> {
     }
 }
 
+/// Inserts one message, or on a FIFO queue returns the id of the duplicate
+/// it repeats within the deduplication window.
+fn insert_message(
+    tx: &rusqlite::Transaction<'_>,
+    queue: &str,
+    fifo: bool,
+    message: Outgoing,
+    now: i64,
+) -> Result<String, QueueError> {
+    let dedup_id = fifo.then(|| {
+        message
+            .dedup_id
+            .clone()
+            .unwrap_or_else(|| hex::encode(Sha256::digest(message.body.as_bytes())))
+    });
+    if let Some(dedup) = &dedup_id {
+        tx.execute(
+            "DELETE FROM dedup WHERE queue = ?1 AND expires_ms <= ?2",
+            params![queue, now],
+        )
+        .map_err(db_err)?;
+        let earlier: Option<String> = tx
+            .query_row(
+                "SELECT message_id FROM dedup WHERE queue = ?1 AND dedup_id = ?2",
+                params![queue, dedup],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if let Some(earlier) = earlier {
+            return Ok(earlier);
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    tx.prepare_cached(
+        "INSERT INTO messages (id, queue, body, attributes, group_id, dedup_id, sent_ms, visible_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            id,
+            queue,
+            message.body,
+            encode_attributes(&message.attributes),
+            message.group_id,
+            dedup_id,
+            now,
+            now + message.delay.as_millis() as i64
+        ])
+    })
+    .map_err(db_err)?;
+    if let Some(dedup) = &dedup_id {
+        tx.execute(
+            "INSERT INTO dedup (queue, dedup_id, message_id, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![queue, dedup, id, now + DEDUP_WINDOW.as_millis() as i64],
+        )
+        .map_err(db_err)?;
+    }
+    Ok(id)
+}
+
 /// One local queue.
 #[derive(Clone)]
 pub struct LocalQueue {
@@ -634,64 +695,40 @@ impl Queue for LocalQueue {
     }
 
     async fn send(&self, message: Outgoing) -> Result<String, QueueError> {
-        check_outgoing(&self.name, self.fifo, &message)?;
+        let mut ids = self.send_batch(vec![message]).await?;
+        Ok(ids.remove(0))
+    }
+
+    async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<Vec<String>, QueueError> {
+        if messages.is_empty() || messages.len() > MAX_BATCH {
+            return Err(QueueError::Invalid(format!(
+                "queue `{}`: send 1-{MAX_BATCH} messages at once, not {}",
+                self.name,
+                messages.len()
+            )));
+        }
+        for message in &messages {
+            check_outgoing(&self.name, self.fifo, message)?;
+        }
         let name = self.name.clone();
         let fifo = self.fifo;
-        let id = self
+        let ids = self
             .queues
             .with_db(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
-                let now = now_ms();
-                let dedup_id = fifo.then(|| {
-                    message
-                        .dedup_id
-                        .clone()
-                        .unwrap_or_else(|| hex::encode(Sha256::digest(message.body.as_bytes())))
-                });
-                if let Some(dedup) = &dedup_id {
-                    tx.execute("DELETE FROM dedup WHERE queue = ?1 AND expires_ms <= ?2", params![name, now])
-                        .map_err(db_err)?;
-                    let earlier: Option<String> = tx
-                        .query_row(
-                            "SELECT message_id FROM dedup WHERE queue = ?1 AND dedup_id = ?2",
-                            params![name, dedup],
-                            |row| row.get(0),
-                        )
-                        .optional()
-                        .map_err(db_err)?;
-                    if let Some(earlier) = earlier {
-                        return Ok(earlier);
-                    }
-                }
-                let id = uuid::Uuid::new_v4().to_string();
-                tx.execute(
-                    "INSERT INTO messages (id, queue, body, attributes, group_id, dedup_id, sent_ms, visible_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        id,
-                        name,
-                        message.body,
-                        encode_attributes(&message.attributes),
-                        message.group_id,
-                        dedup_id,
-                        now,
-                        now + message.delay.as_millis() as i64
-                    ],
-                )
-                .map_err(db_err)?;
-                if let Some(dedup) = &dedup_id {
-                    tx.execute(
-                        "INSERT INTO dedup (queue, dedup_id, message_id, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-                        params![name, dedup, id, now + DEDUP_WINDOW.as_millis() as i64],
-                    )
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(db_err)?;
+                let now = now_ms();
+                let mut ids = Vec::with_capacity(messages.len());
+                for message in messages {
+                    ids.push(insert_message(&tx, &name, fifo, message, now)?);
                 }
                 tx.commit().map_err(db_err)?;
-                Ok(id)
+                Ok(ids)
             })
             .await?;
         self.queues.wake.notify(&self.name);
-        Ok(id)
+        Ok(ids)
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {

@@ -123,6 +123,10 @@ pub trait Queue: Send + Sync + 'static {
     /// deduplication window returns the first message's id and adds nothing.
     async fn send(&self, message: Outgoing) -> Result<String, QueueError>;
 
+    /// Sends up to ten messages at once; returns their ids in order. Either
+    /// all are sent or, on error, none.
+    async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<Vec<String>, QueueError>;
+
     /// Counts and settings.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 }

@@ -1,0 +1,212 @@
+//! The host as a process, abused: killed with SIGKILL mid-batch and
+//! restarted, and two hosts sharing one data directory under load. Nothing
+//! may be lost.
+
+use crate::cli::free_port;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wasq::queue::local::QueueOptions;
+use wasq::queue::{LocalQueues, Outgoing, Queue, Redrive};
+use wasq::records::{Records, SqliteRecords};
+
+/// A host with its log going to a file beside the data directory (a pipe
+/// nobody reads would fill and stall it).
+fn host(data: &Path, extra: &[&str]) -> (Child, std::path::PathBuf) {
+    let port = free_port().to_string();
+    let log = data.with_file_name(format!("host-{port}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", data)
+        .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
+        .env("WASQ_LOG", "info")
+        .args([
+            "run",
+            "--queue",
+            "local://jobs",
+            "--plugin",
+            wasq_test_guests::ROGUE,
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--until-empty"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
+async fn setup(data: &Path, count: usize, body: &str) -> (LocalQueues, Vec<String>) {
+    let queues = LocalQueues::open(data).unwrap();
+    queues
+        .create(
+            "jobs",
+            QueueOptions {
+                visibility_timeout: Duration::from_secs(30),
+                redrive: Some(Redrive {
+                    dlq: "jobs-dlq".into(),
+                    max_receive_count: 5,
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let queue = queues.queue("jobs").await.unwrap();
+    let mut ids = Vec::with_capacity(count);
+    let outgoing = Outgoing {
+        body: body.into(),
+        ..Outgoing::default()
+    };
+    for chunk in (0..count).collect::<Vec<_>>().chunks(10) {
+        ids.extend(
+            queue
+                .send_batch(vec![outgoing.clone(); chunk.len()])
+                .await
+                .unwrap(),
+        );
+    }
+    (queues, ids)
+}
+
+/// Every id has a recorded result or sits in the dead-letter queue.
+async fn accounted(data: &Path, queues: &LocalQueues, ids: &[String]) -> (usize, usize) {
+    let records = SqliteRecords::open(&data.join("records.db")).unwrap();
+    let dead: std::collections::HashSet<String> = queues
+        .peek("jobs-dlq", 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    let mut done = 0;
+    for id in ids {
+        if records
+            .get("results", &format!("jobs/{id}"))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            done += 1;
+        } else {
+            assert!(
+                dead.contains(id),
+                "message {id} was lost: neither done nor dead-lettered"
+            );
+        }
+    }
+    (done, dead.len())
+}
+
+fn finished((mut child, log): (Child, std::path::PathBuf), limit: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let stderr = std::fs::read_to_string(&log).unwrap();
+            assert!(status.success(), "the host failed: {status:?}\n{stderr}");
+            return stderr;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("the host did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `done=N` summed over the hosts' shutdown summaries.
+fn done_count(logs: &[String]) -> u64 {
+    logs.iter()
+        .flat_map(|log| log.lines())
+        .filter(|line| line.contains("binding stopped"))
+        .filter_map(|line| {
+            line.split("done=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_batch_loses_nothing_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (queues, ids) = setup(&data, 60, "sleep 100").await;
+    let settings = [
+        "--max-concurrency",
+        "4",
+        "--timeout",
+        "1s",
+        "--visibility-timeout",
+        "2s",
+    ];
+
+    let (mut first, _) = host(&data, &settings);
+    let records = SqliteRecords::open(&data.join("records.db")).unwrap();
+    let started = Instant::now();
+    loop {
+        let mut done = 0;
+        for id in &ids {
+            if records
+                .get("results", &format!("jobs/{id}"))
+                .await
+                .unwrap()
+                .is_some()
+            {
+                done += 1;
+            }
+        }
+        if done >= 8 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first host made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap(); // SIGKILL, with messages in flight
+    first.wait().unwrap();
+    let stats = queues.queue("jobs").await.unwrap().stats().await.unwrap();
+    assert!(
+        stats.visible + stats.in_flight > 0,
+        "the kill came too late to test anything"
+    );
+
+    let second = host(&data, &settings);
+    finished(second, Duration::from_secs(120));
+    let (done, dead) = accounted(&data, &queues, &ids).await;
+    assert_eq!(done + dead, ids.len());
+    assert_eq!(dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_through_two_hosts_on_one_directory_lose_none() {
+    const COUNT: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (queues, ids) = setup(&data, COUNT, "sleep 0").await;
+    let settings = ["--max-concurrency", "8"];
+    let started = Instant::now();
+    let a = host(&data, &settings);
+    let b = host(&data, &settings);
+    let logs = [
+        finished(a, Duration::from_secs(300)),
+        finished(b, Duration::from_secs(300)),
+    ];
+    let took = started.elapsed();
+    let (done, dead) = accounted(&data, &queues, &ids).await;
+    assert_eq!((done, dead), (COUNT, 0));
+    let processed = done_count(&logs);
+    assert!(
+        processed >= COUNT as u64,
+        "{processed} < {COUNT}:\n{}",
+        logs.join("\n")
+    );
+    eprintln!(
+        "two hosts: {COUNT} messages in {:.1}s, {} processed more than once",
+        took.as_secs_f64(),
+        processed - COUNT as u64
+    );
+}
