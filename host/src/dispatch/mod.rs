@@ -117,6 +117,7 @@ impl Dispatcher {
         let tracker = TaskTracker::new();
         readiness.pending.store(bindings.len(), Ordering::Release);
         let names: Vec<String> = bindings.iter().map(|b| b.config.name.clone()).collect();
+        let first_done = Arc::new(AtomicBool::new(false));
         for binding in bindings {
             let (deletes, delete_rx) = mpsc::channel(1024);
             let state = Arc::new(BindingState {
@@ -134,6 +135,7 @@ impl Dispatcher {
                 runtime: self.runtime.clone(),
                 services: self.services.clone(),
                 deletes,
+                first_done: first_done.clone(),
                 stop: stop.clone(),
                 abort: abort.clone(),
                 tracker: tracker.clone(),
@@ -183,6 +185,8 @@ struct BindingState {
     readiness: Readiness,
     /// Receipts of finished messages, for batched deletion.
     deletes: mpsc::Sender<String>,
+    /// Set by the first message done in this run, of any binding.
+    first_done: Arc<AtomicBool>,
     /// Stops receiving.
     stop: CancellationToken,
     /// Abandons messages still running after the grace period.
@@ -418,6 +422,9 @@ impl BindingState {
                     }
                 }
                 debug!("done");
+                if !self.first_done.swap(true, Ordering::AcqRel) {
+                    info!("first message done");
+                }
                 self.metrics.done.inc();
                 self.delete(received.receipt.clone()).await;
                 true

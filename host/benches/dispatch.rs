@@ -1,0 +1,219 @@
+//! Benchmarks for `wasq run` on the embedded queue, run with
+//! `cargo bench -p wasq --bench dispatch`. Figures and method are recorded
+//! in docs/PERFORMANCE.md.
+//!
+//! 1. End-to-end throughput: no-op messages through the local queue and
+//!    the dispatcher, send to delete.
+//! 2. Per-message host overhead: wall time per message through a single
+//!    sequential pipeline, less the processor's own run time.
+//! 3. Start-up: from spawning `wasq run` to its first message done, with
+//!    the compiled-component cache warm.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasq::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
+use wasq::offline::LocalEnv;
+use wasq::queue::local::QueueOptions;
+use wasq::queue::{LocalQueues, Outgoing, Queue};
+use wasq::runtime::{EngineOptions, Limits, PluginSource, Runtime};
+
+fn main() -> anyhow::Result<()> {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
+    let runtime = Arc::new(Runtime::new(EngineOptions {
+        cache_dir: Some(cache.clone()),
+        ..EngineOptions::default()
+    })?);
+    let rogue = std::fs::read(wasq_test_guests::ROGUE)?;
+    let plugin = Arc::new(runtime.load(
+        "rogue",
+        PluginSource::File(wasq_test_guests::ROGUE.into()),
+        &rogue,
+        Limits::default(),
+        BTreeMap::new(),
+    )?);
+
+    let count: usize = std::env::var("WASQ_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    for (label, concurrency) in [
+        ("throughput, max concurrency 16", 16),
+        ("sequential, max concurrency 1", 1),
+    ] {
+        let n = if concurrency == 1 { count / 4 } else { count };
+        let (rate, send_rate, handle_mean) =
+            tokio.block_on(throughput(&runtime, &plugin, n, concurrency))?;
+        println!(
+            "{label}: {rate:.0} messages/s end to end ({n} no-op messages; sends {send_rate:.0}/s in batches of 10; processor mean {:.1} µs)",
+            handle_mean * 1e6
+        );
+        if concurrency == 1 {
+            let per_message = 1.0 / rate;
+            println!(
+                "  per-message host overhead (sequential): {:.1} µs = {:.1} µs per message less {:.1} µs in the processor",
+                (per_message - handle_mean) * 1e6,
+                per_message * 1e6,
+                handle_mean * 1e6
+            );
+        }
+    }
+
+    // Start-up to the first message done, warm cache: the first run warms it.
+    let mut samples = Vec::new();
+    for round in 0..11 {
+        let took = startup(&cache)?;
+        if round > 0 {
+            samples.push(took);
+        }
+    }
+    samples.sort();
+    println!(
+        "start to first message done (warm cache): median {:.1} ms, min {:.1} ms, max {:.1} ms ({} runs)",
+        samples[samples.len() / 2].as_secs_f64() * 1e3,
+        samples[0].as_secs_f64() * 1e3,
+        samples[samples.len() - 1].as_secs_f64() * 1e3,
+        samples.len()
+    );
+    Ok(())
+}
+
+async fn throughput(
+    runtime: &Arc<Runtime>,
+    plugin: &Arc<wasq::runtime::Plugin>,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let env = LocalEnv {
+        data_dir: dir.path().join("data"),
+        blobs_root: dir.path().join("blobs"),
+        link_base: "http://127.0.0.1:8080".into(),
+    };
+    let (_, services) = env.open()?;
+    let queues = LocalQueues::open(&env.data_dir)?;
+    queues.create("bench", QueueOptions::default()).await?;
+    let queue = queues.queue("bench").await?;
+    let message = Outgoing {
+        body: "noop".into(),
+        ..Outgoing::default()
+    };
+    let sending = Instant::now();
+    for _ in 0..count / 10 {
+        queue.send_batch(vec![message.clone(); 10]).await?;
+    }
+    let send_rate = count as f64 / sending.elapsed().as_secs_f64();
+
+    let metrics = Arc::new(Metrics::default());
+    let dispatcher = Dispatcher {
+        runtime: runtime.clone(),
+        services,
+        metrics: metrics.clone(),
+        grace: Duration::from_secs(10),
+    };
+    let binding = Binding {
+        config: BindingConfig {
+            name: "bench".into(),
+            batch_size: 10,
+            max_concurrency: concurrency,
+            wait: Duration::from_millis(100),
+            ..BindingConfig::default()
+        },
+        queue: Arc::new(queue.clone()),
+        dlq: None,
+        plugin: plugin.clone(),
+    };
+    let done = metrics.binding("bench");
+    let started = Instant::now();
+    let target = count as u64;
+    let watch = done.clone();
+    dispatcher
+        .run(vec![binding], Readiness::default(), async move {
+            while watch.done.get() < target {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+    let took = started.elapsed();
+    let stats = queue.stats().await?;
+    anyhow::ensure!(
+        stats.visible + stats.in_flight == 0,
+        "messages left over: {stats:?}"
+    );
+    let mean = handle_mean(&metrics.render());
+    Ok((count as f64 / took.as_secs_f64(), send_rate, mean))
+}
+
+/// Mean handle duration, from the Prometheus text.
+fn handle_mean(text: &str) -> f64 {
+    let value = |name: &str| {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    value("wasq_handle_duration_seconds_sum") / value("wasq_handle_duration_seconds_count").max(1.0)
+}
+
+/// Spawns the release `wasq run` on a queue holding one message and times
+/// until it logs its first message done.
+fn startup(cache: &Path) -> anyhow::Result<Duration> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let wasq = env!("CARGO_BIN_EXE_wasq");
+    let create = Command::new(wasq)
+        .env("WASQ_DATA_DIR", &data)
+        .args(["queue", "create", "startup"])
+        .output()?;
+    anyhow::ensure!(
+        create.status.success(),
+        "{}",
+        String::from_utf8_lossy(&create.stderr)
+    );
+    let send = Command::new(wasq)
+        .env("WASQ_DATA_DIR", &data)
+        .args(["send", "local://startup", "--body", "noop"])
+        .output()?;
+    anyhow::ensure!(
+        send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let started = Instant::now();
+    let mut child = Command::new(wasq)
+        .env("WASQ_DATA_DIR", &data)
+        .env("WASQ_CACHE_DIR", cache)
+        .env("WASQ_LOG", "info")
+        .args([
+            "run",
+            "--queue",
+            "local://startup",
+            "--plugin",
+            wasq_test_guests::ROGUE,
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--until-empty"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut took = None;
+    for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
+        if line?.contains("first message done") {
+            took = Some(started.elapsed());
+            break;
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    took.ok_or_else(|| anyhow::anyhow!("the host never reported its first message done"))
+}
