@@ -296,6 +296,22 @@ fn the_demo_runs_the_whole_flow_and_serves_working_links() {
     let (status, _) = http_get(&link.replace("everything.zip", "tables.zip"), &[]);
     assert_eq!(status, 403);
 
+    // Health, readiness and metrics from the same server.
+    assert_eq!(http_get(&format!("{base}/healthz"), &[]).0, 200);
+    assert_eq!(http_get(&format!("{base}/readyz"), &[]).0, 200);
+    let (status, metrics) = http_get(&format!("{base}/metrics"), &[]);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "wasq_messages_received_total{binding=\"demo-jobs\"} 6",
+        "wasq_messages_done_total{binding=\"demo-jobs\"} 3",
+        "wasq_messages_rejected_total{binding=\"demo-jobs\"} 3",
+        "wasq_messages_dead_lettered_total{binding=\"demo-jobs\"} 3",
+        "wasq_handle_duration_seconds_count{binding=\"demo-jobs\"} 6",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -303,4 +319,97 @@ fn the_demo_runs_the_whole_flow_and_serves_working_links() {
     assert!(kill.success());
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn producers_and_operators_manage_queues_and_dead_letters() {
+    let scratch = Scratch::new();
+    let ok = |args: &[&str]| {
+        let out = scratch.wasq(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let created = ok(&["queue", "create", "jobs", "--max-receive-count", "2"]);
+    assert!(
+        created.contains("local://jobs (dead letters to local://jobs-dlq after 2 receives)"),
+        "{created}"
+    );
+    ok(&["queue", "create", "orders.fifo"]);
+    assert_eq!(
+        ok(&["queue", "list"]),
+        "local://jobs\nlocal://jobs-dlq\nlocal://orders-dlq.fifo\nlocal://orders.fifo\n"
+    );
+
+    let job = scratch.dir.path().join("job.json");
+    std::fs::write(&job, "reject").unwrap();
+    let id = ok(&[
+        "send",
+        "local://jobs",
+        "--file",
+        job.to_str().unwrap(),
+        "--attr",
+        "tenant=acme",
+    ]);
+    ok(&["send", "jobs", "--body", "noop"]);
+    assert!(ok(&["queue", "stats", "jobs"]).contains("visible:            2"));
+    let out = scratch.wasq(&["send", "local://orders.fifo", "--body", "x"]);
+    assert!(
+        text(&out.stderr).contains("FIFO queues need a message group id"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = scratch.wasq(&["send", "local://nowhere", "--body", "x"]);
+    assert!(
+        text(&out.stderr).contains("queue local://nowhere does not exist: create it"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The host dead-letters the reject and finishes the no-op, then stops.
+    let port = free_port().to_string();
+    ok(&[
+        "run",
+        "--queue",
+        "local://jobs",
+        "--plugin",
+        wasq_test_guests::ROGUE,
+        "--until-empty",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--max-receive-count",
+        "2",
+    ]);
+    let listed = ok(&["dlq", "list", "jobs"]);
+    assert!(
+        listed.contains("1 dead letters in local://jobs-dlq"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(id.trim())
+            && listed.contains("reason: rejected on request")
+            && listed.contains("plugin: rogue"),
+        "{listed}"
+    );
+    assert!(
+        ok(&["dlq", "redrive", "jobs"])
+            .contains("moved 1 messages from local://jobs-dlq back to local://jobs")
+    );
+    assert!(ok(&["queue", "stats", "jobs"]).contains("visible:            1"));
+    assert!(ok(&["queue", "purge", "jobs"]).contains("purged 1 messages"));
+
+    let out = scratch.wasq(&[
+        "run",
+        "--queue",
+        "local://jobs",
+        "--timeout",
+        "60s",
+        "--visibility-timeout",
+        "30s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("must exceed the processor timeout"),
+        "{}",
+        text(&out.stderr)
+    );
 }

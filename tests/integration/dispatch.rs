@@ -224,7 +224,8 @@ async fn a_timeout_counts_as_a_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
     let rig = Rig::new("jobs").await;
-    rig.queue
+    let id = rig
+        .queue
         .send(Outgoing {
             body: "reject".into(),
             attributes: vec![("tenant".into(), "acme".into())],
@@ -244,6 +245,7 @@ async fn a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
     assert_eq!(attribute(attrs, "wasq-plugin"), Some("rogue"));
     assert_eq!(attribute(attrs, "wasq-receive-count"), Some("1"));
     assert_eq!(attribute(attrs, "tenant"), Some("acme"));
+    assert_eq!(attribute(attrs, "wasq-message-id"), Some(id.as_str()));
     let m = rig.metrics.binding("jobs");
     assert_eq!(
         (m.rejected.get(), m.dead_lettered.get(), m.retried.get()),

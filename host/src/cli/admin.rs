@@ -243,6 +243,12 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
                 if let Some(plugin) = attr(crate::dispatch::PLUGIN_ATTRIBUTE) {
                     println!("  plugin: {plugin}");
                 }
+                if let Some(original) = attr(crate::dispatch::MESSAGE_ID_ATTRIBUTE) {
+                    println!(
+                        "  was:    {original} in local://{}",
+                        attr(crate::queue::SOURCE_ATTRIBUTE).unwrap_or("?")
+                    );
+                }
                 let body: String = letter.body.chars().take(200).collect();
                 println!("  body:   {body}");
             }

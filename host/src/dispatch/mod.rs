@@ -28,6 +28,8 @@ pub const RESULTS_TABLE: &str = "results";
 pub const REASON_ATTRIBUTE: &str = "wasq-reason";
 pub const PLUGIN_ATTRIBUTE: &str = "wasq-plugin";
 pub const RECEIVE_COUNT_ATTRIBUTE: &str = "wasq-receive-count";
+/// The dead letter's id in the queue it came from.
+pub const MESSAGE_ID_ATTRIBUTE: &str = "wasq-message-id";
 /// Longest reason kept on a dead letter.
 const MAX_REASON: usize = 1024;
 /// How long deletes wait to be batched.
@@ -480,6 +482,7 @@ impl BindingState {
                 SOURCE_ATTRIBUTE.to_string(),
                 self.binding.queue.name().to_string(),
             ),
+            (MESSAGE_ID_ATTRIBUTE.to_string(), received.id.clone()),
         ];
         let room = MAX_ATTRIBUTES - attributes.len();
         let original: Vec<_> = received
