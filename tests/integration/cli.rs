@@ -366,7 +366,6 @@ fn producers_and_operators_manage_queues_and_dead_letters() {
     );
 
     // The host dead-letters the reject and finishes the no-op, then stops.
-    let port = free_port().to_string();
     ok(&[
         "run",
         "--queue",
@@ -375,7 +374,7 @@ fn producers_and_operators_manage_queues_and_dead_letters() {
         wasq_test_guests::ROGUE,
         "--until-empty",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
         "--max-receive-count",
         "2",
     ]);

@@ -2,7 +2,6 @@
 //! restarted, and two hosts sharing one data directory under load. Nothing
 //! may be lost.
 
-use crate::cli::free_port;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,8 +12,7 @@ use wasq::records::{Records, SqliteRecords};
 /// A host with its log going to a file beside the data directory (a pipe
 /// nobody reads would fill and stall it).
 fn host(data: &Path, extra: &[&str]) -> (Child, std::path::PathBuf) {
-    let port = free_port().to_string();
-    let log = data.with_file_name(format!("host-{port}.log"));
+    let log = data.with_file_name(format!("host-{}.log", log_name()));
     let child = Command::new(env!("CARGO_BIN_EXE_wasq"))
         .env("WASQ_DATA_DIR", data)
         .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
@@ -26,13 +24,25 @@ fn host(data: &Path, extra: &[&str]) -> (Child, std::path::PathBuf) {
             "--plugin",
             wasq_test_guests::ROGUE,
         ])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--until-empty"])
+        // Port 0: the server takes any free port, so parallel tests never
+        // race for one.
+        .args(["--listen", "127.0.0.1:0", "--until-empty"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     (child, log)
+}
+
+fn log_name() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn setup(data: &Path, count: usize, body: &str) -> (LocalQueues, Vec<String>) {
