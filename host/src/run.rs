@@ -166,15 +166,20 @@ impl Host {
 
         let metrics = Arc::new(Metrics::default());
         let readiness = Readiness::default();
+        let signer = LinkSigner::for_data_dir(&config.env.data_dir, &config.env.link_base)
+            .with_context(|| {
+                format!(
+                    "loading the link secret in {}",
+                    config.env.data_dir.display()
+                )
+            })?;
         let serve = config.listen.map(|addr| {
-            let signer = LinkSigner::for_data_dir(&config.env.data_dir, &config.env.link_base);
-            let links = signer.ok().map(|signer| (blobs.clone(), signer));
             (
                 addr,
                 ServeState {
                     metrics: metrics.clone(),
                     readiness: readiness.clone(),
-                    links,
+                    links: Some((blobs.clone(), signer)),
                 },
             )
         });

@@ -2,6 +2,7 @@
 //! restarted, and two hosts sharing one data directory under load. Nothing
 //! may be lost.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,17 +78,9 @@ async fn setup(data: &Path, count: usize, body: &str) -> (LocalQueues, Vec<Strin
     (queues, ids)
 }
 
-/// Every id has a recorded result or sits in the dead-letter queue.
-async fn accounted(data: &Path, queues: &LocalQueues, ids: &[String]) -> (usize, usize) {
-    let records = SqliteRecords::open(&data.join("records.db")).unwrap();
-    let dead: std::collections::HashSet<String> = queues
-        .peek("jobs-dlq", 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
-    let mut done = 0;
+/// The ids among `ids` whose result is recorded.
+async fn results(records: &SqliteRecords, ids: &[String]) -> HashSet<String> {
+    let mut done = HashSet::new();
     for id in ids {
         if records
             .get("results", &format!("jobs/{id}"))
@@ -95,15 +88,30 @@ async fn accounted(data: &Path, queues: &LocalQueues, ids: &[String]) -> (usize,
             .unwrap()
             .is_some()
         {
-            done += 1;
-        } else {
-            assert!(
-                dead.contains(id),
-                "message {id} was lost: neither done nor dead-lettered"
-            );
+            done.insert(id.clone());
         }
     }
-    (done, dead.len())
+    done
+}
+
+/// Every id has a recorded result or sits in the dead-letter queue.
+async fn accounted(data: &Path, queues: &LocalQueues, ids: &[String]) -> (usize, usize) {
+    let records = SqliteRecords::open(&data.join("records.db")).unwrap();
+    let done = results(&records, ids).await;
+    let dead: HashSet<String> = queues
+        .peek("jobs-dlq", 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    for id in ids {
+        assert!(
+            done.contains(id) || dead.contains(id),
+            "message {id} was lost: neither done nor dead-lettered"
+        );
+    }
+    (done.len(), dead.len())
 }
 
 fn finished((mut child, log): (Child, std::path::PathBuf), limit: Duration) -> String {
@@ -156,18 +164,7 @@ async fn a_host_killed_mid_batch_loses_nothing_after_restart() {
     let records = SqliteRecords::open(&data.join("records.db")).unwrap();
     let started = Instant::now();
     loop {
-        let mut done = 0;
-        for id in &ids {
-            if records
-                .get("results", &format!("jobs/{id}"))
-                .await
-                .unwrap()
-                .is_some()
-            {
-                done += 1;
-            }
-        }
-        if done >= 8 {
+        if results(&records, &ids).await.len() >= 8 {
             break;
         }
         assert!(
