@@ -324,7 +324,16 @@ impl BindingState {
     /// are released unprocessed so that order holds.
     async fn process_group(self: &Arc<Self>, group: Vec<Received>) {
         let mut rest: VecDeque<Received> = group.into();
+        let mut first = true;
         while let Some(message) = rest.pop_front() {
+            // A message that waited behind others of its group renews its
+            // lease before it starts; if the lease is gone, so is the right
+            // to run it (another receiver may hold it now).
+            if !first && !self.renew(&message.receipt).await {
+                warn!(message_id = %message.id, "lease lapsed while waiting for its group; leaving it and the rest of the group to the queue");
+                break;
+            }
+            first = false;
             let succeeded = self.process(message).await;
             if (!succeeded || self.abort.is_cancelled()) && !rest.is_empty() {
                 let release: Vec<_> = rest
@@ -334,6 +343,12 @@ impl BindingState {
                 self.change_visibility(&release).await;
             }
         }
+    }
+
+    /// Renews a message's lease for a full visibility timeout.
+    async fn renew(&self, receipt: &str) -> bool {
+        let renew = [(receipt.to_string(), self.config().visibility_timeout)];
+        matches!(self.binding.queue.change_visibility_batch(&renew).await, Ok(failures) if failures.is_empty())
     }
 
     /// Runs one message and settles it. Returns whether it finished `done`.
@@ -393,11 +408,10 @@ impl BindingState {
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {
-                        let renew = [(receipt.clone(), state.config().visibility_timeout)];
-                        match state.binding.queue.change_visibility_batch(&renew).await {
-                            Ok(failures) if failures.is_empty() => debug!("visibility renewed"),
-                            Ok(failures) => warn!(reason = %failures[0].reason, "could not renew visibility"),
-                            Err(err) => warn!(error = %err, "could not renew visibility"),
+                        if state.renew(&receipt).await {
+                            debug!("visibility renewed");
+                        } else {
+                            warn!("could not renew visibility: the lease may lapse");
                         }
                     }
                     _ = token.cancelled() => break,
