@@ -217,3 +217,65 @@ async fn ten_thousand_messages_through_two_hosts_on_one_directory_lose_none() {
         processed - COUNT as u64
     );
 }
+
+/// SIGTERM: receiving stops, the running message gets the grace period,
+/// then is released; the process exits 0 and every message is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_unfinished_messages_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (queues, _ids) = setup(&data, 3, "sleep 5000").await;
+    let log = dir.path().join("host.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", &data)
+        .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
+        .env("WASQ_LOG", "info")
+        .args([
+            "run",
+            "--queue",
+            "local://jobs",
+            "--plugin",
+            wasq_test_guests::ROGUE,
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--max-concurrency",
+            "1",
+            "--grace",
+            "500ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let queue = queues.queue("jobs").await.unwrap();
+    let started = Instant::now();
+    while queue.stats().await.unwrap().in_flight == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing was received"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopping = Instant::now();
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        log.contains("grace period over: releasing unfinished messages"),
+        "{log}"
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (3, 0), "{log}");
+}
