@@ -18,7 +18,7 @@ pub struct DemoArgs {
     pub listen: SocketAddr,
     /// How long to keep serving the links once the jobs are done (Ctrl-C
     /// stops sooner; 0s exits at once).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub serve_for: Duration,
 }
 
