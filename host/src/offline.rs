@@ -111,13 +111,7 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
     }
     let runtime = Runtime::new(options.engine.clone())?;
     let code = runtime::plugins::find(&options.plugin, options.plugins_dir.as_deref())?;
-    let plugin = runtime.load(
-        &code.name,
-        code.source,
-        &code.wasm,
-        options.limits,
-        options.config.clone(),
-    )?;
+    let plugin = runtime.load_code(&code, options.limits, &options.config)?;
     let (blobs, services) = options.env.open()?;
 
     let mut met = 0;

@@ -120,13 +120,7 @@ impl Host {
         let mut bound: Vec<Arc<dyn Queue>> = Vec::new();
         for spec in &config.bindings {
             let code = runtime::plugins::find(&spec.plugin, config.plugins_dir.as_deref())?;
-            let plugin = runtime.load(
-                &code.name,
-                code.source,
-                &code.wasm,
-                spec.limits,
-                spec.plugin_config.clone(),
-            )?;
+            let plugin = runtime.load_code(&code, spec.limits, &spec.plugin_config)?;
             let dlq_ref = match &spec.dead_letters {
                 DeadLetters::Default => Some(spec.queue.default_dlq()),
                 DeadLetters::To(dlq) => Some(dlq.clone()),

@@ -325,3 +325,66 @@ async fn no_environment_filesystem_or_network_is_granted() {
         "the processor reached the host's socket"
     );
 }
+
+/// A manifest beside the plugin grants blob prefixes and tables; anything
+/// else is denied with an error naming the URI or table.
+#[tokio::test]
+async fn a_manifest_confines_the_processor_to_its_grants() {
+    let env = Env::new();
+    env.put("docs/a.txt", b"allowed");
+    env.put("secret/a.txt", b"not for you");
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(wasq_test_guests::ROGUE, plugins.path().join("rogue.wasm")).unwrap();
+    std::fs::write(
+        plugins.path().join("rogue.toml"),
+        r#"
+        [blobs]
+        read = ["s3://docs/"]
+        write = ["s3://out"]
+        [records]
+        tables = ["jobs"]
+        [config]
+        greeting = "from the manifest"
+        "#,
+    )
+    .unwrap();
+    let code = wasq::runtime::plugins::find("rogue", Some(plugins.path())).unwrap();
+    let plugin = harness::RUNTIME
+        .load_code(&code, Limits::default(), &Default::default())
+        .unwrap();
+
+    let cases = [
+        ("open s3://docs/a.txt", Ok("7")),
+        (
+            "open s3://secret/a.txt",
+            Err("`s3://secret/a.txt`: this processor may read only under s3://docs/"),
+        ),
+        ("write s3://out/x.bin 10", Ok("10")),
+        (
+            "write s3://docs/x.bin 10",
+            Err("`s3://docs/x.bin`: this processor may write only under s3://out/"),
+        ),
+        (
+            "write s3://outside/x.bin 10",
+            Err("may write only under s3://out/"),
+        ),
+        ("record jobs k v", Ok("v")),
+        (
+            "record secrets k v",
+            Err("denied: records table `secrets` is not granted"),
+        ),
+        ("config greeting", Ok("from the manifest")),
+    ];
+    for (body, expected) in cases {
+        let (result, _) = run(&plugin, &env.services, &message("m", body)).await;
+        match (expected, &result.outcome) {
+            (Ok(want), Outcome::Done(Some(got))) => assert_eq!(got, want, "{body}"),
+            (Err(want), Outcome::Reject(reason)) => {
+                assert!(reason.contains(want), "{body}: {reason}")
+            }
+            (_, other) => panic!("{body}: {other:?}"),
+        }
+    }
+    assert!(!env.root().join("docs/x.bin").exists());
+    assert!(!env.root().join("outside/x.bin").exists());
+}

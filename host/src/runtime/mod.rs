@@ -2,12 +2,14 @@
 //! plugin, and a fresh store per message under the plugin's hard limits.
 
 mod bindings;
+pub mod grants;
 pub mod host;
 pub mod limits;
 pub mod log;
 pub mod plugins;
 mod state;
 
+pub use grants::Grants;
 pub use limits::Limits;
 pub use log::{Level, LogLine, LogSink, Source};
 pub use plugins::{Plugin, PluginSource};
@@ -194,6 +196,25 @@ impl Runtime {
         Ok(Plugin::new(name, source, pre, limits, config))
     }
 
+    /// Loads found plugin code with its manifest applied: the manifest's
+    /// grants, and its settings under `config`.
+    pub fn load_code(
+        &self,
+        code: &plugins::PluginCode,
+        limits: Limits,
+        config: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Plugin> {
+        let grants = code.grants()?;
+        let plugin = self.load(
+            &code.name,
+            code.source.clone(),
+            &code.wasm,
+            limits,
+            code.config(config),
+        )?;
+        Ok(plugin.with_grants(grants))
+    }
+
     /// Runs `plugin` on one message in a fresh instance. Never fails: a trap
     /// or an exceeded limit becomes a retry naming it.
     pub async fn run(
@@ -219,6 +240,7 @@ impl Runtime {
             limits,
             services: services.clone(),
             config: plugin.config.clone(),
+            grants: plugin.grants.clone(),
             log,
             usage: Usage::default(),
             open_handles: 0,

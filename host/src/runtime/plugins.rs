@@ -3,6 +3,7 @@
 //! built-in one of the same name.
 
 use super::bindings::ProcessorPre;
+use super::grants::Grants;
 use super::limits::Limits;
 use super::state::HostState;
 use anyhow::Context as _;
@@ -41,6 +42,7 @@ pub struct Plugin {
     pub(super) pre: ProcessorPre<HostState>,
     pub(super) limits: Limits,
     pub(super) config: Arc<BTreeMap<String, String>>,
+    pub(super) grants: Arc<Grants>,
 }
 
 impl Plugin {
@@ -57,7 +59,18 @@ impl Plugin {
             pre,
             limits,
             config: Arc::new(config),
+            grants: Arc::new(Grants::default()),
         }
+    }
+
+    /// The same plugin, allowed only what `grants` allows.
+    pub fn with_grants(mut self, grants: Grants) -> Self {
+        self.grants = Arc::new(grants);
+        self
+    }
+
+    pub fn grants(&self) -> &Grants {
+        &self.grants
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -73,12 +86,86 @@ impl Plugin {
     }
 }
 
-/// A plugin's code, found but not yet compiled.
+/// A plugin's code, found but not yet compiled, and its manifest if it has
+/// one.
 #[derive(Debug, Clone)]
 pub struct PluginCode {
     pub name: String,
     pub source: PluginSource,
     pub wasm: Cow<'static, [u8]>,
+    pub manifest: Option<Manifest>,
+}
+
+/// `NAME.toml` beside `NAME.wasm`: what the plugin may touch and the
+/// settings it reads. With a manifest, anything it does not grant is
+/// denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub blobs: BlobsSection,
+    #[serde(default)]
+    pub records: RecordsSection,
+    /// Values the plugin reads with `config.get`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsSection {
+    /// URI prefixes it may read, e.g. `s3://docs/`.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// URI prefixes it may write under.
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsSection {
+    /// Tables it may read and write.
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+impl PluginCode {
+    /// The grants of the manifest, or everything without one.
+    pub fn grants(&self) -> anyhow::Result<Grants> {
+        match &self.manifest {
+            None => Ok(Grants::default()),
+            Some(manifest) => Grants::new(
+                manifest.blobs.read.clone(),
+                manifest.blobs.write.clone(),
+                Some(manifest.records.tables.clone()),
+            )
+            .with_context(|| format!("plugin `{}`: manifest", self.name)),
+        }
+    }
+
+    /// The manifest's settings with `overrides` on top.
+    pub fn config(&self, overrides: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut config = self
+            .manifest
+            .as_ref()
+            .map(|m| m.config.clone())
+            .unwrap_or_default();
+        config.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        config
+    }
+}
+
+/// Reads the manifest beside a plugin file, if there is one.
+fn manifest_for(wasm_path: &Path) -> anyhow::Result<Option<Manifest>> {
+    let path = wasm_path.with_extension("toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{} is not a valid plugin manifest", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// Plugin names are what a file name and a config key can both carry.
@@ -109,6 +196,7 @@ pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCo
             .to_string();
         return Ok(PluginCode {
             name,
+            manifest: manifest_for(&path)?,
             source: PluginSource::File(path),
             wasm: Cow::Owned(wasm),
         });
@@ -120,6 +208,7 @@ pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCo
             Ok(wasm) => {
                 return Ok(PluginCode {
                     name: wanted.to_string(),
+                    manifest: manifest_for(&path)?,
                     source: PluginSource::File(path),
                     wasm: Cow::Owned(wasm),
                 });
@@ -135,6 +224,7 @@ pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCo
             name: name.to_string(),
             source: PluginSource::BuiltIn,
             wasm: Cow::Borrowed(wasm),
+            manifest: None,
         }),
         None => {
             let built_in: Vec<_> = BUILT_IN.iter().map(|(name, _)| *name).collect();
@@ -166,6 +256,35 @@ mod tests {
         assert_eq!(
             code.source,
             PluginSource::File(dir.path().join("compress.wasm"))
+        );
+    }
+
+    #[test]
+    fn a_manifest_beside_the_file_narrows_grants_and_adds_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.wasm"), b"\0asm").unwrap();
+        let code = find("p", Some(dir.path())).unwrap();
+        assert_eq!(code.grants().unwrap(), Grants::default());
+        std::fs::write(
+            dir.path().join("p.toml"),
+            "[blobs]\nread = [\"s3://docs\"]\n[records]\ntables = [\"jobs\"]\n[config]\nlevel = \"9\"\nmode = \"a\"\n",
+        )
+        .unwrap();
+        let code = find("p", Some(dir.path())).unwrap();
+        let grants = code.grants().unwrap();
+        assert_eq!(grants.read, ["s3://docs/"]);
+        assert!(grants.write.is_empty());
+        assert_eq!(grants.tables, Some(vec!["jobs".to_string()]));
+        let config = code.config(&BTreeMap::from([("mode".to_string(), "b".to_string())]));
+        assert_eq!(
+            config,
+            BTreeMap::from([("level".into(), "9".into()), ("mode".into(), "b".into())])
+        );
+        std::fs::write(dir.path().join("p.toml"), "[blobz]\n").unwrap();
+        let err = format!("{:#}", find("p", Some(dir.path())).unwrap_err());
+        assert!(
+            err.contains("p.toml is not a valid plugin manifest"),
+            "{err}"
         );
     }
 

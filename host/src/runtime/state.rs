@@ -78,6 +78,7 @@ pub struct HostState {
     pub(super) limits: Limits,
     pub(super) services: Services,
     pub(super) config: Arc<BTreeMap<String, String>>,
+    pub(super) grants: Arc<super::grants::Grants>,
     pub(super) log: LogSink,
     pub(super) usage: Usage,
     /// Readers and writers the processor holds now.

@@ -52,11 +52,13 @@ impl HostState {
 impl wit::Host for HostState {
     async fn stat(&mut self, uri: String) -> Result<wit::ObjectInfo, HostBlobError> {
         let uri = BlobUri::parse(&uri)?;
+        self.grants.check_read(&uri)?;
         Ok(info(self.services.blobs.stat(&uri).await?))
     }
 
     async fn open(&mut self, uri: String) -> Result<Resource<ReaderHandle>, HostBlobError> {
         let uri = BlobUri::parse(&uri)?;
+        self.grants.check_read(&uri)?;
         self.take_handle()?;
         match self.services.blobs.open(&uri).await {
             Ok(reader) => Ok(self.table.push(ReaderHandle(reader))?),
@@ -73,6 +75,7 @@ impl wit::Host for HostState {
         content_type: Option<String>,
     ) -> Result<Resource<WriterHandle>, HostBlobError> {
         let uri = BlobUri::parse(&uri)?;
+        self.grants.check_write(&uri)?;
         self.take_handle()?;
         match self
             .services
@@ -97,6 +100,7 @@ impl wit::Host for HostState {
         expires_in_secs: u32,
     ) -> Result<String, HostBlobError> {
         let uri = BlobUri::parse(&uri)?;
+        self.grants.check_read(&uri)?;
         let expires_in = Duration::from_secs(u64::from(expires_in_secs));
         Ok(self.services.blobs.presign_get(&uri, expires_in).await?)
     }

@@ -11,6 +11,9 @@ impl wit::Host for HostState {
         key: String,
         value: String,
     ) -> wasmtime::Result<Result<(), String>> {
+        if let Err(denied) = self.grants.check_table(&table) {
+            return Ok(Err(denied));
+        }
         Ok(self
             .services
             .records
@@ -24,6 +27,9 @@ impl wit::Host for HostState {
         table: String,
         key: String,
     ) -> wasmtime::Result<Result<Option<String>, String>> {
+        if let Err(denied) = self.grants.check_table(&table) {
+            return Ok(Err(denied));
+        }
         Ok(self
             .services
             .records
