@@ -412,3 +412,57 @@ fn producers_and_operators_manage_queues_and_dead_letters() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn plugins_are_listed_checked_and_inspected() {
+    let scratch = Scratch::new();
+    let plugins = scratch.dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(wasq_test_guests::ROGUE, plugins.join("rogue.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("rogue.toml"),
+        "[blobs]\nread = [\"s3://docs/\"]\n[config]\ngreeting = \"hi\"\n",
+    )
+    .unwrap();
+
+    let out = scratch.wasq(&["plugins", "list"]);
+    let listed = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        listed.contains("compress") && listed.contains("built-in"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("rogue")
+            && listed.contains("(with manifest)")
+            && listed.contains("ok  sha256:"),
+        "{listed}"
+    );
+
+    let out = scratch.wasq(&["plugins", "inspect", "rogue"]);
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("fits:     the processor world"), "{shown}");
+    assert!(
+        shown.contains("  wasq:processor/blobs@0.1.0") && shown.contains("  handle"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("read:     s3://docs/") && shown.contains("write:    \n"),
+        "{shown}"
+    );
+    assert!(shown.contains("greeting = hi"), "{shown}");
+
+    std::fs::write(plugins.join("broken.wasm"), b"junk").unwrap();
+    let out = scratch.wasq(&["plugins", "check"]);
+    let checked = text(&out.stdout);
+    assert!(!out.status.success(), "{checked}");
+    assert!(
+        checked.contains("FAIL  broken") && checked.contains("not a valid component"),
+        "{checked}"
+    );
+    assert!(
+        checked.contains("ok    rogue") && checked.contains("ok    compress"),
+        "{checked}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+mod plugins;
 mod run;
 
 use crate::offline::{self, LocalEnv, TestOptions};
@@ -74,6 +75,9 @@ pub enum Command {
     /// Inspect and redrive dead letters.
     #[command(subcommand)]
     Dlq(admin::DlqCommand),
+    /// List, check and inspect processors.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
     /// Run a processor on fixture messages against the local backends.
     Test(TestArgs),
     /// The whole flow on the embedded backends: seed sample documents,
@@ -226,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Queue(command) => admin::queue(command, &cli.global).await,
         Command::Dlq(command) => admin::dlq(command, &cli.global).await,
         Command::Demo(args) => demo::demo(args, &cli.global).await,
+        Command::Plugins(command) => plugins::plugins(command, &cli.global).await,
     }
 }
 

@@ -96,6 +96,18 @@ impl Outcome {
     }
 }
 
+/// What `wasq plugins inspect` shows of a plugin.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub sha256: String,
+    pub size: usize,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Whether it links against the `processor` world, and why not.
+    pub fits: Result<(), String>,
+    pub grants: Grants,
+}
+
 /// One run of a processor on one message.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -213,6 +225,42 @@ impl Runtime {
             code.config(config),
         )?;
         Ok(plugin.with_grants(grants))
+    }
+
+    /// Compiles plugin code and describes it: its hash, what it imports and
+    /// exports, and whether it fits the `processor` world.
+    pub fn inspect(&self, code: &plugins::PluginCode) -> anyhow::Result<Inspection> {
+        use sha2::Digest;
+        let component = Component::new(&self.engine, &code.wasm).map_err(|err| {
+            anyhow::anyhow!(
+                "plugin `{}` ({}): not a valid component: {err:#}",
+                code.name,
+                code.source
+            )
+        })?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let fits = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ProcessorPre::new)
+            .map(drop)
+            .map_err(|err| format!("{err:#}"));
+        Ok(Inspection {
+            sha256: hex::encode(sha2::Sha256::digest(&code.wasm)),
+            size: code.wasm.len(),
+            imports,
+            exports,
+            fits,
+            grants: code.grants()?,
+        })
     }
 
     /// Runs `plugin` on one message in a fresh instance. Never fails: a trap

@@ -240,6 +240,29 @@ pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCo
     }
 }
 
+/// Every plugin there is: the built-ins, then `plugins_dir/*.wasm`, a file
+/// replacing the built-in of its name. Sorted by name.
+pub fn discover(plugins_dir: Option<&Path>) -> anyhow::Result<Vec<PluginCode>> {
+    let mut found: BTreeMap<String, PluginCode> = BTreeMap::new();
+    for (name, _) in BUILT_IN {
+        found.insert(name.to_string(), find(name, None)?);
+    }
+    if let Some(dir) = plugins_dir {
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if path.extension().is_some_and(|e| e == "wasm") && check_name(name).is_ok() {
+                found.insert(name.to_string(), find(name, Some(dir))?);
+            }
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

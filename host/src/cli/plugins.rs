@@ -1,0 +1,116 @@
+//! `wasq plugins list|check|inspect`.
+
+use super::GlobalArgs;
+use crate::runtime::plugins::{self, PluginCode};
+use crate::runtime::{Limits, Runtime, limits::Bytes};
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Every plugin: built-in ones and plugins/NAME.wasm.
+    List,
+    /// Compile plugins and check them against the processor world.
+    Check {
+        /// Names or .wasm paths; all plugins if none.
+        plugins: Vec<String>,
+    },
+    /// Hash, imports, exports, limits and grants of one plugin.
+    Inspect { plugin: String },
+}
+
+fn source_line(code: &PluginCode) -> String {
+    match &code.manifest {
+        Some(_) => format!("{} (with manifest)", code.source),
+        None => code.source.to_string(),
+    }
+}
+
+pub async fn plugins(command: PluginsCommand, global: &GlobalArgs) -> anyhow::Result<bool> {
+    let dir = global.plugins_dir();
+    let runtime = Runtime::new(global.engine())?;
+    match command {
+        PluginsCommand::List => {
+            for code in plugins::discover(dir.as_deref())? {
+                let verdict = match runtime.inspect(&code) {
+                    Ok(seen) => match seen.fits {
+                        Ok(()) => format!("ok  sha256:{}", &seen.sha256[..16]),
+                        Err(_) => {
+                            "does not fit the processor world (see `wasq plugins check`)".into()
+                        }
+                    },
+                    Err(_) => "not a valid component (see `wasq plugins check`)".into(),
+                };
+                println!("{:<16} {:<48} {verdict}", code.name, source_line(&code));
+            }
+            Ok(true)
+        }
+        PluginsCommand::Check { plugins: wanted } => {
+            let codes = if wanted.is_empty() {
+                plugins::discover(dir.as_deref())?
+            } else {
+                wanted
+                    .iter()
+                    .map(|w| plugins::find(w, dir.as_deref()))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            let mut all_good = true;
+            for code in codes {
+                let problem = match runtime.inspect(&code) {
+                    Ok(seen) => seen.fits.err(),
+                    Err(err) => Some(format!("{err:#}")),
+                };
+                match problem {
+                    None => println!("ok    {} ({})", code.name, source_line(&code)),
+                    Some(why) => {
+                        all_good = false;
+                        let why = why.split_whitespace().collect::<Vec<_>>().join(" ");
+                        println!("FAIL  {} ({}): {why}", code.name, source_line(&code));
+                    }
+                }
+            }
+            Ok(all_good)
+        }
+        PluginsCommand::Inspect { plugin } => {
+            let code = plugins::find(&plugin, dir.as_deref())?;
+            let seen = runtime.inspect(&code)?;
+            let limits = Limits::default();
+            println!("name:     {}", code.name);
+            println!("source:   {}", source_line(&code));
+            println!("sha256:   {}", seen.sha256);
+            println!("size:     {} bytes", seen.size);
+            match &seen.fits {
+                Ok(()) => println!("fits:     the processor world"),
+                Err(why) => println!("fits:     NO: {why}"),
+            }
+            println!("imports:");
+            for name in &seen.imports {
+                println!("  {name}");
+            }
+            println!("exports:");
+            for name in &seen.exports {
+                println!("  {name}");
+            }
+            println!(
+                "limits:   memory {}, timeout {}, bytes read {}, bytes written {} (defaults; bindings may set their own)",
+                Bytes(limits.memory),
+                humantime::format_duration(limits.timeout),
+                Bytes(limits.bytes_read),
+                Bytes(limits.bytes_written)
+            );
+            println!("read:     {}", seen.grants.read.join(", "));
+            println!("write:    {}", seen.grants.write.join(", "));
+            match &seen.grants.tables {
+                Some(tables) => println!("tables:   {}", tables.join(", ")),
+                None => println!("tables:   any"),
+            }
+            let config = code.config(&Default::default());
+            if !config.is_empty() {
+                println!("config:");
+                for (key, value) in config {
+                    println!("  {key} = {value}");
+                }
+            }
+            Ok(seen.fits.is_ok())
+        }
+    }
+}
