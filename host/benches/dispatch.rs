@@ -19,7 +19,7 @@ use wasq::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
 use wasq::offline::LocalEnv;
 use wasq::queue::local::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
-use wasq::runtime::{EngineOptions, Limits, PluginSource, Runtime};
+use wasq::runtime::{EngineOptions, Limits, PluginSlot, PluginSource, Runtime};
 
 fn main() -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         ..EngineOptions::default()
     })?);
     let rogue = std::fs::read(wasq_test_guests::ROGUE)?;
-    let plugin = Arc::new(runtime.load(
+    let plugin = PluginSlot::new(runtime.load(
         "rogue",
         PluginSource::File(wasq_test_guests::ROGUE.into()),
         &rogue,
@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn throughput(
     runtime: &Arc<Runtime>,
-    plugin: &Arc<wasq::runtime::Plugin>,
+    plugin: &PluginSlot,
     count: usize,
     concurrency: usize,
 ) -> anyhow::Result<(f64, f64, f64)> {

@@ -6,7 +6,8 @@ use crate::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
 use crate::offline::LocalEnv;
 use crate::queue::local::QueueOptions;
 use crate::queue::{LocalQueues, Queue, Redrive};
-use crate::runtime::{self, EngineOptions, Limits, Runtime};
+use crate::runtime::reload::{Reloader, Watched};
+use crate::runtime::{self, EngineOptions, Limits, PluginSlot, Runtime};
 use crate::serve::{self, ServeState};
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
@@ -103,6 +104,7 @@ pub struct Host {
     /// Each binding's queue, in configuration order.
     pub bound: Vec<Arc<dyn Queue>>,
     bindings: Vec<Binding>,
+    reloader: Reloader,
     dispatcher: Dispatcher,
     serve: Option<(SocketAddr, ServeState)>,
 }
@@ -118,6 +120,7 @@ impl Host {
 
         let mut bindings = Vec::new();
         let mut bound: Vec<Arc<dyn Queue>> = Vec::new();
+        let mut watched = Vec::new();
         for spec in &config.bindings {
             let code = runtime::plugins::find(&spec.plugin, config.plugins_dir.as_deref())?;
             let plugin = runtime.load_code(&code, spec.limits, &spec.plugin_config)?;
@@ -149,12 +152,19 @@ impl Host {
                 }
             };
             info!(queue = %spec.queue, plugin = %plugin.name(), source = %plugin.source(), "bound");
+            let slot = PluginSlot::new(plugin);
+            watched.push(Watched {
+                wanted: spec.plugin.clone(),
+                limits: spec.limits,
+                config: spec.plugin_config.clone(),
+                slot: slot.clone(),
+            });
             bound.push(queue.clone());
             bindings.push(Binding {
                 config: spec.config.clone(),
                 queue,
                 dlq,
-                plugin: Arc::new(plugin),
+                plugin: slot,
             });
         }
 
@@ -178,6 +188,11 @@ impl Host {
             )
         });
         Ok(Host {
+            reloader: Reloader {
+                runtime: runtime.clone(),
+                plugins_dir: config.plugins_dir.clone(),
+                watched,
+            },
             dispatcher: Dispatcher {
                 runtime,
                 services,
@@ -218,9 +233,13 @@ impl Host {
             }
             None => None,
         };
+        let reloading = tokio_util::sync::CancellationToken::new();
+        let reloader = tokio::spawn(self.reloader.run(reloading.clone()));
         self.dispatcher
             .run(self.bindings, self.readiness, shutdown)
             .await;
+        reloading.cancel();
+        reloader.await.context("the plugin reloader task")?;
         if let Some(keep) = keep_serving {
             keep.await;
         }

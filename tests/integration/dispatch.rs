@@ -86,7 +86,7 @@ impl Rig {
             config,
             queue: Arc::new(self.queue.clone()),
             dlq: with_dlq.then(|| Arc::new(self.dlq.clone()) as Arc<dyn Queue>),
-            plugin: Arc::new(harness::rogue(limits)),
+            plugin: wasq::runtime::PluginSlot::new(harness::rogue(limits)),
         }
     }
 

@@ -7,4 +7,5 @@ mod compress;
 mod dispatch;
 mod harness;
 mod reliability;
+mod reload;
 mod sandbox;

@@ -10,7 +10,7 @@ pub use backoff::Backoff;
 pub use metrics::{BindingMetrics, Metrics};
 
 use crate::queue::{MAX_ATTRIBUTES, Outgoing, Queue, Received, SOURCE_ATTRIBUTE};
-use crate::runtime::{LogSink, Message, Outcome, Plugin, Runtime, Services};
+use crate::runtime::{LogSink, Message, Outcome, Plugin, PluginSlot, Runtime, Services};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -80,7 +80,9 @@ pub struct Binding {
     /// Where rejected and exhausted messages go; `None` only when the user
     /// opted in to dropping them.
     pub dlq: Option<Arc<dyn Queue>>,
-    pub plugin: Arc<Plugin>,
+    /// The plugin, read per message: a reload replaces it for the messages
+    /// that start afterwards.
+    pub plugin: PluginSlot,
 }
 
 /// Runs bindings until shutdown.
@@ -207,6 +209,10 @@ impl BindingState {
     async fn poll(self: Arc<Self>) {
         let batch_size = self.config().batch_size;
         loop {
+            // A binding whose plugin file was removed pauses here.
+            if self.binding.plugin.available(&self.stop).await.is_none() {
+                break;
+            }
             // One permit is waited for; more are taken only if free now, so
             // a batch never asks for more messages than can start at once.
             let mut permits = tokio::select! {
@@ -355,11 +361,17 @@ impl BindingState {
     async fn process(self: &Arc<Self>, received: Received) -> bool {
         // An error-level span, so that its fields reach every log line a
         // filter lets through, warnings included.
+        let Some(plugin) = self.binding.plugin.current() else {
+            warn!(message_id = %received.id, "the plugin was removed; releasing the message");
+            self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)])
+                .await;
+            return false;
+        };
         let span = error_span!(
             "message",
             message_id = %received.id,
             queue = self.binding.queue.name(),
-            plugin = %self.binding.plugin.name(),
+            plugin = %plugin.name(),
             receive_count = received.receive_count,
         );
         async {
@@ -373,24 +385,27 @@ impl BindingState {
                 group_id: received.group_id.clone(),
                 queue: self.binding.queue.name().to_string(),
             };
-            let log = LogSink::new(self.binding.plugin.name().clone(), received.id.as_str().into(), false);
+            let log = LogSink::new(plugin.name().clone(), received.id.as_str().into(), false);
             let heartbeat = self.heartbeat(received.receipt.clone());
             let run = tokio::select! {
-                run = self.runtime.run(&self.binding.plugin, &self.services, &message, log) => Some(run),
+                run = self.runtime.run(&plugin, &self.services, &message, log) => Some(run),
                 _ = self.abort.cancelled() => None,
             };
             heartbeat.cancel();
             self.metrics.in_flight.dec();
             let Some(run) = run else {
                 info!("released unfinished at shutdown");
-                self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)]).await;
+                self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)])
+                    .await;
                 return false;
             };
-            self.metrics.handle_seconds.observe(run.elapsed.as_secs_f64());
+            self.metrics
+                .handle_seconds
+                .observe(run.elapsed.as_secs_f64());
             if let Some(fault) = &run.fault {
                 warn!(%fault, "processor failed");
             }
-            self.settle(&received, run.outcome).await
+            self.settle(&received, &plugin, run.outcome).await
         }
         .instrument(span)
         .await
@@ -423,7 +438,7 @@ impl BindingState {
 
     /// Ends a message in exactly one of: delete, retry with backoff,
     /// dead-letter.
-    async fn settle(&self, received: &Received, outcome: Outcome) -> bool {
+    async fn settle(&self, received: &Received, plugin: &Plugin, outcome: Outcome) -> bool {
         match outcome {
             Outcome::Done(result) => {
                 if let Some(result) = result {
@@ -452,7 +467,7 @@ impl BindingState {
                         "gave up after {} receives; last: {reason}",
                         received.receive_count
                     );
-                    self.dead_letter(received, &reason).await;
+                    self.dead_letter(received, plugin, &reason).await;
                 } else {
                     let delay =
                         delay.unwrap_or_else(|| config.backoff.delay(received.receive_count));
@@ -465,7 +480,7 @@ impl BindingState {
             }
             Outcome::Reject(reason) => {
                 self.metrics.rejected.inc();
-                self.dead_letter(received, &reason).await;
+                self.dead_letter(received, plugin, &reason).await;
                 false
             }
         }
@@ -474,7 +489,7 @@ impl BindingState {
     /// Sends a message to the dead-letter queue with its reason, then
     /// deletes it. If the send fails, the message stays (it will be
     /// received again): nothing is lost.
-    async fn dead_letter(&self, received: &Received, reason: &str) {
+    async fn dead_letter(&self, received: &Received, plugin: &Plugin, reason: &str) {
         let reason: String = reason.chars().take(MAX_REASON).collect();
         let Some(dlq) = &self.binding.dlq else {
             error!(%reason, "no dead-letter queue (opted out): dropping the message");
@@ -484,10 +499,7 @@ impl BindingState {
         };
         let mut attributes = vec![
             (REASON_ATTRIBUTE.to_string(), reason.clone()),
-            (
-                PLUGIN_ATTRIBUTE.to_string(),
-                self.binding.plugin.name().to_string(),
-            ),
+            (PLUGIN_ATTRIBUTE.to_string(), plugin.name().to_string()),
             (
                 RECEIVE_COUNT_ATTRIBUTE.to_string(),
                 received.receive_count.to_string(),

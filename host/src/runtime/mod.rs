@@ -7,12 +7,14 @@ pub mod host;
 pub mod limits;
 pub mod log;
 pub mod plugins;
+pub mod reload;
 mod state;
 
 pub use grants::Grants;
 pub use limits::Limits;
 pub use log::{Level, LogLine, LogSink, Source};
 pub use plugins::{Plugin, PluginSource};
+pub use reload::PluginSlot;
 pub use state::{Fault, Services, Usage};
 
 use anyhow::Context as _;

@@ -1,0 +1,194 @@
+//! Hot reload: each binding reads its plugin from a slot per message, and a
+//! watcher replaces the slot's plugin when `plugins/NAME.wasm` or its
+//! manifest changes. Messages already running keep the version they
+//! started with; a file that does not compile or does not fit the
+//! processor world never replaces a working version.
+
+use super::plugins;
+use super::{Limits, Plugin, Runtime};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// How often the plugin files are looked at. A change is taken once it has
+/// held still for one more look, so a file still being copied is not read
+/// half-written.
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+
+/// The current version of one binding's plugin.
+#[derive(Clone)]
+pub struct PluginSlot {
+    inner: Arc<SlotInner>,
+}
+
+struct SlotInner {
+    current: RwLock<Option<Arc<Plugin>>>,
+    changed: Notify,
+}
+
+impl PluginSlot {
+    pub fn new(plugin: Plugin) -> Self {
+        PluginSlot {
+            inner: Arc::new(SlotInner {
+                current: RwLock::new(Some(Arc::new(plugin))),
+                changed: Notify::new(),
+            }),
+        }
+    }
+
+    /// The plugin to run the next message on; `None` while its file is gone.
+    pub fn current(&self) -> Option<Arc<Plugin>> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, plugin: Option<Plugin>) {
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = plugin.map(Arc::new);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Waits until there is a plugin (or `cancel` fires).
+    pub async fn available(&self, cancel: &CancellationToken) -> Option<Arc<Plugin>> {
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(plugin) = self.current() {
+                return Some(plugin);
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = cancel.cancelled() => return None,
+            }
+        }
+    }
+}
+
+/// What a watched plugin looks like on disk: modification time and length
+/// of the `.wasm` and of its manifest.
+type Fingerprint = [Option<(SystemTime, u64)>; 2];
+
+fn fingerprint(wasm: &Path) -> Fingerprint {
+    let look = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    [look(wasm), look(&wasm.with_extension("toml"))]
+}
+
+/// One slot to keep current.
+pub struct Watched {
+    /// The plugin as the binding names it: a name or a `.wasm` path.
+    pub wanted: String,
+    pub limits: Limits,
+    pub config: BTreeMap<String, String>,
+    pub slot: PluginSlot,
+}
+
+/// Watches plugin files and reloads the slots that use them.
+pub struct Reloader {
+    pub runtime: Arc<Runtime>,
+    pub plugins_dir: Option<PathBuf>,
+    pub watched: Vec<Watched>,
+}
+
+impl Reloader {
+    /// The file a binding's plugin comes from (or would, once dropped in).
+    fn file_of(&self, wanted: &str) -> Option<PathBuf> {
+        if wanted.ends_with(".wasm") || wanted.contains('/') {
+            Some(PathBuf::from(wanted))
+        } else {
+            self.plugins_dir
+                .as_ref()
+                .map(|dir| dir.join(format!("{wanted}.wasm")))
+        }
+    }
+
+    /// Runs until `stop` fires.
+    pub async fn run(self, stop: CancellationToken) {
+        let files: Vec<Option<PathBuf>> = self
+            .watched
+            .iter()
+            .map(|w| self.file_of(&w.wanted))
+            .collect();
+        let mut seen: Vec<Fingerprint> = files
+            .iter()
+            .map(|f| f.as_deref().map(fingerprint).unwrap_or_default())
+            .collect();
+        let mut pending: Vec<Option<Fingerprint>> = vec![None; files.len()];
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SCAN_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            for (i, watched) in self.watched.iter().enumerate() {
+                let Some(file) = &files[i] else { continue };
+                let now = fingerprint(file);
+                if now == seen[i] {
+                    pending[i] = None;
+                    continue;
+                }
+                if pending[i] != Some(now) {
+                    pending[i] = Some(now);
+                    continue;
+                }
+                pending[i] = None;
+                seen[i] = now;
+                self.reload(watched).await;
+            }
+        }
+    }
+
+    async fn reload(&self, watched: &Watched) {
+        let runtime = self.runtime.clone();
+        let dir = self.plugins_dir.clone();
+        let wanted = watched.wanted.clone();
+        let limits = watched.limits;
+        let config = watched.config.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let code = plugins::find(&wanted, dir.as_deref())?;
+            let source = code.source.clone();
+            runtime
+                .load_code(&code, limits, &config)
+                .map(|plugin| (plugin, source))
+        })
+        .await;
+        match loaded {
+            Ok(Ok((plugin, source))) => {
+                info!(plugin = %watched.wanted, %source, "plugin reloaded; new messages run the new version");
+                watched.slot.replace(Some(plugin));
+            }
+            Ok(Err(err)) if !self.file_of(&watched.wanted).is_some_and(|f| f.exists()) => {
+                warn!(plugin = %watched.wanted, error = %format!("{err:#}"), "plugin removed: its bindings pause until it returns");
+                watched.slot.replace(None);
+            }
+            Ok(Err(err)) => {
+                error!(plugin = %watched.wanted, error = %format!("{err:#}"), "plugin changed but cannot be used; the previous version keeps running");
+            }
+            Err(join) => {
+                error!(plugin = %watched.wanted, error = %join, "reloading the plugin failed")
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PluginSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.current() {
+            Some(plugin) => write!(f, "PluginSlot({} from {})", plugin.name(), plugin.source()),
+            None => write!(f, "PluginSlot(empty)"),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Hot reload: changing, breaking, removing and restoring a plugin while
+//! `wasq run` is busy. New messages run the new version, a broken file never
+//! replaces a working one, and a removed plugin pauses its binding without
+//! losing messages.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use wasq::queue::local::QueueOptions;
+use wasq::queue::{LocalQueues, Outgoing, Queue};
+use wasq::records::{Records, SqliteRecords};
+
+async fn result(records: &SqliteRecords, id: &str, within: Duration) -> Option<String> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Some(value) = records.get("results", &format!("jobs/{id}")).await.unwrap() {
+            return Some(value);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
+fn manifest(dir: &Path, greeting: &str) {
+    std::fs::write(
+        dir.join("rogue.toml"),
+        format!("[config]\ngreeting = \"{greeting}\"\n"),
+    )
+    .unwrap();
+}
+
+/// Reloads wait for a change to hold still for one more scan (500 ms).
+const SETTLE: Duration = Duration::from_millis(1600);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_reload_while_the_host_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(wasq_test_guests::ROGUE, plugins.join("rogue.wasm")).unwrap();
+    manifest(&plugins, "one");
+
+    let queues = LocalQueues::open(&data).unwrap();
+    queues
+        .create("jobs", QueueOptions::default())
+        .await
+        .unwrap();
+    let queue = queues.queue("jobs").await.unwrap();
+    let log = dir.path().join("host.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", &data)
+        .env("WASQ_PLUGINS_DIR", &plugins)
+        .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
+        .args([
+            "run",
+            "--queue",
+            "local://jobs",
+            "--plugin",
+            "rogue",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let records = SqliteRecords::open(&data.join("records.db")).unwrap();
+    let ask = || async {
+        queue
+            .send(Outgoing {
+                body: "config greeting".into(),
+                ..Outgoing::default()
+            })
+            .await
+            .unwrap()
+    };
+    let wait = Duration::from_secs(30);
+
+    let first = ask().await;
+    assert_eq!(result(&records, &first, wait).await.as_deref(), Some("one"));
+
+    // Changed: the new version serves new messages.
+    manifest(&plugins, "two");
+    tokio::time::sleep(SETTLE).await;
+    let second = ask().await;
+    assert_eq!(
+        result(&records, &second, wait).await.as_deref(),
+        Some("two")
+    );
+
+    // Broken: the working version stays.
+    std::fs::write(plugins.join("rogue.wasm"), b"not a component").unwrap();
+    tokio::time::sleep(SETTLE).await;
+    let third = ask().await;
+    assert_eq!(result(&records, &third, wait).await.as_deref(), Some("two"));
+
+    // Removed: the binding pauses and the message waits in the queue.
+    std::fs::remove_file(plugins.join("rogue.wasm")).unwrap();
+    tokio::time::sleep(SETTLE).await;
+    let fourth = ask().await;
+    assert_eq!(
+        result(&records, &fourth, Duration::from_secs(2)).await,
+        None
+    );
+    assert_eq!(
+        queue.stats().await.unwrap().visible + queue.stats().await.unwrap().in_flight,
+        1
+    );
+
+    // Restored: the waiting message runs on the restored version.
+    manifest(&plugins, "three");
+    std::fs::copy(wasq_test_guests::ROGUE, plugins.join("rogue.wasm")).unwrap();
+    assert_eq!(
+        result(&records, &fourth, wait).await.as_deref(),
+        Some("three")
+    );
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("plugin changed but cannot be used; the previous version keeps running"),
+        "{log}"
+    );
+    assert!(
+        log.contains("plugin removed: its bindings pause until it returns"),
+        "{log}"
+    );
+}
