@@ -1,7 +1,6 @@
 //! `wasq run`: opens the backends, loads the plugins, and runs the
 //! dispatcher and the HTTP server until shutdown.
 
-use crate::blobs::sign::LinkSigner;
 use crate::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
 use crate::offline::LocalEnv;
 use crate::queue::local::QueueOptions;
@@ -170,20 +169,13 @@ impl Host {
 
         let metrics = Arc::new(Metrics::default());
         let readiness = Readiness::default();
-        let signer = LinkSigner::for_data_dir(&config.env.data_dir, &config.env.link_base)
-            .with_context(|| {
-                format!(
-                    "loading the link secret in {}",
-                    config.env.data_dir.display()
-                )
-            })?;
         let serve = config.listen.map(|addr| {
             (
                 addr,
                 ServeState {
                     metrics: metrics.clone(),
                     readiness: readiness.clone(),
-                    links: Some((blobs.clone(), signer)),
+                    links: Some(blobs.clone()),
                 },
             )
         });

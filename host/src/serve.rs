@@ -2,7 +2,7 @@
 //! local store's signed download links (with Range support).
 
 use crate::blobs::LocalBlobs;
-use crate::blobs::sign::{LINK_PREFIX, LinkError, LinkSigner};
+use crate::blobs::sign::{LINK_PREFIX, LinkError};
 use crate::dispatch::{Metrics, Readiness};
 use axum::Router;
 use axum::body::Body;
@@ -19,9 +19,9 @@ use tower_http::services::ServeFile;
 pub struct ServeState {
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
-    /// The local store and the signer of its links; `None` when blobs live
-    /// elsewhere (S3 signs its own links).
-    pub links: Option<(LocalBlobs, LinkSigner)>,
+    /// The local store, whose signer checks the links; `None` when blobs
+    /// live elsewhere (S3 signs its own links).
+    pub links: Option<LocalBlobs>,
 }
 
 pub fn router(state: ServeState) -> Router {
@@ -57,7 +57,7 @@ async fn metrics(State(state): State<ServeState>) -> Response {
 }
 
 async fn download(State(state): State<ServeState>, request: Request) -> Response {
-    let Some((blobs, signer)) = &state.links else {
+    let Some(blobs) = &state.links else {
         return (StatusCode::NOT_FOUND, "this server signs no local links\n").into_response();
     };
     let path = request.uri().path().to_string();
@@ -67,7 +67,7 @@ async fn download(State(state): State<ServeState>, request: Request) -> Response
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let uri = match signer.verify(&path, &query, now) {
+    let uri = match blobs.signer().verify(&path, &query, now) {
         Ok(uri) => uri,
         Err(LinkError::Malformed(why)) => {
             return (StatusCode::FORBIDDEN, format!("malformed link: {why}\n")).into_response();

@@ -130,3 +130,28 @@ pub fn text(len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// `wasq run --queue local://jobs --plugin PLUGIN --listen 127.0.0.1:0 EXTRA…`
+/// on `data`, logging at info into the file `log` (a pipe nobody reads would
+/// fill and stall the host). Port 0 lets parallel tests never race for a
+/// port. Not yet spawned, so callers can add to it.
+pub fn wasq_run(data: &Path, plugin: &str, log: &Path, extra: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wasq"));
+    command
+        .env("WASQ_DATA_DIR", data)
+        .env("WASQ_CACHE_DIR", cache_dir())
+        .env("WASQ_LOG", "info")
+        .args([
+            "run",
+            "--queue",
+            "local://jobs",
+            "--plugin",
+            plugin,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    command
+}

@@ -2,9 +2,10 @@
 //! restarted, and two hosts sharing one data directory under load. Nothing
 //! may be lost.
 
+use crate::harness::wasq_run;
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use wasq::queue::local::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue, Redrive};
@@ -14,23 +15,9 @@ use wasq::records::{Records, SqliteRecords};
 /// nobody reads would fill and stall it).
 fn host(data: &Path, extra: &[&str]) -> (Child, std::path::PathBuf) {
     let log = data.with_file_name(format!("host-{}.log", log_name()));
-    let child = Command::new(env!("CARGO_BIN_EXE_wasq"))
-        .env("WASQ_DATA_DIR", data)
-        .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
-        .env("WASQ_LOG", "info")
-        .args([
-            "run",
-            "--queue",
-            "local://jobs",
-            "--plugin",
-            wasq_test_guests::ROGUE,
-        ])
-        // Port 0: the server takes any free port, so parallel tests never
-        // race for one.
-        .args(["--listen", "127.0.0.1:0", "--until-empty"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+    let mut args = vec!["--until-empty"];
+    args.extend_from_slice(extra);
+    let child = wasq_run(data, wasq_test_guests::ROGUE, &log, &args)
         .spawn()
         .unwrap();
     (child, log)
@@ -226,29 +213,14 @@ async fn sigterm_releases_unfinished_messages_and_exits_cleanly() {
     let data = dir.path().join("data");
     let (queues, _ids) = setup(&data, 3, "sleep 5000").await;
     let log = dir.path().join("host.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasq"))
-        .env("WASQ_DATA_DIR", &data)
-        .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
-        .env("WASQ_LOG", "info")
-        .args([
-            "run",
-            "--queue",
-            "local://jobs",
-            "--plugin",
-            wasq_test_guests::ROGUE,
-        ])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--max-concurrency",
-            "1",
-            "--grace",
-            "500ms",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = wasq_run(
+        &data,
+        wasq_test_guests::ROGUE,
+        &log,
+        &["--max-concurrency", "1", "--grace", "500ms"],
+    )
+    .spawn()
+    .unwrap();
     let queue = queues.queue("jobs").await.unwrap();
     let started = Instant::now();
     while queue.stats().await.unwrap().in_flight == 0 {

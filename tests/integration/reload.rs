@@ -4,7 +4,7 @@
 //! losing messages.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use wasq::queue::local::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
@@ -48,21 +48,8 @@ async fn plugins_reload_while_the_host_runs() {
         .unwrap();
     let queue = queues.queue("jobs").await.unwrap();
     let log = dir.path().join("host.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasq"))
-        .env("WASQ_DATA_DIR", &data)
+    let mut child = crate::harness::wasq_run(&data, "rogue", &log, &[])
         .env("WASQ_PLUGINS_DIR", &plugins)
-        .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
-        .args([
-            "run",
-            "--queue",
-            "local://jobs",
-            "--plugin",
-            "rogue",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let records = SqliteRecords::open(&data.join("records.db")).unwrap();

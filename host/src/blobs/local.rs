@@ -34,6 +34,11 @@ impl LocalBlobs {
         &self.root
     }
 
+    /// The signer of this store's links, which the HTTP server verifies with.
+    pub fn signer(&self) -> &LinkSigner {
+        &self.signer
+    }
+
     /// The file behind `uri`. Refuses keys with empty, `.` or `..` segments
     /// (which covers absolute keys and `//`), NUL bytes, and anything that
     /// resolves, through symlinks, to outside the root.
