@@ -4,7 +4,11 @@
 mod build_guest;
 
 fn main() {
-    let manifest_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Read when run, not when compiled: a build cache shared between
+    // clones in different places would otherwise build the wrong tree.
+    let manifest_dir = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let workspace = manifest_dir.parent().expect("host/ sits in the workspace");
     build_guest::build_guest(
         &workspace.join("guest-compress"),

@@ -5,8 +5,9 @@ use crate::blobs::sign::LinkSigner;
 use crate::blobs::{BlobUri, LocalBlobs};
 use crate::fixture::{self, Fixture};
 use crate::records::SqliteRecords;
+use crate::runtime::plugins::PluginSources;
 use crate::runtime::{
-    self, EngineOptions, Fault, Limits, LogLine, LogSink, Outcome, Plugin, Runtime, Services,
+    EngineOptions, Fault, LimitSettings, LogLine, LogSink, Outcome, Plugin, Runtime, Services,
     Source,
 };
 use anyhow::Context as _;
@@ -50,12 +51,13 @@ impl LocalEnv {
 pub struct TestOptions {
     /// A plugin name, or a path to a `.wasm` file.
     pub plugin: String,
-    pub plugins_dir: Option<PathBuf>,
+    pub plugins: PluginSources,
     pub env: LocalEnv,
     pub fixtures: Vec<PathBuf>,
     pub json: bool,
     pub engine: EngineOptions,
-    pub limits: Limits,
+    /// Limits over the plugin manifest's.
+    pub limits: LimitSettings,
     pub config: BTreeMap<String, String>,
 }
 
@@ -109,9 +111,13 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
     for path in &options.fixtures {
         fixtures.extend(fixture::load(path)?);
     }
-    let runtime = Runtime::new(options.engine.clone())?;
-    let code = runtime::plugins::find(&options.plugin, options.plugins_dir.as_deref())?;
-    let plugin = runtime.load_code(&code, options.limits, &options.config)?;
+    let code = options.plugins.find(&options.plugin)?;
+    let limits = code.limits(&options.limits)?;
+    let runtime = Runtime::new(EngineOptions {
+        fuel: options.engine.fuel || limits.fuel.is_some(),
+        ..options.engine.clone()
+    })?;
+    let plugin = runtime.load_code(&code, &options.limits, &options.config)?;
     let (blobs, services) = options.env.open()?;
 
     let mut met = 0;

@@ -5,14 +5,14 @@ use crate::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
 use crate::offline::LocalEnv;
 use crate::queue::local::QueueOptions;
 use crate::queue::{LocalQueues, Queue, Redrive};
+use crate::runtime::plugins::PluginSources;
 use crate::runtime::reload::{Reloader, Watched};
-use crate::runtime::{self, EngineOptions, Limits, PluginSlot, Runtime};
+use crate::runtime::{EngineOptions, LimitSettings, Limits, PluginSlot, Runtime};
 use crate::serve::{self, ServeState};
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -78,9 +78,49 @@ pub struct BindingSpec {
     pub queue: QueueRef,
     pub dead_letters: DeadLetters,
     pub plugin: String,
-    pub limits: Limits,
+    /// Limits set on the binding, over the plugin manifest's.
+    pub limits: LimitSettings,
+    /// The visibility timeout set on the binding; without one, it follows
+    /// the plugin's timeout (see [`BindingSpec::settle`]).
+    pub visibility_timeout: Option<Duration>,
     pub plugin_config: BTreeMap<String, String>,
+    /// Its dispatch settings; the visibility timeout is settled at start.
     pub config: BindingConfig,
+}
+
+impl BindingSpec {
+    /// The dispatch settings once the plugin's limits are known: the
+    /// visibility timeout given, or six times the processor timeout (at
+    /// least the default), which must exceed the timeout.
+    pub fn settle(&self, limits: &Limits) -> anyhow::Result<BindingConfig> {
+        let visibility = self.visibility_timeout.unwrap_or_else(|| {
+            BindingConfig::default()
+                .visibility_timeout
+                .max(limits.timeout * 6)
+                .min(crate::queue::MAX_VISIBILITY)
+        });
+        check_visibility(&self.queue, visibility, limits.timeout)?;
+        Ok(BindingConfig {
+            visibility_timeout: visibility,
+            ..self.config.clone()
+        })
+    }
+}
+
+/// A message must stay hidden for longer than its processor may run, or it
+/// could reappear and run twice at once.
+pub fn check_visibility(
+    queue: &QueueRef,
+    visibility: Duration,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        visibility > timeout,
+        "binding {queue}: the visibility timeout ({}) must exceed the processor timeout ({}), or a message could reappear while it still runs",
+        humantime::format_duration(visibility),
+        humantime::format_duration(timeout)
+    );
+    Ok(())
 }
 
 /// Everything `wasq run` needs, validated.
@@ -88,7 +128,7 @@ pub struct BindingSpec {
 pub struct HostConfig {
     pub env: LocalEnv,
     pub engine: EngineOptions,
-    pub plugins_dir: Option<PathBuf>,
+    pub plugins: PluginSources,
     /// Where the HTTP server listens; `None` runs without one.
     pub listen: Option<SocketAddr>,
     pub grace: Duration,
@@ -115,14 +155,34 @@ impl Host {
         }
         let (blobs, services) = config.env.open()?;
         let queues = LocalQueues::open(&config.env.data_dir)?;
-        let runtime = Arc::new(Runtime::new(config.engine.clone())?);
+        let mut codes = Vec::new();
+        for spec in &config.bindings {
+            let code = config.plugins.find(&spec.plugin)?;
+            let limits = code.limits(&spec.limits)?;
+            codes.push((code, spec.settle(&limits)?));
+        }
+        // Fuel is counted only when some plugin has a fuel limit: counting
+        // slows every plugin.
+        let engine = EngineOptions {
+            fuel: config.engine.fuel
+                || codes.iter().any(|(code, _)| {
+                    code.manifest
+                        .as_ref()
+                        .is_some_and(|m| m.limits.fuel.is_some())
+                })
+                || config
+                    .bindings
+                    .iter()
+                    .any(|spec| spec.limits.fuel.is_some()),
+            ..config.engine.clone()
+        };
+        let runtime = Arc::new(Runtime::new(engine)?);
 
         let mut bindings = Vec::new();
         let mut bound: Vec<Arc<dyn Queue>> = Vec::new();
         let mut watched = Vec::new();
-        for spec in &config.bindings {
-            let code = runtime::plugins::find(&spec.plugin, config.plugins_dir.as_deref())?;
-            let plugin = runtime.load_code(&code, spec.limits, &spec.plugin_config)?;
+        for (spec, (code, binding_config)) in config.bindings.iter().zip(codes) {
+            let plugin = runtime.load_code(&code, &spec.limits, &spec.plugin_config)?;
             let dlq_ref = match &spec.dead_letters {
                 DeadLetters::Default => Some(spec.queue.default_dlq()),
                 DeadLetters::To(dlq) => Some(dlq.clone()),
@@ -130,13 +190,13 @@ impl Host {
             };
             let redrive = dlq_ref.as_ref().map(|dlq| Redrive {
                 dlq: dlq.name().to_string(),
-                max_receive_count: spec.config.max_receive_count,
+                max_receive_count: binding_config.max_receive_count,
             });
             queues
                 .create(
                     spec.queue.name(),
                     QueueOptions {
-                        visibility_timeout: spec.config.visibility_timeout,
+                        visibility_timeout: binding_config.visibility_timeout,
                         redrive,
                     },
                 )
@@ -154,13 +214,15 @@ impl Host {
             let slot = PluginSlot::new(plugin);
             watched.push(Watched {
                 wanted: spec.plugin.clone(),
-                limits: spec.limits,
+                queue: spec.queue.clone(),
+                visibility_timeout: binding_config.visibility_timeout,
+                limits: spec.limits.clone(),
                 config: spec.plugin_config.clone(),
                 slot: slot.clone(),
             });
             bound.push(queue.clone());
             bindings.push(Binding {
-                config: spec.config.clone(),
+                config: binding_config,
                 queue,
                 dlq,
                 plugin: slot,
@@ -182,7 +244,7 @@ impl Host {
         Ok(Host {
             reloader: Reloader {
                 runtime: runtime.clone(),
-                plugins_dir: config.plugins_dir.clone(),
+                plugins: config.plugins.clone(),
                 watched,
             },
             dispatcher: Dispatcher {

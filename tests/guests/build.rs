@@ -4,7 +4,11 @@
 mod build_guest;
 
 fn main() {
-    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Read when run, not when compiled: a build cache shared between
+    // clones in different places would otherwise build the wrong tree.
+    let here = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     build_guest::build_guest(
         &here.join("rogue"),
         &here.join("../../wit"),

@@ -1,7 +1,7 @@
 //! Hot reload: changing, breaking, removing and restoring a plugin while
-//! `wasq run` is busy. New messages run the new version, a broken file never
-//! replaces a working one, and a removed plugin pauses its binding without
-//! losing messages.
+//! `wasq run` is busy. New messages run the new version, a broken file (or
+//! one whose timeout outgrows the binding) never replaces a working one, and
+//! a removed plugin pauses its binding without losing messages.
 
 use std::path::Path;
 use std::process::Command;
@@ -22,9 +22,16 @@ async fn result(records: &SqliteRecords, id: &str, within: Duration) -> Option<S
 }
 
 fn manifest(dir: &Path, greeting: &str) {
+    manifest_with_timeout(dir, greeting, None);
+}
+
+fn manifest_with_timeout(dir: &Path, greeting: &str, timeout: Option<&str>) {
+    let limits = timeout
+        .map(|t| format!("[limits]\ntimeout = \"{t}\"\n"))
+        .unwrap_or_default();
     std::fs::write(
         dir.join("rogue.toml"),
-        format!("[config]\ngreeting = \"{greeting}\"\n"),
+        format!("{limits}[config]\ngreeting = \"{greeting}\"\n"),
     )
     .unwrap();
 }
@@ -76,6 +83,13 @@ async fn plugins_reload_while_the_host_runs() {
         Some("two")
     );
 
+    // A timeout that reaches the binding's visibility timeout (3m by
+    // default) could let a message run twice at once: refused.
+    manifest_with_timeout(&plugins, "slow", Some("10m"));
+    tokio::time::sleep(SETTLE).await;
+    let slow = ask().await;
+    assert_eq!(result(&records, &slow, wait).await.as_deref(), Some("two"));
+
     // Broken: the working version stays.
     std::fs::write(plugins.join("rogue.wasm"), b"not a component").unwrap();
     tokio::time::sleep(SETTLE).await;
@@ -113,6 +127,10 @@ async fn plugins_reload_while_the_host_runs() {
     assert!(status.success(), "{log}");
     assert!(
         log.contains("plugin changed but cannot be used; the previous version keeps running"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the visibility timeout (3m) must exceed the processor timeout (10m)"),
         "{log}"
     );
     assert!(

@@ -350,7 +350,7 @@ async fn a_manifest_confines_the_processor_to_its_grants() {
     .unwrap();
     let code = wasq::runtime::plugins::find("rogue", Some(plugins.path())).unwrap();
     let plugin = harness::RUNTIME
-        .load_code(&code, Limits::default(), &Default::default())
+        .load_code(&code, &Default::default(), &Default::default())
         .unwrap();
 
     let cases = [
@@ -387,4 +387,65 @@ async fn a_manifest_confines_the_processor_to_its_grants() {
     }
     assert!(!env.root().join("docs/x.bin").exists());
     assert!(!env.root().join("outside/x.bin").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_limits_apply_and_fuel_is_counted_when_asked_for() {
+    let env = Env::new();
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(wasq_test_guests::ROGUE, plugins.path().join("rogue.wasm")).unwrap();
+    std::fs::write(
+        plugins.path().join("rogue.toml"),
+        "[limits]\nfuel = 50000000\ntimeout = \"20s\"\nmemory = \"48MiB\"\n",
+    )
+    .unwrap();
+    let code = wasq::runtime::plugins::find("rogue", Some(plugins.path())).unwrap();
+
+    // An engine that does not count fuel refuses a fuel limit by name.
+    let err = harness::RUNTIME
+        .load_code(&code, &Default::default(), &Default::default())
+        .err()
+        .expect("a fuel limit needs a counting engine");
+    assert!(format!("{err:#}").contains("fuel metering"), "{err:#}");
+
+    let counting = wasq::runtime::Runtime::new(wasq::runtime::EngineOptions {
+        max_instances: 4,
+        cache_dir: Some(harness::cache_dir()),
+        fuel: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let plugin = counting
+        .load_code(&code, &Default::default(), &Default::default())
+        .unwrap();
+    assert_eq!(plugin.limits().memory, 48 << 20);
+    assert_eq!(plugin.limits().timeout, Duration::from_secs(20));
+    let sink = |id: &str| wasq::runtime::LogSink::new(plugin.name().clone(), id.into(), true);
+    let started = Instant::now();
+    let looping = message("f", "loop");
+    let result = counting
+        .run(&plugin, &env.services, &looping, sink("f"))
+        .await;
+    assert_eq!(result.fault, Some(Fault::Fuel(50_000_000)));
+    assert!(retry_reason(&result.outcome).contains("50000000 units of fuel"));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Work within the budget is untouched by it.
+    let fine = counting
+        .run(&plugin, &env.services, &message("n", "noop"), sink("n"))
+        .await;
+    assert_eq!(fine.fault, None);
+    assert_eq!(fine.outcome.kind(), "done");
+
+    // A binding's own setting wins over the manifest's.
+    let flags = wasq::runtime::LimitSettings {
+        memory: Some("16MiB".into()),
+        ..Default::default()
+    };
+    let plugin = counting
+        .load_code(&code, &flags, &Default::default())
+        .unwrap();
+    let hog = counting
+        .run(&plugin, &env.services, &message("h", "hog"), sink("h"))
+        .await;
+    assert_eq!(hog.fault, Some(Fault::Memory(16 << 20)));
 }

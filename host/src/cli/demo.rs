@@ -6,6 +6,7 @@ use crate::queue::local::QueueOptions;
 use crate::queue::{Outgoing, Queue, Redrive};
 use crate::records::{Records, SqliteRecords};
 use crate::run::{Host, HostConfig, drained};
+use crate::runtime::plugins::PluginSources;
 use anyhow::Context as _;
 use clap::Args;
 use std::net::SocketAddr;
@@ -90,7 +91,7 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     let config = HostConfig {
         env: env.clone(),
         engine: global.engine(),
-        plugins_dir: global.plugins_dir(),
+        plugins: PluginSources::in_dir(global.plugins_dir()),
         listen: Some(args.listen),
         grace: Duration::from_secs(10),
         bindings: vec![binding],

@@ -7,12 +7,12 @@ mod plugins;
 mod run;
 
 use crate::offline::{self, LocalEnv, TestOptions};
-use crate::runtime::{self, EngineOptions, Limits};
+use crate::runtime::plugins::PluginSources;
+use crate::runtime::{self, EngineOptions, LimitSettings};
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -98,47 +98,21 @@ pub struct TestArgs {
     /// Print one JSON object per message.
     #[arg(long)]
     pub json: bool,
-    /// Memory limit, e.g. 128MiB.
-    #[arg(long, value_parser = parse_bytes)]
-    pub memory: Option<u64>,
-    /// Wall-clock limit per message, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub timeout: Option<Duration>,
+    /// Memory limit, e.g. 128MiB (over the plugin manifest's).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Wall-clock limit per message, e.g. 30s (over the plugin manifest's).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Fuel (instruction count) limit per message.
+    #[arg(long)]
+    pub fuel: Option<u64>,
     /// A setting the processor reads with `config.get`, as KEY=VALUE.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
     /// Fixture files: wasq's JSON form or a Lambda SQS event.
     #[arg(required = true)]
     pub fixtures: Vec<PathBuf>,
-}
-
-/// Parses `128MiB`, `4GiB`, `512KiB` or a plain number of bytes.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 128MiB"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "`{other}` is not a size unit (KiB, MiB, GiB, KB, MB, GB)"
-            ));
-        }
-    };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 pub(crate) fn parse_config(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -178,15 +152,13 @@ impl GlobalArgs {
 
 impl TestArgs {
     fn options(self, global: &GlobalArgs) -> anyhow::Result<TestOptions> {
-        let defaults = Limits::default();
-        let limits = Limits {
-            memory: self.memory.unwrap_or(defaults.memory),
-            timeout: self.timeout.unwrap_or(defaults.timeout),
-            ..defaults
+        let limits = LimitSettings {
+            memory: self.memory,
+            timeout: self.timeout,
+            fuel: self.fuel,
+            ..LimitSettings::default()
         };
-        if limits.timeout.is_zero() {
-            bail!("--timeout must be more than zero");
-        }
+        limits.resolve()?;
         for path in &self.fixtures {
             if !path.is_file() {
                 bail!("fixture {} does not exist", path.display());
@@ -194,7 +166,7 @@ impl TestArgs {
         }
         Ok(TestOptions {
             plugin: self.plugin,
-            plugins_dir: global.plugins_dir(),
+            plugins: PluginSources::in_dir(global.plugins_dir()),
             env: global.env(self.blobs),
             fixtures: self.fixtures,
             json: self.json,
@@ -237,16 +209,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_and_decimal_units() {
-        assert_eq!(parse_bytes("128MiB"), Ok(128 << 20));
-        assert_eq!(parse_bytes("4 GiB"), Ok(4 << 30));
-        assert_eq!(parse_bytes("1000"), Ok(1000));
-        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("5 parsecs").unwrap_err().contains("parsecs"));
-    }
 
     #[test]
     fn config_pairs_must_have_a_key() {

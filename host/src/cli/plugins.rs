@@ -1,8 +1,8 @@
 //! `wasq plugins list|check|inspect`.
 
 use super::GlobalArgs;
-use crate::runtime::plugins::{self, PluginCode};
-use crate::runtime::{Limits, Runtime, limits::Bytes};
+use crate::runtime::plugins::{PluginCode, PluginSources};
+use crate::runtime::{LimitSettings, Runtime, limits::Bytes};
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -26,11 +26,11 @@ fn source_line(code: &PluginCode) -> String {
 }
 
 pub async fn plugins(command: PluginsCommand, global: &GlobalArgs) -> anyhow::Result<bool> {
-    let dir = global.plugins_dir();
+    let sources = PluginSources::in_dir(global.plugins_dir());
     let runtime = Runtime::new(global.engine())?;
     match command {
         PluginsCommand::List => {
-            for code in plugins::discover(dir.as_deref())? {
+            for code in sources.discover()? {
                 let verdict = match runtime.inspect(&code) {
                     Ok(seen) => match seen.fits {
                         Ok(()) => format!("ok  sha256:{}", &seen.sha256[..16]),
@@ -46,11 +46,11 @@ pub async fn plugins(command: PluginsCommand, global: &GlobalArgs) -> anyhow::Re
         }
         PluginsCommand::Check { plugins: wanted } => {
             let codes = if wanted.is_empty() {
-                plugins::discover(dir.as_deref())?
+                sources.discover()?
             } else {
                 wanted
                     .iter()
-                    .map(|w| plugins::find(w, dir.as_deref()))
+                    .map(|w| sources.find(w))
                     .collect::<anyhow::Result<Vec<_>>>()?
             };
             let mut all_good = true;
@@ -71,9 +71,9 @@ pub async fn plugins(command: PluginsCommand, global: &GlobalArgs) -> anyhow::Re
             Ok(all_good)
         }
         PluginsCommand::Inspect { plugin } => {
-            let code = plugins::find(&plugin, dir.as_deref())?;
+            let code = sources.find(&plugin)?;
             let seen = runtime.inspect(&code)?;
-            let limits = Limits::default();
+            let limits = code.limits(&LimitSettings::default())?;
             println!("name:     {}", code.name);
             println!("source:   {}", source_line(&code));
             println!("sha256:   {}", seen.sha256);
@@ -91,11 +91,14 @@ pub async fn plugins(command: PluginsCommand, global: &GlobalArgs) -> anyhow::Re
                 println!("  {name}");
             }
             println!(
-                "limits:   memory {}, timeout {}, bytes read {}, bytes written {} (defaults; bindings may set their own)",
+                "limits:   memory {}, timeout {}, bytes read {}, bytes written {}, fuel {} (bindings may set their own)",
                 Bytes(limits.memory),
                 humantime::format_duration(limits.timeout),
                 Bytes(limits.bytes_read),
-                Bytes(limits.bytes_written)
+                Bytes(limits.bytes_written),
+                limits
+                    .fuel
+                    .map_or_else(|| "not counted".to_string(), |fuel| fuel.to_string())
             );
             println!("read:     {}", seen.grants.read.join(", "));
             println!("write:    {}", seen.grants.write.join(", "));

@@ -1,14 +1,16 @@
 //! `wasq run`: bindings from flags or `wasq.toml`, checked into a
 //! [`HostConfig`], then run until a signal (or until the queues are empty).
 
-use super::{GlobalArgs, parse_bytes, parse_config};
+use super::{GlobalArgs, parse_config};
 use crate::dispatch::{Backoff, BindingConfig};
 use crate::queue::{MAX_BATCH, MAX_VISIBILITY};
-use crate::run::{BindingSpec, DeadLetters, Host, HostConfig, QueueRef, drained};
-use crate::runtime::Limits;
+use crate::run::{BindingSpec, DeadLetters, Host, HostConfig, QueueRef, check_visibility, drained};
+use crate::runtime::LimitSettings;
+use crate::runtime::plugins::{Manifest, PluginSources};
 use anyhow::{Context as _, bail, ensure};
 use clap::Args;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,15 +57,27 @@ pub struct BindingArgs {
     /// Messages in flight at most.
     #[arg(long)]
     pub max_concurrency: Option<usize>,
-    /// How long a received message stays hidden, e.g. 3m; must exceed --timeout.
+    /// How long a received message stays hidden, e.g. 3m; must exceed
+    /// the processor's timeout (default: six times it, at least 3m).
     #[arg(long)]
     pub visibility_timeout: Option<String>,
-    /// The processor's wall-clock limit per message, e.g. 30s.
+    /// The processor's wall-clock limit per message, e.g. 30s (over its
+    /// manifest's).
     #[arg(long)]
     pub timeout: Option<String>,
     /// The processor's memory limit, e.g. 128MiB.
     #[arg(long)]
     pub memory: Option<String>,
+    /// The processor's fuel (instruction count) limit per message; turns
+    /// on fuel metering, which slows processors by about a third.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Bytes the processor may read from the blob store per message.
+    #[arg(long)]
+    pub bytes_read: Option<String>,
+    /// Bytes the processor may write to the blob store per message.
+    #[arg(long)]
+    pub bytes_written: Option<String>,
     /// First retry delay, e.g. 2s; doubles per receive.
     #[arg(long)]
     pub backoff_base: Option<String>,
@@ -99,6 +113,9 @@ struct ConfigFile {
     grace: Option<String>,
     #[serde(default)]
     binding: Vec<BindingArgs>,
+    /// Manifests for plugins without one beside them, built-ins included.
+    #[serde(default)]
+    plugins: BTreeMap<String, Manifest>,
 }
 
 fn duration(field: &str, value: &Option<String>, default: Duration) -> anyhow::Result<Duration> {
@@ -125,6 +142,9 @@ impl BindingArgs {
                 .or_else(|| base.visibility_timeout.clone()),
             timeout: self.timeout.or_else(|| base.timeout.clone()),
             memory: self.memory.or_else(|| base.memory.clone()),
+            fuel: self.fuel.or(base.fuel),
+            bytes_read: self.bytes_read.or_else(|| base.bytes_read.clone()),
+            bytes_written: self.bytes_written.or_else(|| base.bytes_written.clone()),
             backoff_base: self.backoff_base.or_else(|| base.backoff_base.clone()),
             backoff_cap: self.backoff_cap.or_else(|| base.backoff_cap.clone()),
             backoff_jitter: self.backoff_jitter.or(base.backoff_jitter),
@@ -146,7 +166,6 @@ impl BindingArgs {
         let queue = QueueRef::parse(queue_text)?;
         let at = |what: &str| format!("binding {queue}: {what}");
         let defaults = BindingConfig::default();
-        let limit_defaults = Limits::default();
 
         let batch_size = self.batch_size.unwrap_or(defaults.batch_size);
         ensure!(
@@ -167,33 +186,35 @@ impl BindingArgs {
             (1..=1000).contains(&max_concurrency),
             at(&format!("max concurrency {max_concurrency} is not 1-1000"))
         );
-        let timeout = duration("timeout", &self.timeout, limit_defaults.timeout)?;
-        ensure!(
-            !timeout.is_zero(),
-            at("the processor timeout must be more than zero")
-        );
-        let visibility_timeout = duration(
-            "visibility timeout",
-            &self.visibility_timeout,
-            defaults.visibility_timeout.max(timeout * 6),
-        )?;
-        ensure!(
-            visibility_timeout <= MAX_VISIBILITY,
-            at("the visibility timeout is at most 12h")
-        );
-        ensure!(
-            visibility_timeout > timeout,
-            at(&format!(
-                "the visibility timeout ({}) must exceed the processor timeout ({}), or a message could reappear while it still runs",
-                humantime::format_duration(visibility_timeout),
-                humantime::format_duration(timeout)
-            ))
-        );
-        let memory = match &self.memory {
-            Some(text) => {
-                parse_bytes(text).map_err(|err| anyhow::anyhow!(at(&format!("memory: {err}"))))?
+        let limits = LimitSettings {
+            memory: self.memory.clone(),
+            timeout: self.timeout.clone(),
+            fuel: self.fuel,
+            bytes_read: self.bytes_read.clone(),
+            bytes_written: self.bytes_written.clone(),
+        };
+        // The plugin's manifest may set what is left unset here, so only the
+        // syntax is checked now; the whole is checked at start.
+        let resolved = limits
+            .resolve()
+            .with_context(|| format!("binding {queue}"))?;
+        let visibility_timeout = match &self.visibility_timeout {
+            Some(_) => {
+                let given = duration(
+                    "visibility timeout",
+                    &self.visibility_timeout,
+                    Duration::ZERO,
+                )?;
+                ensure!(
+                    given <= MAX_VISIBILITY,
+                    at("the visibility timeout is at most 12h")
+                );
+                if limits.timeout.is_some() {
+                    check_visibility(&queue, given, resolved.timeout)?;
+                }
+                Some(given)
             }
-            None => limit_defaults.memory,
+            None => None,
         };
         let backoff = Backoff {
             base: duration("backoff base", &self.backoff_base, defaults.backoff.base)?,
@@ -239,18 +260,15 @@ impl BindingArgs {
                 .plugin
                 .clone()
                 .unwrap_or_else(|| "compress".to_string()),
-            limits: Limits {
-                memory,
-                timeout,
-                ..limit_defaults
-            },
+            limits,
+            visibility_timeout,
             plugin_config: parse_config(&self.plugin_config)?,
             config: BindingConfig {
                 name: queue.name().to_string(),
                 batch_size,
                 batching_window,
                 max_concurrency,
-                visibility_timeout,
+                visibility_timeout: defaults.visibility_timeout,
                 wait: defaults.wait,
                 backoff,
                 max_receive_count,
@@ -306,7 +324,10 @@ impl RunArgs {
             HostConfig {
                 env: global.env(None),
                 engine: global.engine(),
-                plugins_dir: global.plugins_dir(),
+                plugins: PluginSources {
+                    dir: global.plugins_dir(),
+                    manifests: file.plugins,
+                },
                 listen: Some(listen),
                 grace,
                 bindings,
@@ -370,7 +391,8 @@ mod tests {
     fn defaults_make_a_sound_binding() {
         let spec = binding(|_| {}).unwrap();
         assert_eq!(spec.dead_letters, DeadLetters::Default);
-        assert!(spec.config.visibility_timeout > spec.limits.timeout);
+        let limits = spec.limits.resolve().unwrap();
+        assert!(spec.settle(&limits).unwrap().visibility_timeout > limits.timeout);
         assert_eq!(spec.plugin, "compress");
     }
 
@@ -412,12 +434,36 @@ mod tests {
                 Box::new(|a| a.backoff_jitter = Some(2.0)),
                 "jitter is a share",
             ),
-            (Box::new(|a| a.memory = Some("lots".into())), "memory"),
+            (Box::new(|a| a.memory = Some("lots".into())), "limit memory"),
+            (
+                Box::new(|a| a.fuel = Some(0)),
+                "fuel must be more than zero",
+            ),
         ];
         for (change, expected) in cases {
             let err = format!("{:#}", binding(change).unwrap_err());
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn a_manifest_timeout_moves_the_default_visibility_or_is_refused() {
+        let spec = binding(|_| {}).unwrap();
+        let manifest = LimitSettings {
+            timeout: Some("10m".into()),
+            ..LimitSettings::default()
+        };
+        let limits = spec.limits.or(&manifest).resolve().unwrap();
+        assert_eq!(
+            spec.settle(&limits).unwrap().visibility_timeout,
+            Duration::from_secs(3600)
+        );
+        let spec = binding(|a| a.visibility_timeout = Some("5m".into())).unwrap();
+        let err = spec.settle(&limits).unwrap_err().to_string();
+        assert!(
+            err.contains("the visibility timeout (5m) must exceed the processor timeout (10m)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -435,12 +481,22 @@ mod tests {
             plugin = "my-plugin"
             no-dlq = true
             plugin-config = ["level=9"]
+            [plugins.compress.limits]
+            timeout = "2m"
             "#,
         )
         .unwrap();
         let specs: Vec<_> = file.binding.iter().map(|b| b.spec().unwrap()).collect();
         assert_eq!(specs[0].config.batch_size, 5);
-        assert_eq!(specs[0].config.visibility_timeout, Duration::from_secs(180));
+        let limits = specs[0].limits.resolve().unwrap();
+        assert_eq!(
+            specs[0].settle(&limits).unwrap().visibility_timeout,
+            Duration::from_secs(180)
+        );
+        assert_eq!(
+            file.plugins["compress"].limits.timeout.as_deref(),
+            Some("2m")
+        );
         assert_eq!(specs[1].dead_letters, DeadLetters::Drop);
         assert_eq!(specs[1].plugin_config["level"], "9");
         let err =

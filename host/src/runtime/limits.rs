@@ -1,5 +1,7 @@
 //! Per-plugin hard limits and the memory limiter that enforces one of them.
 
+use anyhow::{Context as _, ensure};
+use serde::Deserialize;
 use std::fmt;
 use std::time::Duration;
 
@@ -18,6 +20,9 @@ pub struct Limits {
     pub bytes_read: u64,
     /// Bytes written to the blob store.
     pub bytes_written: u64,
+    /// Wasm instructions (fuel units) one message may execute; `None` for
+    /// no count. Counting needs an engine with fuel metering.
+    pub fuel: Option<u64>,
 }
 
 impl Default for Limits {
@@ -27,8 +32,99 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             bytes_read: 4 * GIB,
             bytes_written: 4 * GIB,
+            fuel: None,
         }
     }
+}
+
+/// Limits as a manifest, `wasq.toml` or the command line writes them, each
+/// optional: `memory = "256MiB"`, `timeout = "2m"`, `fuel = 5000000000`,
+/// `bytes-read = "10GiB"`, `bytes-written = "1GiB"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitSettings {
+    pub memory: Option<String>,
+    pub timeout: Option<String>,
+    pub fuel: Option<u64>,
+    pub bytes_read: Option<String>,
+    pub bytes_written: Option<String>,
+}
+
+impl LimitSettings {
+    /// These settings, with the unset ones taken from `base`.
+    pub fn or(&self, base: &LimitSettings) -> LimitSettings {
+        let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+        LimitSettings {
+            memory: pick(&self.memory, &base.memory),
+            timeout: pick(&self.timeout, &base.timeout),
+            fuel: self.fuel.or(base.fuel),
+            bytes_read: pick(&self.bytes_read, &base.bytes_read),
+            bytes_written: pick(&self.bytes_written, &base.bytes_written),
+        }
+    }
+
+    /// The limits these settings give over the defaults, checked.
+    pub fn resolve(&self) -> anyhow::Result<Limits> {
+        let defaults = Limits::default();
+        let size = |field: &str, text: &Option<String>, default: u64| match text {
+            Some(text) => parse_bytes(text)
+                .map_err(|err| anyhow::anyhow!("{err}"))
+                .with_context(|| format!("limit {field}")),
+            None => Ok(default),
+        };
+        let limits = Limits {
+            memory: size("memory", &self.memory, defaults.memory)?,
+            timeout: match &self.timeout {
+                Some(text) => humantime::parse_duration(text).with_context(|| {
+                    format!("limit timeout `{text}` is not a duration like 30s or 5m")
+                })?,
+                None => defaults.timeout,
+            },
+            bytes_read: size("bytes-read", &self.bytes_read, defaults.bytes_read)?,
+            bytes_written: size("bytes-written", &self.bytes_written, defaults.bytes_written)?,
+            fuel: self.fuel,
+        };
+        ensure!(
+            !limits.timeout.is_zero(),
+            "limit timeout must be more than zero"
+        );
+        ensure!(
+            limits.memory >= 64 * 1024,
+            "limit memory {} is below one wasm page (64 KiB)",
+            Bytes(limits.memory)
+        );
+        ensure!(limits.fuel != Some(0), "limit fuel must be more than zero");
+        Ok(limits)
+    }
+}
+
+/// Parses `128MiB`, `4GiB`, `512KiB` or a plain number of bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 128MiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "`{other}` is not a size unit (KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Formats a byte count the way limits are written: `128 MiB`, `4 GiB`.
@@ -101,6 +197,61 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 mod tests {
     use super::*;
     use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("128MiB"), Ok(128 << 20));
+        assert_eq!(parse_bytes("4 GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").unwrap_err().contains("parsecs"));
+    }
+
+    #[test]
+    fn settings_layer_over_each_other_then_the_defaults() {
+        let flags = LimitSettings {
+            timeout: Some("5s".into()),
+            ..LimitSettings::default()
+        };
+        let manifest = LimitSettings {
+            timeout: Some("1m".into()),
+            memory: Some("256MiB".into()),
+            fuel: Some(1_000),
+            ..LimitSettings::default()
+        };
+        let limits = flags.or(&manifest).resolve().unwrap();
+        assert_eq!(limits.timeout, Duration::from_secs(5));
+        assert_eq!(limits.memory, 256 * MIB);
+        assert_eq!(limits.fuel, Some(1_000));
+        assert_eq!(limits.bytes_read, Limits::default().bytes_read);
+        for (bad, expected) in [
+            (
+                LimitSettings {
+                    memory: Some("lots".into()),
+                    ..LimitSettings::default()
+                },
+                "limit memory",
+            ),
+            (
+                LimitSettings {
+                    timeout: Some("0s".into()),
+                    ..LimitSettings::default()
+                },
+                "more than zero",
+            ),
+            (
+                LimitSettings {
+                    bytes_written: Some("1 parsec".into()),
+                    ..LimitSettings::default()
+                },
+                "limit bytes-written",
+            ),
+        ] {
+            let err = format!("{:#}", bad.resolve().unwrap_err());
+            assert!(err.contains(expected), "{err}");
+        }
+    }
 
     #[test]
     fn byte_counts_read_as_written() {

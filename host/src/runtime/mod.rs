@@ -11,7 +11,7 @@ pub mod reload;
 mod state;
 
 pub use grants::Grants;
-pub use limits::Limits;
+pub use limits::{LimitSettings, Limits};
 pub use log::{Level, LogLine, LogSink, Source};
 pub use plugins::{Plugin, PluginSource};
 pub use reload::PluginSlot;
@@ -44,6 +44,9 @@ pub struct EngineOptions {
     pub max_memory: u64,
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Count fuel, so plugins may have fuel limits. Costs about a third of
+    /// the speed of every plugin, so it is on only when asked for.
+    pub fuel: bool,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +55,7 @@ impl Default for EngineOptions {
             max_instances: 128,
             max_memory: 4 << 30,
             cache_dir: default_cache_dir(),
+            fuel: false,
         }
     }
 }
@@ -143,6 +147,7 @@ impl Runtime {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            .consume_fuel(options.fuel)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if let Some(dir) = &options.cache_dir {
             std::fs::create_dir_all(dir)
@@ -198,6 +203,11 @@ impl Runtime {
                 limits::Bytes(self.options.max_memory)
             );
         }
+        if limits.fuel.is_some() && !self.options.fuel {
+            anyhow::bail!(
+                "plugin `{name}`: a fuel limit needs fuel metering, which this engine runs without; start wasq with --fuel, or with the manifest already in place"
+            );
+        }
         let component = Component::new(&self.engine, wasm).map_err(|err| {
             anyhow::anyhow!("plugin `{name}` ({source}): not a valid component: {err:#}")
         })?;
@@ -210,15 +220,21 @@ impl Runtime {
         Ok(Plugin::new(name, source, pre, limits, config))
     }
 
-    /// Loads found plugin code with its manifest applied: the manifest's
-    /// grants, and its settings under `config`.
+    /// Whether plugins may have fuel limits.
+    pub fn counts_fuel(&self) -> bool {
+        self.options.fuel
+    }
+
+    /// Loads found plugin code with its manifest applied: its limits under
+    /// `limits`, its grants, and its settings under `config`.
     pub fn load_code(
         &self,
         code: &plugins::PluginCode,
-        limits: Limits,
+        limits: &LimitSettings,
         config: &std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<Plugin> {
         let grants = code.grants()?;
+        let limits = code.limits(limits)?;
         let plugin = self.load(
             &code.name,
             code.source.clone(),
@@ -298,6 +314,10 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        if self.options.fuel {
+            // Cannot fail with fuel metering on.
+            let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
+        }
 
         // Epoch interruption bounds CPU-bound guests: each tick the guest
         // yields to the executor, and past the deadline it traps. The tokio
@@ -343,6 +363,10 @@ impl Runtime {
                 let fault = state.fault.take().unwrap_or_else(|| {
                     if state.limiter.denied {
                         Fault::Memory(limits.memory)
+                    } else if let (Some(fuel), Some(wasmtime::Trap::OutOfFuel)) =
+                        (limits.fuel, trap.downcast_ref::<wasmtime::Trap>())
+                    {
+                        Fault::Fuel(fuel)
                     } else {
                         Fault::Trap(trap_message(&trap))
                     }

@@ -4,7 +4,7 @@
 
 use super::bindings::ProcessorPre;
 use super::grants::Grants;
-use super::limits::Limits;
+use super::limits::{LimitSettings, Limits};
 use super::state::HostState;
 use anyhow::Context as _;
 use std::borrow::Cow;
@@ -96,12 +96,15 @@ pub struct PluginCode {
     pub manifest: Option<Manifest>,
 }
 
-/// `NAME.toml` beside `NAME.wasm`: what the plugin may touch and the
-/// settings it reads. With a manifest, anything it does not grant is
-/// denied.
+/// `NAME.toml` beside `NAME.wasm` (or `[plugins.NAME]` in `wasq.toml`):
+/// the plugin's limits, what it may touch and the settings it reads. With a
+/// manifest, anything it does not grant is denied.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// Limits per message; a binding's own settings override them.
+    #[serde(default)]
+    pub limits: LimitSettings,
     #[serde(default)]
     pub blobs: BlobsSection,
     #[serde(default)]
@@ -144,6 +147,20 @@ impl PluginCode {
         }
     }
 
+    /// The manifest's limits with `overrides` (a binding's or the command
+    /// line's) on top, over the defaults.
+    pub fn limits(&self, overrides: &LimitSettings) -> anyhow::Result<Limits> {
+        let manifest = self
+            .manifest
+            .as_ref()
+            .map(|m| m.limits.clone())
+            .unwrap_or_default();
+        overrides
+            .or(&manifest)
+            .resolve()
+            .with_context(|| format!("plugin `{}`", self.name))
+    }
+
     /// The manifest's settings with `overrides` on top.
     pub fn config(&self, overrides: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         let mut config = self
@@ -153,6 +170,55 @@ impl PluginCode {
             .unwrap_or_default();
         config.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
         config
+    }
+}
+
+/// Where plugins are looked up: the plugins folder, then the built-ins; and
+/// manifests for plugins that have none beside them (`[plugins.NAME]` in
+/// `wasq.toml`, the way built-ins get theirs).
+#[derive(Debug, Clone, Default)]
+pub struct PluginSources {
+    pub dir: Option<PathBuf>,
+    pub manifests: BTreeMap<String, Manifest>,
+}
+
+impl PluginSources {
+    pub fn in_dir(dir: Option<PathBuf>) -> Self {
+        PluginSources {
+            dir,
+            manifests: BTreeMap::new(),
+        }
+    }
+
+    /// The code for `wanted` (see [`find`]), with its manifest.
+    pub fn find(&self, wanted: &str) -> anyhow::Result<PluginCode> {
+        let code = find(wanted, self.dir.as_deref())?;
+        Ok(self.with_manifest(code))
+    }
+
+    /// Every plugin there is (see [`discover`]), with their manifests.
+    pub fn discover(&self) -> anyhow::Result<Vec<PluginCode>> {
+        let found = discover(self.dir.as_deref())?;
+        Ok(found.into_iter().map(|c| self.with_manifest(c)).collect())
+    }
+
+    fn with_manifest(&self, mut code: PluginCode) -> PluginCode {
+        if code.manifest.is_none() {
+            code.manifest = self.manifests.get(&code.name).cloned();
+        }
+        code
+    }
+
+    /// The file a plugin comes from, or would once dropped in: `None` for
+    /// a name without a plugins folder.
+    pub fn file_of(&self, wanted: &str) -> Option<PathBuf> {
+        if wanted.ends_with(".wasm") || wanted.contains('/') {
+            Some(PathBuf::from(wanted))
+        } else {
+            self.dir
+                .as_ref()
+                .map(|dir| dir.join(format!("{wanted}.wasm")))
+        }
     }
 }
 
@@ -303,12 +369,55 @@ mod tests {
             config,
             BTreeMap::from([("level".into(), "9".into()), ("mode".into(), "b".into())])
         );
+        std::fs::write(
+            dir.path().join("p.toml"),
+            "[limits]\ntimeout = \"2s\"\nfuel = 100\n",
+        )
+        .unwrap();
+        let code = find("p", Some(dir.path())).unwrap();
+        let limits = code.limits(&LimitSettings::default()).unwrap();
+        assert_eq!(limits.timeout, std::time::Duration::from_secs(2));
+        assert_eq!(limits.fuel, Some(100));
+        let flags = LimitSettings {
+            timeout: Some("1s".into()),
+            ..LimitSettings::default()
+        };
+        assert_eq!(
+            code.limits(&flags).unwrap().timeout,
+            std::time::Duration::from_secs(1)
+        );
         std::fs::write(dir.path().join("p.toml"), "[blobz]\n").unwrap();
         let err = format!("{:#}", find("p", Some(dir.path())).unwrap_err());
         assert!(
             err.contains("p.toml is not a valid plugin manifest"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_manifest_from_the_config_file_applies_where_no_file_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = PluginSources {
+            dir: Some(dir.path().to_path_buf()),
+            manifests: BTreeMap::from([(
+                "compress".to_string(),
+                Manifest {
+                    config: BTreeMap::from([("level".into(), "1".into())]),
+                    ..Manifest::default()
+                },
+            )]),
+        };
+        let code = sources.find("compress").unwrap();
+        assert_eq!(code.source, PluginSource::BuiltIn);
+        assert_eq!(code.config(&BTreeMap::new())["level"], "1");
+        std::fs::write(dir.path().join("compress.wasm"), b"\0asm").unwrap();
+        std::fs::write(
+            dir.path().join("compress.toml"),
+            "[config]\nlevel = \"9\"\n",
+        )
+        .unwrap();
+        let code = sources.find("compress").unwrap();
+        assert_eq!(code.config(&BTreeMap::new())["level"], "9");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! started with; a file that does not compile or does not fit the
 //! processor world never replaces a working version.
 
-use super::plugins;
-use super::{Limits, Plugin, Runtime};
+use super::plugins::PluginSources;
+use super::{LimitSettings, Plugin, Runtime};
+use crate::run::{QueueRef, check_visibility};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -92,7 +93,12 @@ fn fingerprint(wasm: &Path) -> Fingerprint {
 pub struct Watched {
     /// The plugin as the binding names it: a name or a `.wasm` path.
     pub wanted: String,
-    pub limits: Limits,
+    /// The binding's queue and visibility timeout: a new version must
+    /// finish within the visibility timeout, or it is not taken.
+    pub queue: QueueRef,
+    pub visibility_timeout: Duration,
+    /// The binding's limits, over the manifest's.
+    pub limits: LimitSettings,
     pub config: BTreeMap<String, String>,
     pub slot: PluginSlot,
 }
@@ -100,20 +106,14 @@ pub struct Watched {
 /// Watches plugin files and reloads the slots that use them.
 pub struct Reloader {
     pub runtime: Arc<Runtime>,
-    pub plugins_dir: Option<PathBuf>,
+    pub plugins: PluginSources,
     pub watched: Vec<Watched>,
 }
 
 impl Reloader {
     /// The file a binding's plugin comes from (or would, once dropped in).
     fn file_of(&self, wanted: &str) -> Option<PathBuf> {
-        if wanted.ends_with(".wasm") || wanted.contains('/') {
-            Some(PathBuf::from(wanted))
-        } else {
-            self.plugins_dir
-                .as_ref()
-                .map(|dir| dir.join(format!("{wanted}.wasm")))
-        }
+        self.plugins.file_of(wanted)
     }
 
     /// Runs until `stop` fires.
@@ -153,16 +153,18 @@ impl Reloader {
 
     async fn reload(&self, watched: &Watched) {
         let runtime = self.runtime.clone();
-        let dir = self.plugins_dir.clone();
+        let plugins = self.plugins.clone();
         let wanted = watched.wanted.clone();
-        let limits = watched.limits;
+        let limits = watched.limits.clone();
         let config = watched.config.clone();
+        let queue = watched.queue.clone();
+        let visibility = watched.visibility_timeout;
         let loaded = tokio::task::spawn_blocking(move || {
-            let code = plugins::find(&wanted, dir.as_deref())?;
+            let code = plugins.find(&wanted)?;
             let source = code.source.clone();
-            runtime
-                .load_code(&code, limits, &config)
-                .map(|plugin| (plugin, source))
+            let plugin = runtime.load_code(&code, &limits, &config)?;
+            check_visibility(&queue, visibility, plugin.limits().timeout)?;
+            Ok::<_, anyhow::Error>((plugin, source))
         })
         .await;
         match loaded {

@@ -24,6 +24,7 @@ pub struct Services {
 pub enum Fault {
     Timeout(Duration),
     Memory(u64),
+    Fuel(u64),
     BytesRead(u64),
     BytesWritten(u64),
     /// The processor trapped (a panic, an abort, a bad handle).
@@ -44,6 +45,10 @@ impl fmt::Display for Fault {
                 f,
                 "memory limit: the processor needed more than its {} of memory",
                 Bytes(*limit)
+            ),
+            Fault::Fuel(limit) => write!(
+                f,
+                "fuel limit: the processor used up its {limit} units of fuel"
             ),
             Fault::BytesRead(limit) => write!(
                 f,
