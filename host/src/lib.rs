@@ -12,6 +12,7 @@
 //! - [`offline`]: `wasq test`, running a processor on fixtures.
 //! - [`run`]: `wasq run`: backends, plugins, dispatcher and server wired up.
 //! - [`serve`]: the HTTP server: health, metrics, signed downloads.
+//! - [`secret`]: owner-only secrets on disk (link signing, the compile cache).
 //! - [`cli`]: the command line; the only module that knows clap.
 
 pub mod blobs;
@@ -23,4 +24,5 @@ pub mod queue;
 pub mod records;
 pub mod run;
 pub mod runtime;
+pub mod secret;
 pub mod serve;

@@ -7,9 +7,7 @@ use super::BlobUri;
 use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use sha2::Sha256;
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -18,7 +16,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const SECRET_FILE: &str = "link-secret";
 /// The path under which the HTTP server serves signed links.
 pub const LINK_PREFIX: &str = "/blobs/";
-const SECRET_LEN: usize = 32;
+use crate::secret::SECRET_LEN;
 
 /// Key characters left as they are in a link: RFC 3986's unreserved set and
 /// the `/` that separates key segments.
@@ -66,35 +64,9 @@ impl LinkSigner {
     }
 
     /// Loads the data directory's secret, generating it (mode 0600) on first
-    /// use. Safe when several processes start on one directory at once: the
-    /// secret appears whole under its name or not at all.
+    /// use.
     pub fn for_data_dir(data_dir: &Path, base_url: &str) -> io::Result<Self> {
-        let path = data_dir.join(SECRET_FILE);
-        let secret = match read_secret(&path) {
-            Ok(secret) => secret,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(data_dir)?;
-                let mut secret = [0u8; SECRET_LEN];
-                getrandom::fill(&mut secret).map_err(io::Error::other)?;
-                let temp = data_dir.join(format!(".{SECRET_FILE}.{}", std::process::id()));
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&temp)?;
-                file.write_all(&secret)?;
-                file.sync_all()?;
-                let linked = fs::hard_link(&temp, &path);
-                fs::remove_file(&temp)?;
-                match linked {
-                    Ok(()) => secret,
-                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists => read_secret(&path)?,
-                    Err(err) => return Err(err),
-                }
-            }
-            Err(err) => return Err(err),
-        };
+        let secret = crate::secret::load_or_create(data_dir, SECRET_FILE)?;
         Ok(LinkSigner::new(secret, base_url))
     }
 
@@ -168,19 +140,10 @@ fn message(bucket: &str, key: &str, expires_at: u64) -> Vec<u8> {
     format!("GET\n{bucket}\n{expires_at}\n{key}").into_bytes()
 }
 
-fn read_secret(path: &Path) -> io::Result<[u8; SECRET_LEN]> {
-    let bytes = fs::read(path)?;
-    bytes.try_into().map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is not a {SECRET_LEN}-byte secret", path.display()),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     fn signer() -> LinkSigner {

@@ -2,6 +2,7 @@
 //! plugin, and a fresh store per message under the plugin's hard limits.
 
 mod bindings;
+pub mod cache;
 pub mod grants;
 pub mod host;
 pub mod limits;
@@ -128,6 +129,7 @@ pub struct Run {
 /// The engine and everything shared by all plugins.
 pub struct Runtime {
     engine: Engine,
+    cache: Option<cache::CompileCache>,
     linker: Linker<HostState>,
     options: EngineOptions,
     ticker_stop: Arc<AtomicBool>,
@@ -149,15 +151,11 @@ impl Runtime {
             .epoch_interruption(true)
             .consume_fuel(options.fuel)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if let Some(dir) = &options.cache_dir {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the compile cache {}", dir.display()))?;
-            let mut cache = wasmtime::CacheConfig::new();
-            cache.with_directory(dir);
-            let cache = wasmtime::Cache::new(cache).map_err(|err| anyhow::anyhow!("{err:#}"))?;
-            config.cache(Some(cache));
-        }
         let engine = Engine::new(&config).map_err(|err| anyhow::anyhow!("{err:#}"))?;
+        let cache = match &options.cache_dir {
+            Some(dir) => Some(cache::CompileCache::open(dir, &engine)?),
+            None => None,
+        };
 
         let mut linker = Linker::new(&engine);
         link(&mut linker).map_err(|err| anyhow::anyhow!("{err:#}"))?;
@@ -180,6 +178,7 @@ impl Runtime {
 
         Ok(Runtime {
             engine,
+            cache,
             linker,
             options,
             ticker_stop,
@@ -208,7 +207,7 @@ impl Runtime {
                 "plugin `{name}`: a fuel limit needs fuel metering, which this engine runs without; start wasq with --fuel, or with the manifest already in place"
             );
         }
-        let component = Component::new(&self.engine, wasm).map_err(|err| {
+        let component = self.compile(wasm).map_err(|err| {
             anyhow::anyhow!("plugin `{name}` ({source}): not a valid component: {err:#}")
         })?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|err| {
@@ -218,6 +217,19 @@ impl Runtime {
             anyhow::anyhow!("plugin `{name}` ({source}): does not fit the processor world: {err:#}")
         })?;
         Ok(Plugin::new(name, source, pre, limits, config))
+    }
+
+    /// Compiles a component, or loads it from the compile cache.
+    fn compile(&self, wasm: &[u8]) -> wasmtime::Result<Component> {
+        match &self.cache {
+            Some(cache) => {
+                let started = Instant::now();
+                let (component, origin) = cache.load_or_compile(&self.engine, wasm)?;
+                tracing::debug!(?origin, took = ?started.elapsed(), "component ready");
+                Ok(component)
+            }
+            None => Component::new(&self.engine, wasm),
+        }
     }
 
     /// Whether plugins may have fuel limits.
@@ -249,7 +261,7 @@ impl Runtime {
     /// exports, and whether it fits the `processor` world.
     pub fn inspect(&self, code: &plugins::PluginCode) -> anyhow::Result<Inspection> {
         use sha2::Digest;
-        let component = Component::new(&self.engine, &code.wasm).map_err(|err| {
+        let component = self.compile(&code.wasm).map_err(|err| {
             anyhow::anyhow!(
                 "plugin `{}` ({}): not a valid component: {err:#}",
                 code.name,

@@ -1,0 +1,207 @@
+//! Compiled components on disk, so a restart loads a processor in
+//! milliseconds instead of compiling it again.
+//!
+//! A file is named by the SHA-256 of the component's bytes and of the
+//! engine's settings (wasmtime's compatibility hash), so a changed plugin or
+//! engine never meets an old file. Loading compiled code is trusting it: each
+//! file ends with an HMAC-SHA256 of its contents under a secret only this
+//! cache holds (`DIR/cache-key`, mode 0600), and a file whose tag does not
+//! verify — one wasq did not write, or a damaged one — is never loaded; the
+//! component is compiled again and the file replaced.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const KEY_FILE: &str = "cache-key";
+const TAG_LEN: usize = 32;
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Cache,
+    Compiled,
+}
+
+pub struct CompileCache {
+    dir: PathBuf,
+    key: [u8; crate::secret::SECRET_LEN],
+    /// The engine's settings, hashed.
+    engine: [u8; 32],
+}
+
+/// Feeds `Hash` output into SHA-256, for a digest that does not depend on
+/// the standard library's hasher.
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn finish(&self) -> u64 {
+        unreachable!("only the digest is read")
+    }
+}
+
+impl CompileCache {
+    pub fn open(dir: &Path, engine: &Engine) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the compile cache {}", dir.display()))?;
+        let key = crate::secret::load_or_create(dir, KEY_FILE)
+            .with_context(|| format!("loading the compile cache's key in {}", dir.display()))?;
+        let mut hasher = ShaHasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        Ok(CompileCache {
+            dir: dir.to_path_buf(),
+            key,
+            engine: hasher.0.finalize().into(),
+        })
+    }
+
+    /// The file for `wasm` under this engine.
+    pub fn path_for(&self, wasm: &[u8]) -> PathBuf {
+        let mut digest = Sha256::new();
+        digest.update(self.engine);
+        digest.update(wasm);
+        self.dir
+            .join(format!("{}.cwasm", hex::encode(digest.finalize())))
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length")
+    }
+
+    /// The compiled component for `wasm`: from the cache when a file there
+    /// verifies, otherwise compiled and stored.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+    ) -> wasmtime::Result<(Component, Origin)> {
+        let path = self.path_for(wasm);
+        if let Some(component) = self.load(engine, &path) {
+            return Ok((component, Origin::Cache));
+        }
+        let component = Component::new(engine, wasm)?;
+        if let Err(err) = self.store(&path, &component) {
+            tracing::warn!(path = %path.display(), error = %format!("{err:#}"), "could not write the compile cache; compiling each start");
+        }
+        Ok((component, Origin::Compiled))
+    }
+
+    fn load(&self, engine: &Engine, path: &Path) -> Option<Component> {
+        let bytes = std::fs::read(path).ok()?;
+        let split = bytes.len().checked_sub(TAG_LEN)?;
+        let (compiled, tag) = bytes.split_at(split);
+        let mut mac = self.mac();
+        mac.update(compiled);
+        if mac.verify_slice(tag).is_err() {
+            tracing::warn!(path = %path.display(), "compile cache file not written by this cache; ignoring it");
+            return None;
+        }
+        // SAFETY: the tag proves these bytes are what this cache wrote from
+        // `Component::serialize` (nobody without the owner-only key can
+        // make one), and wasmtime checks the engine settings and version
+        // recorded in them.
+        match unsafe { Component::deserialize(engine, compiled) } {
+            Ok(component) => Some(component),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %format!("{err:#}"), "compile cache file unusable; compiling again");
+                None
+            }
+        }
+    }
+
+    fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
+        let compiled = component
+            .serialize()
+            .map_err(|err| anyhow::anyhow!("{err:#}"))?;
+        let mut mac = self.mac();
+        mac.update(&compiled);
+        let tag = mac.finalize().into_bytes();
+        let temp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&compiled)?;
+        file.write_all(&tag)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest component: the header alone.
+    const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    fn engine() -> Engine {
+        Engine::default()
+    }
+
+    #[test]
+    fn a_second_load_comes_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let wasm = EMPTY;
+        let cache = CompileCache::open(dir.path(), &engine).unwrap();
+        let (_, origin) = cache.load_or_compile(&engine, wasm).unwrap();
+        assert_eq!(origin, Origin::Compiled);
+        let (_, origin) = cache.load_or_compile(&engine, wasm).unwrap();
+        assert_eq!(origin, Origin::Cache);
+        // Another cache (another key) over the same files trusts none.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            cache.path_for(wasm),
+            other.path().join(cache.path_for(wasm).file_name().unwrap()),
+        )
+        .unwrap();
+        let stranger = CompileCache::open(other.path(), &engine).unwrap();
+        let (_, origin) = stranger.load_or_compile(&engine, wasm).unwrap();
+        assert_eq!(origin, Origin::Compiled);
+    }
+
+    #[test]
+    fn a_file_wasq_did_not_write_is_never_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let wasm = EMPTY;
+        let cache = CompileCache::open(dir.path(), &engine).unwrap();
+        cache.load_or_compile(&engine, wasm).unwrap();
+        let path = cache.path_for(wasm);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, origin) = cache.load_or_compile(&engine, wasm).unwrap();
+        assert_eq!(origin, Origin::Compiled);
+        // ... and it was replaced by a good one.
+        let (_, origin) = cache.load_or_compile(&engine, wasm).unwrap();
+        assert_eq!(origin, Origin::Cache);
+        std::fs::write(&path, b"short").unwrap();
+        let (_, origin) = cache.load_or_compile(&engine, wasm).unwrap();
+        assert_eq!(origin, Origin::Compiled);
+    }
+
+    #[test]
+    fn the_file_name_follows_content_and_engine_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = engine();
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        let fueled = Engine::new(&config).unwrap();
+        let a = CompileCache::open(dir.path(), &plain).unwrap();
+        let b = CompileCache::open(dir.path(), &fueled).unwrap();
+        assert_ne!(a.path_for(b"one"), a.path_for(b"two"));
+        assert_ne!(a.path_for(b"one"), b.path_for(b"one"));
+    }
+}
