@@ -11,6 +11,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --manifest-path guest-compress/Cargo.toml --all-targets -- -D warnings
 
+# The example processors in Python, JavaScript and Rust (componentize-py
+# from PyPI into .venv, componentize-js from npm); the tests run them.
+export WASQ_EXAMPLES_DIR="${CARGO_TARGET_DIR:-$PWD/target}/examples"
+OUT="$WASQ_EXAMPLES_DIR" bash examples/build.sh
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The default processor's own unit tests run natively, in its own workspace.

@@ -9,18 +9,18 @@ fn fixtures() -> PathBuf {
 }
 
 /// A scratch directory holding a copy of the fixture blobs.
-struct Scratch {
-    dir: tempfile::TempDir,
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
 }
 
 impl Scratch {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&fixtures().join("blobs"), &dir.path().join("blobs"));
         Scratch { dir }
     }
 
-    fn wasq(&self, args: &[&str]) -> Output {
+    pub fn wasq(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_wasq"))
             .current_dir(self.dir.path())
             .env("WASQ_DATA_DIR", self.dir.path().join("data"))

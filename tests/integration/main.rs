@@ -1,10 +1,12 @@
-//! Integration tests: real processor components (the built-in `compress`
-//! and the misbehaving `rogue`) run by the real runtime against the real
-//! local backends, and the `wasq` binary run as a user would.
+//! Integration tests: real processor components (the built-in `compress`,
+//! the misbehaving `rogue`, and the Python, JavaScript and Rust examples)
+//! run by the real runtime against the real local backends, and the `wasq`
+//! binary run as a user would.
 
 mod cli;
 mod compress;
 mod dispatch;
+mod examples;
 mod harness;
 mod reliability;
 mod reload;

@@ -1,0 +1,100 @@
+//! The example processors in Python, JavaScript and Rust, built from the
+//! same WIT by `examples/build.sh`, pass their fixtures through `wasq test`.
+
+use crate::cli::Scratch;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use wasq::records::{Records, SqliteRecords};
+
+/// Where `examples/build.sh` put the components: `WASQ_EXAMPLES_DIR`, or
+/// `examples/` in the target directory.
+fn built(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WASQ_EXAMPLES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("../examples"));
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the examples with examples/build.sh (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// Runs `wasq test --json` and returns one report per fixture message.
+fn wasq_test(scratch: &Scratch, plugin: &Path, fixtures: &Path) -> Vec<Value> {
+    let output = scratch.wasq(&[
+        "test",
+        "--json",
+        "--blobs",
+        &scratch.dir.path().join("blobs").display().to_string(),
+        "--plugin",
+        &plugin.display().to_string(),
+        &fixtures.display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+async fn wordcount(component: &str) {
+    let scratch = Scratch::new();
+    let fixtures = examples().join("wordcount.json");
+    let reports = wasq_test(&scratch, &built(component), &fixtures);
+    let expected: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&fixtures).unwrap()).unwrap();
+    assert_eq!(reports.len(), expected.len());
+    for report in &reports {
+        assert_eq!(report["expectation"]["met"], true, "{report}");
+    }
+    let report = &reports[0];
+    assert_eq!(report["result"]["words"], 4800, "{report}");
+    assert!(
+        report["logs"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("4800 words")),
+        "{report}"
+    );
+    // The counts were recorded where the processor's setting says.
+    let records = SqliteRecords::open(&scratch.dir.path().join("data/records.db")).unwrap();
+    let value = records
+        .get("wordcounts", "s3://docs/report.txt")
+        .await
+        .unwrap()
+        .expect("the counts are recorded");
+    let value: Value = serde_json::from_str(&value).unwrap();
+    assert_eq!(value["lines"], 400);
+}
+
+#[tokio::test]
+async fn the_python_processor_passes_its_fixtures() {
+    wordcount("wordcount-py.wasm").await;
+}
+
+#[tokio::test]
+async fn the_javascript_processor_passes_its_fixtures() {
+    wordcount("wordcount-js.wasm").await;
+}
+
+#[test]
+fn the_rust_hello_processor_passes_its_fixture() {
+    let scratch = Scratch::new();
+    let reports = wasq_test(
+        &scratch,
+        &built("hello.wasm"),
+        &examples().join("hello-rust/hello.json"),
+    );
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["result"], "hello, world");
+}
