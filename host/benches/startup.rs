@@ -162,7 +162,13 @@ fn startup(case: &Case, cache: &Path) -> anyhow::Result<Duration> {
         .env("WASQ_CACHE_DIR", cache)
         .env("WASQ_PLUGINS_DIR", dir.path().join("no-plugins"))
         .env("WASQ_LOG", "info")
-        .args(["run", "--queue", "local://startup", "--plugin", &case.plugin])
+        .args([
+            "run",
+            "--queue",
+            "local://startup",
+            "--plugin",
+            &case.plugin,
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--until-empty"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

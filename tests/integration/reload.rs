@@ -138,3 +138,98 @@ async fn plugins_reload_while_the_host_runs() {
         "{log}"
     );
 }
+
+/// A new version of the file: the same code with a custom section
+/// appended, so its bytes (and hash) differ.
+fn new_version(path: &Path, mark: u8) {
+    let mut wasm = std::fs::read(wasq_test_guests::ROGUE).unwrap();
+    wasm.extend_from_slice(&[0, 2, 1, mark]);
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, wasm).unwrap();
+    std::fs::rename(temp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_host_loses_nothing_while_its_plugin_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let wasm = plugins.join("rogue.wasm");
+    new_version(&wasm, b'0');
+    manifest(&plugins, "v0");
+
+    let queues = LocalQueues::open(&data).unwrap();
+    queues
+        .create("jobs", QueueOptions::default())
+        .await
+        .unwrap();
+    let queue = queues.queue("jobs").await.unwrap();
+    let log = dir.path().join("host.log");
+    let mut child = crate::harness::wasq_run(&data, "rogue", &log, &["--max-concurrency", "4"])
+        .env("WASQ_PLUGINS_DIR", &plugins)
+        .spawn()
+        .unwrap();
+
+    // A steady stream of messages while versions come and go: new code,
+    // a broken file, new settings.
+    let sender = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..80 {
+                let batch = vec![
+                    Outgoing {
+                        body: "config greeting".into(),
+                        ..Outgoing::default()
+                    };
+                    5
+                ];
+                ids.extend(queue.send_batch(batch).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ids
+        })
+    };
+    for step in 1..=5u8 {
+        // Apart by more than the watcher's settle time, so each change is
+        // taken on its own.
+        tokio::time::sleep(SETTLE).await;
+        match step {
+            2 => std::fs::write(&wasm, b"\0asm broken").unwrap(),
+            4 => manifest(&plugins, "v4"),
+            _ => new_version(&wasm, b'0' + step),
+        }
+    }
+    let ids = sender.await.unwrap();
+    assert_eq!(ids.len(), 400);
+
+    let records = SqliteRecords::open(&data.join("records.db")).unwrap();
+    let mut versions = std::collections::BTreeSet::new();
+    for id in &ids {
+        let value = result(&records, id, Duration::from_secs(30)).await;
+        let value = value.unwrap_or_else(|| panic!("message {id} was never done"));
+        versions.insert(value);
+    }
+    // Every message ran on a working version, with the settings of its time.
+    assert!(
+        versions.iter().all(|v| v == "v0" || v == "v4"),
+        "{versions:?}"
+    );
+    assert!(versions.contains("v4"), "{versions:?}");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.visible + stats.in_flight + stats.delayed, 0);
+    let dlq = queues.queue("jobs-dlq").await.unwrap();
+    assert_eq!(dlq.stats().await.unwrap().visible, 0);
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.matches("plugin reloaded").count() >= 3, "{log}");
+    assert!(log.contains("plugin changed but cannot be used"), "{log}");
+}
