@@ -16,8 +16,31 @@ cargo clippy --manifest-path guest-compress/Cargo.toml --all-targets -- -D warni
 export WASQ_EXAMPLES_DIR="${CARGO_TARGET_DIR:-$PWD/target}/examples"
 OUT="$WASQ_EXAMPLES_DIR" bash examples/build.sh
 
+# A real SQS, S3 and DynamoDB API on loopback: moto server, pinned, in the
+# project's virtualenv; cfn-lint checks the CloudFormation template.
+venv="$PWD/.venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+"$venv/bin/cfn-lint" deploy/wasq.yaml
+
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+moto_log=$(mktemp)
+moto_port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null; rm -f "$log" "$moto_log"' EXIT
+for _ in $(seq 100); do
+    if "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$moto_port/moto-api/')" 2>/dev/null; then
+        break
+    fi
+    sleep 0.2
+done
+export WASQ_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
+export WASQ_TEST_PYTHON="$venv/bin/python"
+# Credentials and region for moto only; nothing here reaches AWS.
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing
+export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+unset AWS_PROFILE AWS_ENDPOINT_URL
 # The default processor's own unit tests run natively, in its own workspace.
 cargo test --manifest-path guest-compress/Cargo.toml 2>&1 | tee "$log"
 cargo test --workspace 2>&1 | tee -a "$log"

@@ -1,6 +1,9 @@
 //! wasq: a queue's messages, each handed to a sandboxed WebAssembly processor.
 //!
 //! Layout:
+//! - [`aws`]: how the AWS backends reach AWS: the credential chain, region,
+//!   endpoint, and what their errors mean.
+//! - [`backends`]: which queue, blob and records backends a host uses.
 //! - [`blobs`]: object storage (`s3://bucket/key`) behind one trait; the local
 //!   directory store and its signed links.
 //! - [`records`]: small durable key/value records; SQLite.
@@ -15,6 +18,8 @@
 //! - [`secret`]: owner-only secrets on disk (link signing, the compile cache).
 //! - [`cli`]: the command line; the only module that knows clap.
 
+pub mod aws;
+pub mod backends;
 pub mod blobs;
 pub mod cli;
 pub mod dispatch;

@@ -1,10 +1,12 @@
 //! `wasq run`: opens the backends, loads the plugins, and runs the
 //! dispatcher and the HTTP server until shutdown.
 
+use crate::aws::AwsOptions;
+use crate::backends::{Backends, BlobBackend, RecordsBackend};
 use crate::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
 use crate::offline::LocalEnv;
 use crate::queue::local::QueueOptions;
-use crate::queue::{LocalQueues, Queue, Redrive};
+use crate::queue::{Queue, Redrive};
 use crate::runtime::plugins::PluginSources;
 use crate::runtime::reload::{Reloader, Watched};
 use crate::runtime::{EngineOptions, LimitSettings, Limits, PluginSlot, Runtime};
@@ -17,50 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// A queue address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueueRef {
-    /// `local://NAME`, or a bare name: the embedded queue.
-    Local(String),
-}
-
-impl QueueRef {
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let name = match text.split_once("://") {
-            Some(("local", name)) => name,
-            Some((scheme, _)) => bail!(
-                "queue `{text}`: unknown scheme `{scheme}://` (this build knows local://NAME)"
-            ),
-            None => text,
-        };
-        crate::queue::check_name(name)?;
-        Ok(QueueRef::Local(name.to_string()))
-    }
-
-    pub fn name(&self) -> &str {
-        match self {
-            QueueRef::Local(name) => name,
-        }
-    }
-
-    /// The dead-letter queue a local queue gets unless told otherwise:
-    /// `NAME-dlq`, or `STEM-dlq.fifo` for a FIFO queue.
-    pub fn default_dlq(&self) -> QueueRef {
-        let name = self.name();
-        match name.strip_suffix(".fifo") {
-            Some(stem) => QueueRef::Local(format!("{stem}-dlq.fifo")),
-            None => QueueRef::Local(format!("{name}-dlq")),
-        }
-    }
-}
-
-impl std::fmt::Display for QueueRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            QueueRef::Local(name) => write!(f, "local://{name}"),
-        }
-    }
-}
+pub use crate::backends::QueueRef;
 
 /// Where a binding's dead letters go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +86,9 @@ pub fn check_visibility(
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     pub env: LocalEnv,
+    pub aws: AwsOptions,
+    pub blobs: BlobBackend,
+    pub records: RecordsBackend,
     pub engine: EngineOptions,
     pub plugins: PluginSources,
     /// Where the HTTP server listens; `None` runs without one.
@@ -139,7 +101,7 @@ pub struct HostConfig {
 pub struct Host {
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
-    pub queues: LocalQueues,
+    pub backends: Arc<Backends>,
     /// Each binding's queue, in configuration order.
     pub bound: Vec<Arc<dyn Queue>>,
     bindings: Vec<Binding>,
@@ -153,8 +115,13 @@ impl Host {
         if config.bindings.is_empty() {
             bail!("nothing to run: give --queue, or bindings in wasq.toml");
         }
-        let (blobs, services) = config.env.open()?;
-        let queues = LocalQueues::open(&config.env.data_dir)?;
+        let backends = Arc::new(Backends::new(
+            config.env.clone(),
+            config.aws.clone(),
+            config.blobs.clone(),
+            config.records.clone(),
+        ));
+        let (links, services) = backends.services().await?;
         let mut codes = Vec::new();
         for spec in &config.bindings {
             let code = config.plugins.find(&spec.plugin)?;
@@ -183,33 +150,13 @@ impl Host {
         let mut watched = Vec::new();
         for (spec, (code, binding_config)) in config.bindings.iter().zip(codes) {
             let plugin = runtime.load_code(&code, &spec.limits, &spec.plugin_config)?;
-            let dlq_ref = match &spec.dead_letters {
-                DeadLetters::Default => Some(spec.queue.default_dlq()),
-                DeadLetters::To(dlq) => Some(dlq.clone()),
-                DeadLetters::Drop => None,
+            let (queue, dlq, binding_config) = match &spec.queue {
+                QueueRef::Local(_) => bind_local(&backends, spec, binding_config).await?,
+                QueueRef::Sqs(_) => bind_sqs(&backends, spec, binding_config).await?,
             };
-            let redrive = dlq_ref.as_ref().map(|dlq| Redrive {
-                dlq: dlq.name().to_string(),
-                max_receive_count: binding_config.max_receive_count,
-            });
-            queues
-                .create(
-                    spec.queue.name(),
-                    QueueOptions {
-                        visibility_timeout: binding_config.visibility_timeout,
-                        redrive,
-                    },
-                )
-                .await
-                .with_context(|| format!("setting up queue {}", spec.queue))?;
-            let queue: Arc<dyn Queue> = Arc::new(queues.queue(spec.queue.name()).await?);
-            let dlq: Option<Arc<dyn Queue>> = match &dlq_ref {
-                Some(dlq) => Some(Arc::new(queues.queue(dlq.name()).await?)),
-                None => {
-                    warn!(queue = %spec.queue, "no dead-letter queue: rejected and exhausted messages will be dropped");
-                    None
-                }
-            };
+            if dlq.is_none() {
+                warn!(queue = %spec.queue, "no dead-letter queue: rejected and exhausted messages will be dropped");
+            }
             info!(queue = %spec.queue, plugin = %plugin.name(), source = %plugin.source(), "bound");
             let slot = PluginSlot::new(plugin);
             watched.push(Watched {
@@ -237,7 +184,7 @@ impl Host {
                 ServeState {
                     metrics: metrics.clone(),
                     readiness: readiness.clone(),
-                    links: Some(blobs.clone()),
+                    links: links.clone(),
                 },
             )
         });
@@ -255,7 +202,7 @@ impl Host {
             },
             metrics,
             readiness,
-            queues,
+            backends,
             bound,
             bindings,
             serve,
@@ -308,6 +255,87 @@ impl Host {
     }
 }
 
+/// A local binding: its queue and dead-letter queue are created (or their
+/// settings updated) to match the binding.
+async fn bind_local(
+    backends: &Backends,
+    spec: &BindingSpec,
+    config: BindingConfig,
+) -> anyhow::Result<(Arc<dyn Queue>, Option<Arc<dyn Queue>>, BindingConfig)> {
+    let queues = backends.local_queues().await?;
+    let dlq_ref = match &spec.dead_letters {
+        DeadLetters::Default => Some(spec.queue.default_dlq()),
+        DeadLetters::To(dlq) => Some(dlq.clone()),
+        DeadLetters::Drop => None,
+    };
+    let redrive = match &dlq_ref {
+        Some(QueueRef::Local(dlq)) => Some(Redrive {
+            dlq: dlq.clone(),
+            max_receive_count: config.max_receive_count,
+        }),
+        _ => None,
+    };
+    queues
+        .create(
+            spec.queue.name(),
+            QueueOptions {
+                visibility_timeout: config.visibility_timeout,
+                redrive,
+            },
+        )
+        .await
+        .with_context(|| format!("setting up queue {}", spec.queue))?;
+    let queue = backends.queue(&spec.queue).await?;
+    let dlq = match &dlq_ref {
+        Some(dlq) => Some(backends.queue(dlq).await?),
+        None => None,
+    };
+    Ok((queue, dlq, config))
+}
+
+/// An SQS binding: the queue must exist. Its redrive policy names the
+/// dead-letter queue and the receive count; a queue without one is refused
+/// unless the binding names a dead-letter queue or opts out, since its
+/// failing messages would otherwise retry forever.
+async fn bind_sqs(
+    backends: &Backends,
+    spec: &BindingSpec,
+    mut config: BindingConfig,
+) -> anyhow::Result<(Arc<dyn Queue>, Option<Arc<dyn Queue>>, BindingConfig)> {
+    let queue = backends.queue(&spec.queue).await?;
+    let sqs = backends.sqs().await;
+    let url = sqs
+        .url_of(match &spec.queue {
+            QueueRef::Sqs(url_or_name) => url_or_name,
+            QueueRef::Local(name) => name,
+        })
+        .await?;
+    let policy = sqs
+        .redrive_policy(&url)
+        .await
+        .with_context(|| format!("reading the redrive policy of {}", spec.queue))?;
+    let dlq = match (&spec.dead_letters, policy) {
+        (DeadLetters::Drop, _) => None,
+        (DeadLetters::To(dlq), _) => Some(backends.queue(dlq).await?),
+        (DeadLetters::Default, Some(policy)) => {
+            if config.max_receive_count != policy.max_receive_count {
+                info!(
+                    queue = %spec.queue,
+                    max_receive_count = policy.max_receive_count,
+                    "the queue's redrive policy sets the receive count"
+                );
+            }
+            config.max_receive_count = policy.max_receive_count;
+            Some(backends.queue(&QueueRef::Sqs(policy.dlq_url)).await?)
+        }
+        (DeadLetters::Default, None) => bail!(
+            "binding {}: the queue has no redrive policy, so a failing message would be retried forever; give the queue a dead-letter queue (deploy/ does), name one with --dlq, or opt out with --no-dlq",
+            spec.queue
+        ),
+    };
+    Ok((queue, dlq, config))
+}
+
 /// Resolves once every queue is empty: nothing visible, in flight or
 /// delayed, seen twice in a row.
 pub async fn drained(queues: Vec<Arc<dyn Queue>>) {
@@ -325,31 +353,5 @@ pub async fn drained(queues: Vec<Arc<dyn Queue>>) {
         if empty_checks >= 2 {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queue_addresses_and_their_default_dead_letter_queues() {
-        assert_eq!(
-            QueueRef::parse("local://jobs").unwrap(),
-            QueueRef::Local("jobs".into())
-        );
-        assert_eq!(
-            QueueRef::parse("jobs").unwrap().default_dlq(),
-            QueueRef::Local("jobs-dlq".into())
-        );
-        assert_eq!(
-            QueueRef::parse("local://orders.fifo")
-                .unwrap()
-                .default_dlq(),
-            QueueRef::Local("orders-dlq.fifo".into())
-        );
-        let err = QueueRef::parse("nats://x").unwrap_err().to_string();
-        assert!(err.contains("unknown scheme `nats://`"), "{err}");
-        assert!(QueueRef::parse("local://bad name").is_err());
     }
 }

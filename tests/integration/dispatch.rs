@@ -1,23 +1,35 @@
-//! The dispatcher's semantics on the embedded queue, one test per row of
-//! the design's table: done, retry with backoff, traps, dead letters,
-//! reject, FIFO, heartbeats, scaling, shutdown.
+//! The dispatcher's semantics, one test per row of the design's table:
+//! done, retry with backoff, traps, dead letters, reject, FIFO, heartbeats,
+//! scaling, shutdown. Each test body runs on the embedded queue and on SQS
+//! (moto).
 
 use crate::harness::{self, Env};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use wasq::dispatch::{Backoff, Binding, BindingConfig, Dispatcher, Metrics, Readiness};
-use wasq::queue::local::{LocalQueue, QueueOptions};
-use wasq::queue::{LocalQueues, Outgoing, Queue, Redrive};
+use wasq::queue::local::{Peeked, QueueOptions};
+use wasq::queue::{LocalQueues, Outgoing, Queue, Redrive, SqsQueues};
 use wasq::runtime::Limits;
 
-/// A queue `jobs` (or `jobs.fifo`) with its DLQ, and a dispatcher over the
-/// rogue processor.
+/// Where a rig's queues live.
+enum Store {
+    Local(LocalQueues),
+    Sqs {
+        queues: SqsQueues,
+        /// Moto, held for this test alone.
+        _moto: tokio::sync::MutexGuard<'static, ()>,
+    },
+}
+
+/// A queue `jobs` (or `jobs.fifo`) with its DLQ, on either backend, and a
+/// dispatcher over the rogue processor.
 struct Rig {
     env: Env,
-    queues: LocalQueues,
-    queue: LocalQueue,
-    dlq: LocalQueue,
+    store: Store,
+    queue: Arc<dyn Queue>,
+    dlq: Arc<dyn Queue>,
+    dlq_name: String,
     metrics: Arc<Metrics>,
 }
 
@@ -38,35 +50,85 @@ fn fast_config(name: &str) -> BindingConfig {
     }
 }
 
+fn options(name: &str) -> (String, QueueOptions) {
+    let dlq_name = match name.strip_suffix(".fifo") {
+        Some(stem) => format!("{stem}-dlq.fifo"),
+        None => format!("{name}-dlq"),
+    };
+    let options = QueueOptions {
+        visibility_timeout: Duration::from_secs(30),
+        redrive: Some(Redrive {
+            dlq: dlq_name.clone(),
+            max_receive_count: 10,
+        }),
+    };
+    (dlq_name, options)
+}
+
 impl Rig {
-    async fn new(name: &str) -> Rig {
+    async fn local(name: &str) -> Rig {
         let env = Env::new();
         let queues = LocalQueues::open(&env.dir.path().join("data")).unwrap();
-        let dlq_name = match name.strip_suffix(".fifo") {
-            Some(stem) => format!("{stem}-dlq.fifo"),
-            None => format!("{name}-dlq"),
-        };
-        queues
-            .create(
-                name,
-                QueueOptions {
-                    visibility_timeout: Duration::from_secs(30),
-                    redrive: Some(Redrive {
-                        dlq: dlq_name.clone(),
-                        max_receive_count: 10,
-                    }),
-                },
-            )
-            .await
-            .unwrap();
-        let queue = queues.queue(name).await.unwrap();
-        let dlq = queues.queue(&dlq_name).await.unwrap();
+        let (dlq_name, options) = options(name);
+        queues.create(name, options).await.unwrap();
         Rig {
+            queue: Arc::new(queues.queue(name).await.unwrap()),
+            dlq: Arc::new(queues.queue(&dlq_name).await.unwrap()),
             env,
-            queues,
-            queue,
-            dlq,
+            store: Store::Local(queues),
+            dlq_name,
             metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    async fn sqs(name: &str) -> Rig {
+        let moto = harness::moto().await;
+        let sqs = SqsQueues::connect(&harness::moto_aws()).await;
+        let (dlq_name, options) = options(name);
+        sqs.create(name, options).await.unwrap();
+        Rig {
+            queue: Arc::new(sqs.queue(name).await.unwrap()),
+            dlq: Arc::new(sqs.queue(&dlq_name).await.unwrap()),
+            env: Env::new(),
+            store: Store::Sqs {
+                queues: sqs,
+                _moto: moto,
+            },
+            dlq_name,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// The binding settings for a test: fast backoff, and a receive wait
+    /// the backend takes (SQS waits in whole seconds; a zero wait would be
+    /// a busy loop of short polls).
+    fn config(&self) -> BindingConfig {
+        let mut config = fast_config(self.queue.name());
+        if let Store::Sqs { .. } = self.store {
+            config.wait = Duration::from_secs(1);
+        }
+        config
+    }
+
+    async fn dead_letters(&self) -> Vec<Peeked> {
+        match &self.store {
+            Store::Local(queues) => queues.peek(&self.dlq_name, 10).await.unwrap(),
+            Store::Sqs { queues, .. } => queues.peek(&self.dlq_name, 10).await.unwrap(),
+        }
+    }
+
+    /// Moves the dead letters back to the queue.
+    async fn redrive(&self) {
+        match &self.store {
+            Store::Local(queues) => {
+                queues.redrive(&self.dlq_name, None).await.unwrap();
+            }
+            Store::Sqs { queues, .. } => {
+                queues
+                    .redrive(&self.dlq_name, self.queue.name())
+                    .await
+                    .unwrap();
+            }
         }
     }
 
@@ -84,8 +146,8 @@ impl Rig {
     fn binding(&self, config: BindingConfig, limits: Limits, with_dlq: bool) -> Binding {
         Binding {
             config,
-            queue: Arc::new(self.queue.clone()),
-            dlq: with_dlq.then(|| Arc::new(self.dlq.clone()) as Arc<dyn Queue>),
+            queue: self.queue.clone(),
+            dlq: with_dlq.then(|| self.dlq.clone()),
             plugin: wasq::runtime::PluginSlot::new(harness::rogue(limits)),
         }
     }
@@ -101,7 +163,7 @@ impl Rig {
 
     /// Runs until the queue is empty (or `limit` passes).
     async fn drain(&self, binding: Binding, limit: Duration) {
-        let queue: Arc<dyn Queue> = Arc::new(self.queue.clone());
+        let queue = self.queue.clone();
         let stop = async move {
             tokio::select! {
                 _ = wasq::run::drained(vec![queue]) => {}
@@ -123,6 +185,23 @@ impl Rig {
     }
 }
 
+/// One test body, run on the embedded queue and on SQS (moto).
+macro_rules! on_both_backends {
+    ($test:ident, $queue:literal) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$test(super::Rig::local($queue).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqs() {
+                super::$test(super::Rig::sqs($queue).await).await;
+            }
+        }
+    };
+}
+
 fn attribute<'a>(attributes: &'a [(String, String)], name: &str) -> Option<&'a str> {
     attributes
         .iter()
@@ -130,15 +209,14 @@ fn attribute<'a>(attributes: &'a [(String, String)], name: &str) -> Option<&'a s
         .map(|(_, v)| v.as_str())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn done_messages_are_deleted_and_their_results_recorded() {
-    let rig = Rig::new("jobs").await;
+on_both_backends!(done_messages_are_deleted_and_their_results_recorded, "jobs");
+async fn done_messages_are_deleted_and_their_results_recorded(rig: Rig) {
     let mut ids = Vec::new();
     for _ in 0..25 {
         ids.push(rig.send("sleep 1", None).await);
     }
     rig.drain(
-        rig.binding(fast_config("jobs"), Limits::default(), true),
+        rig.binding(rig.config(), Limits::default(), true),
         Duration::from_secs(60),
     )
     .await;
@@ -151,15 +229,17 @@ async fn done_messages_are_deleted_and_their_results_recorded() {
     assert_eq!((m.received.get(), m.done.get()), (25, 25));
 }
 
+on_both_backends!(
+    a_retry_comes_back_after_the_backoff_and_succeeds_on_the_third_receive,
+    "jobs"
+);
 /// Fails on its first two receives, succeeds on the third; each retry waits
 /// the backoff (200 ms, then 400 ms), not the 30 s visibility timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_comes_back_after_the_backoff_and_succeeds_on_the_third_receive() {
-    let rig = Rig::new("jobs").await;
+async fn a_retry_comes_back_after_the_backoff_and_succeeds_on_the_third_receive(rig: Rig) {
     let id = rig.send("fail-until 3", None).await;
     let started = Instant::now();
     rig.drain(
-        rig.binding(fast_config("jobs"), Limits::default(), true),
+        rig.binding(rig.config(), Limits::default(), true),
         Duration::from_secs(20),
     )
     .await;
@@ -170,16 +250,18 @@ async fn a_retry_comes_back_after_the_backoff_and_succeeds_on_the_third_receive(
     assert_eq!(rig.metrics.binding("jobs").retried.get(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trap_on_every_receive_is_dead_lettered_after_max_receives() {
-    let rig = Rig::new("jobs").await;
+on_both_backends!(
+    a_trap_on_every_receive_is_dead_lettered_after_max_receives,
+    "jobs"
+);
+async fn a_trap_on_every_receive_is_dead_lettered_after_max_receives(rig: Rig) {
     let id = rig.send("trap", None).await;
     rig.drain(
-        rig.binding(fast_config("jobs"), Limits::default(), true),
+        rig.binding(rig.config(), Limits::default(), true),
         Duration::from_secs(20),
     )
     .await;
-    let dead = rig.queues.peek("jobs-dlq", 10).await.unwrap();
+    let dead = rig.dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, "trap");
     let reason = attribute(&dead[0].attributes, "wasq-reason").unwrap();
@@ -199,9 +281,8 @@ async fn a_trap_on_every_receive_is_dead_lettered_after_max_receives() {
     assert_eq!(rig.queue.stats().await.unwrap().visible, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timeout_counts_as_a_retry() {
-    let rig = Rig::new("jobs").await;
+on_both_backends!(a_timeout_counts_as_a_retry, "jobs");
+async fn a_timeout_counts_as_a_retry(rig: Rig) {
     rig.send("loop", None).await;
     let limits = Limits {
         timeout: Duration::from_millis(300),
@@ -209,11 +290,11 @@ async fn a_timeout_counts_as_a_retry() {
     };
     let config = BindingConfig {
         max_receive_count: 2,
-        ..fast_config("jobs")
+        ..rig.config()
     };
     rig.drain(rig.binding(config, limits, true), Duration::from_secs(20))
         .await;
-    let dead = rig.queues.peek("jobs-dlq", 10).await.unwrap();
+    let dead = rig.dead_letters().await;
     let reason = attribute(&dead[0].attributes, "wasq-reason").unwrap();
     assert!(
         reason.contains("timeout: the processor ran past its wall-clock limit of 300ms"),
@@ -221,9 +302,11 @@ async fn a_timeout_counts_as_a_retry() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
-    let rig = Rig::new("jobs").await;
+on_both_backends!(
+    a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason,
+    "jobs"
+);
+async fn a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason(rig: Rig) {
     let id = rig
         .queue
         .send(Outgoing {
@@ -234,11 +317,11 @@ async fn a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
         .await
         .unwrap();
     rig.drain(
-        rig.binding(fast_config("jobs"), Limits::default(), true),
+        rig.binding(rig.config(), Limits::default(), true),
         Duration::from_secs(20),
     )
     .await;
-    let dead = rig.queues.peek("jobs-dlq", 10).await.unwrap();
+    let dead = rig.dead_letters().await;
     assert_eq!(dead.len(), 1);
     let attrs = &dead[0].attributes;
     assert_eq!(attribute(attrs, "wasq-reason"), Some("rejected on request"));
@@ -253,17 +336,23 @@ async fn a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
     );
 
     // And it can be sent back.
-    assert_eq!(rig.queues.redrive("jobs-dlq", None).await.unwrap(), 1);
-    assert_eq!(rig.queue.stats().await.unwrap().visible, 1);
+    rig.redrive().await;
+    let back = Instant::now();
+    while rig.queue.stats().await.unwrap().visible != 1 {
+        assert!(back.elapsed() < Duration::from_secs(10), "not redriven");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_dead_letter_queue_a_failing_message_is_still_not_retried_forever() {
-    let rig = Rig::new("jobs").await;
+on_both_backends!(
+    without_a_dead_letter_queue_a_failing_message_is_still_not_retried_forever,
+    "jobs"
+);
+async fn without_a_dead_letter_queue_a_failing_message_is_still_not_retried_forever(rig: Rig) {
     rig.send("fail-until 1000", None).await;
     let config = BindingConfig {
         max_receive_count: 2,
-        ..fast_config("jobs")
+        ..rig.config()
     };
     rig.drain(
         rig.binding(config, Limits::default(), false),
@@ -275,9 +364,11 @@ async fn without_a_dead_letter_queue_a_failing_message_is_still_not_retried_fore
     assert_eq!(rig.metrics.binding("jobs").dead_lettered.get(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_groups_run_in_order_and_a_failure_holds_its_group_back() {
-    let rig = Rig::new("jobs.fifo").await;
+on_both_backends!(
+    fifo_groups_run_in_order_and_a_failure_holds_its_group_back,
+    "jobs.fifo"
+);
+async fn fifo_groups_run_in_order_and_a_failure_holds_its_group_back(rig: Rig) {
     // Group a's head fails once: a2..a5 must still come after it.
     rig.send("fail-until 2", Some("a")).await;
     for i in 1..=5 {
@@ -285,7 +376,7 @@ async fn fifo_groups_run_in_order_and_a_failure_holds_its_group_back() {
         rig.send(&format!("seq b b{i}"), Some("b")).await;
     }
     rig.drain(
-        rig.binding(fast_config("jobs.fifo"), Limits::default(), true),
+        rig.binding(rig.config(), Limits::default(), true),
         Duration::from_secs(30),
     )
     .await;
@@ -305,15 +396,14 @@ async fn fifo_groups_run_in_order_and_a_failure_holds_its_group_back() {
     assert_eq!(rig.metrics.binding("jobs.fifo").retried.get(), 1);
 }
 
+on_both_backends!(heartbeats_keep_a_long_job_from_reappearing, "jobs");
 /// A job longer than the visibility timeout keeps its lease through
 /// heartbeats and is processed once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_keep_a_long_job_from_reappearing() {
-    let rig = Rig::new("jobs").await;
+async fn heartbeats_keep_a_long_job_from_reappearing(rig: Rig) {
     let id = rig.send("sleep 2500", None).await;
     let config = BindingConfig {
         visibility_timeout: Duration::from_millis(900),
-        ..fast_config("jobs")
+        ..rig.config()
     };
     rig.drain(
         rig.binding(config, Limits::default(), true),
@@ -328,16 +418,18 @@ async fn heartbeats_keep_a_long_job_from_reappearing() {
     assert_eq!(rig.metrics.binding("jobs").received.get(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pollers_scale_up_under_load_within_max_concurrency_and_back_down() {
-    let rig = Rig::new("jobs").await;
+on_both_backends!(
+    pollers_scale_up_under_load_within_max_concurrency_and_back_down,
+    "jobs"
+);
+async fn pollers_scale_up_under_load_within_max_concurrency_and_back_down(rig: Rig) {
     for _ in 0..40 {
         rig.send("sleep 200", None).await;
     }
     let config = BindingConfig {
         batch_size: 2,
         max_concurrency: 4,
-        ..fast_config("jobs")
+        ..rig.config()
     };
     let metrics = rig.metrics.binding("jobs");
     let peak = Arc::new(std::sync::atomic::AtomicI64::new(0));
@@ -362,14 +454,14 @@ async fn pollers_scale_up_under_load_within_max_concurrency_and_back_down() {
         }
     });
     let started = Instant::now();
-    let queue: Arc<dyn Queue> = Arc::new(rig.queue.clone());
+    let queue = rig.queue.clone();
     let dispatcher = rig.dispatcher(Duration::from_secs(5));
     let binding = rig.binding(config, Limits::default(), true);
     let stop = async {
         wasq::run::drained(vec![queue]).await;
         let took = started.elapsed();
         // Empty batches retire the extra pollers.
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(800) + rig.config().wait * 2).await;
         assert_eq!(metrics.pollers.get(), 1, "pollers did not scale back down");
         took
     };
@@ -400,17 +492,19 @@ async fn pollers_scale_up_under_load_within_max_concurrency_and_back_down() {
     );
 }
 
+on_both_backends!(
+    shutdown_releases_what_the_grace_period_cannot_finish,
+    "jobs"
+);
 /// Shutdown: receiving stops, the message in flight gets the grace period,
 /// and what is still running after it is released at once (visibility 0).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_releases_what_the_grace_period_cannot_finish() {
-    let rig = Rig::new("jobs").await;
+async fn shutdown_releases_what_the_grace_period_cannot_finish(rig: Rig) {
     for _ in 0..3 {
         rig.send("sleep 5000", None).await;
     }
     let config = BindingConfig {
         max_concurrency: 2,
-        ..fast_config("jobs")
+        ..rig.config()
     };
     let binding = rig.binding(config, Limits::default(), true);
     let started = Instant::now();
@@ -434,14 +528,16 @@ async fn shutdown_releases_what_the_grace_period_cannot_finish() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_in_flight_messages_finish_within_the_grace_period() {
-    let rig = Rig::new("jobs").await;
+on_both_backends!(
+    shutdown_lets_in_flight_messages_finish_within_the_grace_period,
+    "jobs"
+);
+async fn shutdown_lets_in_flight_messages_finish_within_the_grace_period(rig: Rig) {
     let id = rig.send("sleep 600", None).await;
     rig.send("sleep 600", None).await;
     let config = BindingConfig {
         max_concurrency: 1,
-        ..fast_config("jobs")
+        ..rig.config()
     };
     let binding = rig.binding(config, Limits::default(), true);
     let readiness = Readiness::default();

@@ -155,3 +155,118 @@ pub fn wasq_run(data: &Path, plugin: &str, log: &Path, extra: &[&str]) -> std::p
         .stderr(std::fs::File::create(log).unwrap());
     command
 }
+
+/// The moto server `tests/run.sh` started: its address.
+pub fn moto_endpoint() -> String {
+    std::env::var("WASQ_TEST_AWS_ENDPOINT").expect(
+        "WASQ_TEST_AWS_ENDPOINT is not set: the AWS tests need the moto server that `bash tests/run.sh` installs and starts",
+    )
+}
+
+/// How the tests reach moto: its endpoint, path-style S3, a fixed region.
+/// Credentials come from the environment `tests/run.sh` sets.
+pub fn moto_aws() -> wasq::aws::AwsOptions {
+    wasq::aws::AwsOptions {
+        endpoint_url: Some(moto_endpoint()),
+        region: Some("us-east-1".into()),
+        s3_path_style: true,
+    }
+}
+
+static MOTO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds moto for one test at a time, from a fresh state.
+pub async fn moto() -> tokio::sync::MutexGuard<'static, ()> {
+    let guard = MOTO.lock().await;
+    let endpoint = moto_endpoint();
+    let reset =
+        tokio::task::spawn_blocking(move || http_post(&format!("{endpoint}/moto-api/reset")))
+            .await
+            .unwrap();
+    assert_eq!(reset, 200, "resetting moto");
+    guard
+}
+
+/// A plain HTTP/1.0 POST without a body; returns the status code.
+pub fn http_post(url: &str) -> u16 {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "POST /{path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A TCP proxy in front of an endpoint that can be taken down and brought
+/// back on the same port: an outage as its clients see it, while the
+/// service behind keeps its state.
+pub struct Outage {
+    pub addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Outage {
+    pub async fn new(target: std::net::SocketAddr) -> Outage {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            let mut listener = Some(listener);
+            let mut watch = watch;
+            loop {
+                if !*watch.borrow() {
+                    // Down: nothing listens, so connections are refused.
+                    listener = None;
+                    if watch.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let current = match &listener {
+                    Some(l) => l,
+                    None => {
+                        listener = Some(tokio::net::TcpListener::bind(addr).await.unwrap());
+                        listener.as_ref().unwrap()
+                    }
+                };
+                tokio::select! {
+                    accepted = current.accept() => {
+                        let Ok((mut client, _)) = accepted else { continue };
+                        let mut down = watch.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                // Going down cuts open connections too.
+                                _ = down.wait_for(|up| !*up) => {}
+                            }
+                        });
+                    }
+                    changed = watch.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Outage { addr, up, task }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -3,7 +3,7 @@
 //! when its writer finishes (temp file, fsync, atomic rename).
 
 use super::sign::LinkSigner;
-use super::{BlobError, BlobReader, BlobStore, BlobUri, BlobWriter, MAX_LINK_LIFETIME, ObjectInfo};
+use super::{BlobError, BlobReader, BlobStore, BlobUri, BlobWriter, ObjectInfo};
 use async_trait::async_trait;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -44,21 +44,9 @@ impl LocalBlobs {
     /// resolves, through symlinks, to outside the root.
     pub fn path_of(&self, uri: &BlobUri) -> Result<PathBuf, BlobError> {
         let unsafe_key = |why: &str| BlobError::Invalid(format!("`{uri}`: {why}"));
-        if uri.key().contains('\0') {
-            return Err(unsafe_key("keys may not contain NUL"));
-        }
+        uri.check_segments()?;
         let mut path = self.root.join(uri.bucket());
-        for segment in uri.key().split('/') {
-            match segment {
-                "" => {
-                    return Err(unsafe_key(
-                        "keys may not have empty segments or start with `/`",
-                    ));
-                }
-                "." | ".." => return Err(unsafe_key("keys may not have `.` or `..` segments")),
-                _ => path.push(segment),
-            }
-        }
+        path.extend(uri.key().split('/'));
         // Symlinks planted inside the root must not lead out of it: the
         // deepest part of the path that exists has to resolve inside.
         let mut existing = path.as_path();
@@ -175,12 +163,7 @@ impl BlobStore for LocalBlobs {
 
     async fn presign_get(&self, uri: &BlobUri, expires_in: Duration) -> Result<String, BlobError> {
         self.path_of(uri)?;
-        if expires_in.is_zero() || expires_in > MAX_LINK_LIFETIME {
-            return Err(BlobError::Invalid(format!(
-                "link lifetime of {}s for `{uri}` is outside 1s to 7 days",
-                expires_in.as_secs()
-            )));
-        }
+        super::check_link_lifetime(uri, expires_in)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -271,6 +254,7 @@ impl BlobWriter for LocalWriter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_LINK_LIFETIME;
     use super::*;
 
     fn store() -> (tempfile::TempDir, LocalBlobs) {

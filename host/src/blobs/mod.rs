@@ -2,9 +2,11 @@
 //! read and written as streams, with time-limited download links.
 
 mod local;
+mod s3;
 pub mod sign;
 
 pub use local::LocalBlobs;
+pub use s3::S3Blobs;
 
 use async_trait::async_trait;
 use std::fmt;
@@ -52,6 +54,40 @@ impl BlobUri {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// Refuses keys with empty, `.` or `..` segments (which covers absolute
+    /// keys and `//`) and NUL bytes: a directory store would resolve them
+    /// out of place, and an HTTP client may normalise them into another
+    /// bucket's path. Every store refuses the same keys.
+    pub fn check_segments(&self) -> Result<(), BlobError> {
+        let unsafe_key = |why: &str| BlobError::Invalid(format!("`{self}`: {why}"));
+        if self.key.contains('\0') {
+            return Err(unsafe_key("keys may not contain NUL"));
+        }
+        for segment in self.key.split('/') {
+            match segment {
+                "" => {
+                    return Err(unsafe_key(
+                        "keys may not have empty segments or start with `/`",
+                    ));
+                }
+                "." | ".." => return Err(unsafe_key("keys may not have `.` or `..` segments")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a link's lifetime: more than zero, at most 7 days.
+pub fn check_link_lifetime(uri: &BlobUri, expires_in: Duration) -> Result<(), BlobError> {
+    if expires_in.is_zero() || expires_in > MAX_LINK_LIFETIME {
+        return Err(BlobError::Invalid(format!(
+            "link lifetime of {}s for `{uri}` is outside 1s to 7 days",
+            expires_in.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 impl fmt::Display for BlobUri {

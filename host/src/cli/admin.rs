@@ -1,9 +1,9 @@
 //! Producer and admin commands: `send`, `queue …`, `dlq …`.
 
 use super::GlobalArgs;
+use crate::backends::{Backends, QueueRef};
 use crate::queue::local::QueueOptions;
-use crate::queue::{LocalQueues, Outgoing, Queue, QueueError, Redrive};
-use crate::run::QueueRef;
+use crate::queue::{Outgoing, Redrive};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// The queue, `local://NAME`.
+    /// The queue: `local://NAME`, `sqs://NAME` or an SQS queue URL.
     pub queue: String,
     /// The message body.
     #[arg(long, conflicts_with = "file", required_unless_present = "file")]
@@ -51,8 +51,11 @@ pub enum QueueCommand {
         #[arg(long, default_value_t = 5)]
         max_receive_count: u32,
     },
-    /// List queues.
-    List,
+    /// List queues: the local ones, or with --sqs those of the account.
+    List {
+        #[arg(long)]
+        sqs: bool,
+    },
     /// Counts and settings of a queue.
     Stats { queue: String },
     /// Delete every message in a queue.
@@ -72,21 +75,20 @@ pub enum DlqCommand {
     Redrive { queue: String },
 }
 
-async fn open(global: &GlobalArgs) -> anyhow::Result<LocalQueues> {
-    LocalQueues::open(&global.data_dir)
+fn backends(global: &GlobalArgs) -> Backends {
+    Backends::new(
+        global.env(None),
+        global.aws(),
+        Default::default(),
+        Default::default(),
+    )
 }
 
-/// A queue that must exist, with a hint when it does not.
-async fn existing(
-    queues: &LocalQueues,
-    queue: &QueueRef,
-) -> anyhow::Result<crate::queue::local::LocalQueue> {
-    match queues.queue(queue.name()).await {
-        Err(QueueError::NoSuchQueue(_)) => bail!(
-            "queue {queue} does not exist: create it with `wasq queue create {}` or start `wasq run --queue {queue}`",
-            queue.name()
-        ),
-        other => Ok(other?),
+/// An SQS queue given by URL or name.
+fn sqs_ref(queue: &QueueRef) -> &str {
+    match queue {
+        QueueRef::Sqs(url_or_name) => url_or_name,
+        QueueRef::Local(name) => name,
     }
 }
 
@@ -110,8 +112,7 @@ pub async fn send(args: SendArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
             None => bail!("--attr `{pair}` is not NAME=VALUE"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let queues = open(global).await?;
-    let queue = existing(&queues, &queue_ref).await?;
+    let queue = backends(global).queue(&queue_ref).await?;
     let id = queue
         .send(Outgoing {
             body,
@@ -126,7 +127,7 @@ pub async fn send(args: SendArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
 }
 
 pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result<bool> {
-    let queues = open(global).await?;
+    let backends = backends(global);
     match command {
         QueueCommand::Create {
             queue,
@@ -136,44 +137,59 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
             max_receive_count,
         } => {
             let queue = QueueRef::parse(&queue)?;
-            let redrive = if no_dlq {
-                None
-            } else {
-                let dlq = match dlq {
-                    Some(dlq) => QueueRef::parse(&dlq)?,
-                    None => queue.default_dlq(),
-                };
-                Some(Redrive {
+            let dlq = match (no_dlq, dlq) {
+                (true, _) => None,
+                (false, Some(dlq)) => Some(QueueRef::parse(&dlq)?),
+                (false, None) => Some(queue.default_dlq()),
+            };
+            if let Some(dlq) = &dlq
+                && dlq.is_local() != queue.is_local()
+            {
+                bail!(
+                    "a queue and its dead-letter queue live in the same backend: {queue} and {dlq} do not"
+                );
+            }
+            let options = QueueOptions {
+                visibility_timeout,
+                redrive: dlq.as_ref().map(|dlq| Redrive {
                     dlq: dlq.name().to_string(),
                     max_receive_count,
-                })
+                }),
             };
-            queues
-                .create(
-                    queue.name(),
-                    QueueOptions {
-                        visibility_timeout,
-                        redrive: redrive.clone(),
-                    },
-                )
-                .await?;
-            match redrive {
-                Some(r) => println!(
-                    "{queue} (dead letters to local://{} after {} receives)",
-                    r.dlq, r.max_receive_count
-                ),
+            match &queue {
+                QueueRef::Local(name) => {
+                    backends.local_queues().await?.create(name, options).await?
+                }
+                QueueRef::Sqs(url_or_name) if url_or_name.contains("://") => {
+                    bail!("give the new SQS queue as sqs://NAME, not a URL")
+                }
+                QueueRef::Sqs(name) => {
+                    let url = backends.sqs().await.create(name, options).await?;
+                    println!("{url}");
+                }
+            }
+            match dlq {
+                Some(dlq) => {
+                    println!("{queue} (dead letters to {dlq} after {max_receive_count} receives)")
+                }
                 None => println!("{queue} (no dead-letter queue)"),
             }
         }
-        QueueCommand::List => {
-            for name in queues.list().await? {
-                println!("local://{name}");
+        QueueCommand::List { sqs } => {
+            if sqs {
+                for url in backends.sqs().await.list().await? {
+                    println!("{url}");
+                }
+            } else {
+                for name in backends.local_queues().await?.list().await? {
+                    println!("local://{name}");
+                }
             }
         }
         QueueCommand::Stats { queue } => {
-            let queue = existing(&queues, &QueueRef::parse(&queue)?).await?;
-            let stats = queue.stats().await?;
-            println!("queue:              local://{}", stats.name);
+            let queue = QueueRef::parse(&queue)?;
+            let stats = backends.queue(&queue).await?.stats().await?;
+            println!("queue:              {queue}");
             println!(
                 "kind:               {}",
                 if stats.fifo { "FIFO" } else { "standard" }
@@ -187,7 +203,7 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
             );
             match stats.redrive {
                 Some(r) => println!(
-                    "dead letters:       local://{} after {} receives",
+                    "dead letters:       {} after {} receives",
                     r.dlq, r.max_receive_count
                 ),
                 None => println!("dead letters:       none"),
@@ -195,33 +211,48 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
         }
         QueueCommand::Purge { queue } => {
             let queue = QueueRef::parse(&queue)?;
-            existing(&queues, &queue).await?;
-            println!(
-                "purged {} messages from {queue}",
-                queues.purge(queue.name()).await?
-            );
+            backends.queue(&queue).await?;
+            let purged = match &queue {
+                QueueRef::Local(name) => backends.local_queues().await?.purge(name).await?,
+                QueueRef::Sqs(_) => backends.sqs().await.purge(sqs_ref(&queue)).await?,
+            };
+            println!("purged {purged} messages from {queue}");
         }
     }
     Ok(true)
 }
 
-/// The dead-letter queue of `queue`: its redrive target, else NAME-dlq.
-async fn dlq_of(queues: &LocalQueues, queue: &QueueRef) -> anyhow::Result<QueueRef> {
-    let source = existing(queues, queue).await?;
-    Ok(match source.stats().await?.redrive {
-        Some(redrive) => QueueRef::Local(redrive.dlq),
-        None => queue.default_dlq(),
-    })
+/// The dead-letter queue of `queue`: its redrive target, else (local
+/// queues) NAME-dlq.
+async fn dlq_of(backends: &Backends, queue: &QueueRef) -> anyhow::Result<QueueRef> {
+    let source = backends.queue(queue).await?;
+    match queue {
+        QueueRef::Local(_) => Ok(match source.stats().await?.redrive {
+            Some(redrive) => QueueRef::Local(redrive.dlq),
+            None => queue.default_dlq(),
+        }),
+        QueueRef::Sqs(_) => {
+            let sqs = backends.sqs().await;
+            let url = sqs.url_of(sqs_ref(queue)).await?;
+            match sqs.redrive_policy(&url).await? {
+                Some(policy) => Ok(QueueRef::Sqs(policy.dlq_url)),
+                None => bail!("queue {queue} has no redrive policy, so no dead-letter queue"),
+            }
+        }
+    }
 }
 
 pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<bool> {
-    let queues = open(global).await?;
+    let backends = backends(global);
     match command {
         DlqCommand::List { queue, max } => {
             let queue = QueueRef::parse(&queue)?;
-            let dlq = dlq_of(&queues, &queue).await?;
-            existing(&queues, &dlq).await?;
-            let letters = queues.peek(dlq.name(), max).await?;
+            let dlq = dlq_of(&backends, &queue).await?;
+            backends.queue(&dlq).await?;
+            let letters = match &dlq {
+                QueueRef::Local(name) => backends.local_queues().await?.peek(name, max).await?,
+                QueueRef::Sqs(_) => backends.sqs().await.peek(sqs_ref(&dlq), max).await?,
+            };
             println!("{} dead letters in {dlq}", letters.len());
             for letter in letters {
                 let attr = |name: &str| {
@@ -245,7 +276,7 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
                 }
                 if let Some(original) = attr(crate::dispatch::MESSAGE_ID_ATTRIBUTE) {
                     println!(
-                        "  was:    {original} in local://{}",
+                        "  was:    {original} in {}",
                         attr(crate::queue::SOURCE_ATTRIBUTE).unwrap_or("?")
                     );
                 }
@@ -255,9 +286,32 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
         }
         DlqCommand::Redrive { queue } => {
             let queue = QueueRef::parse(&queue)?;
-            let dlq = dlq_of(&queues, &queue).await?;
-            let moved = queues.redrive(dlq.name(), Some(queue.name())).await?;
-            println!("moved {moved} messages from {dlq} back to {queue}");
+            let dlq = dlq_of(&backends, &queue).await?;
+            match &queue {
+                QueueRef::Local(name) => {
+                    let moved = backends
+                        .local_queues()
+                        .await?
+                        .redrive(dlq.name(), Some(name))
+                        .await?;
+                    println!("moved {moved} messages from {dlq} back to {queue}");
+                }
+                QueueRef::Sqs(_) => {
+                    match backends
+                        .sqs()
+                        .await
+                        .redrive(sqs_ref(&dlq), sqs_ref(&queue))
+                        .await?
+                    {
+                        Some(moved) => {
+                            println!("moved {moved} messages from {dlq} back to {queue}")
+                        }
+                        None => println!(
+                            "started a message move task from {dlq} back to {queue}; SQS moves the messages"
+                        ),
+                    }
+                }
+            }
         }
     }
     Ok(true)

@@ -90,6 +90,9 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     .spec()?;
     let config = HostConfig {
         env: env.clone(),
+        aws: Default::default(),
+        blobs: Default::default(),
+        records: Default::default(),
         engine: global.engine(),
         plugins: PluginSources::in_dir(global.plugins_dir()),
         listen: Some(args.listen),
@@ -98,7 +101,8 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     };
     let host = Host::start(config).await?;
     // A rerun starts from empty queues.
-    host.queues
+    let local_queues = host.backends.local_queues().await?.clone();
+    local_queues
         .create(
             QUEUE,
             QueueOptions {
@@ -110,9 +114,9 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
             },
         )
         .await?;
-    host.queues.purge(QUEUE).await?;
-    host.queues.purge(DLQ).await?;
-    let queue = host.queues.queue(QUEUE).await?;
+    local_queues.purge(QUEUE).await?;
+    local_queues.purge(DLQ).await?;
+    let queue = local_queues.queue(QUEUE).await?;
     let all_jobs = jobs();
     for (_, body) in &all_jobs {
         queue
@@ -151,7 +155,6 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
 
     let queues = host.bound.clone();
     let records = SqliteRecords::open(&env.data_dir.join("records.db"))?;
-    let local_queues = host.queues.clone();
     let link_base = args.listen;
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let serve_for = args.serve_for;

@@ -6,6 +6,7 @@ mod demo;
 mod plugins;
 mod run;
 
+use crate::aws::AwsOptions;
 use crate::offline::{self, LocalEnv, TestOptions};
 use crate::runtime::plugins::PluginSources;
 use crate::runtime::{self, EngineOptions, LimitSettings};
@@ -52,6 +53,17 @@ pub struct GlobalArgs {
     /// Compile processors every time instead of caching them.
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// The endpoint for every AWS service (SQS, S3, DynamoDB), for
+    /// compatible servers; AWS_ENDPOINT_URL works as well.
+    #[arg(long, global = true)]
+    pub endpoint_url: Option<String>,
+    /// The AWS region, over the credential chain's (AWS_REGION, profile).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Address S3 buckets by path (ENDPOINT/bucket/key), as most
+    /// S3-compatible servers need.
+    #[arg(long, global = true, env = "WASQ_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
     /// The address signed links point at: wasq's HTTP server.
     #[arg(
         long,
@@ -134,6 +146,14 @@ impl GlobalArgs {
                 self.cache_dir.clone().or_else(runtime::default_cache_dir)
             },
             ..EngineOptions::default()
+        }
+    }
+
+    pub(crate) fn aws(&self) -> AwsOptions {
+        AwsOptions {
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+            s3_path_style: self.s3_path_style,
         }
     }
 

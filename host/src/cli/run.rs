@@ -2,6 +2,7 @@
 //! [`HostConfig`], then run until a signal (or until the queues are empty).
 
 use super::{GlobalArgs, parse_config};
+use crate::backends::{BlobBackend, RecordsBackend};
 use crate::dispatch::{Backoff, BindingConfig};
 use crate::queue::{MAX_BATCH, MAX_VISIBILITY};
 use crate::run::{BindingSpec, DeadLetters, Host, HostConfig, QueueRef, check_visibility, drained};
@@ -17,7 +18,8 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The queue to consume, `local://NAME`. Without it, bindings come
+    /// The queue to consume: `local://NAME`, `sqs://NAME` or an SQS queue
+    /// URL. Without it, bindings come
     /// from the config file.
     #[arg(long)]
     pub queue: Option<String>,
@@ -36,6 +38,13 @@ pub struct RunArgs {
     /// Stop once every bound queue is empty, instead of at a signal.
     #[arg(long)]
     pub until_empty: bool,
+    /// Where processors' objects live: `local` (DATA_DIR/blobs) or `s3`.
+    #[arg(long)]
+    pub blob_store: Option<BlobBackend>,
+    /// Where records live: `sqlite` (DATA_DIR/records.db) or
+    /// `dynamodb://TABLE`.
+    #[arg(long)]
+    pub records: Option<RecordsBackend>,
     #[command(flatten)]
     pub binding: BindingArgs,
 }
@@ -111,6 +120,10 @@ pub struct BindingArgs {
 struct ConfigFile {
     listen: Option<SocketAddr>,
     grace: Option<String>,
+    /// `local` or `s3`.
+    blob_store: Option<String>,
+    /// `sqlite` or `dynamodb://TABLE`.
+    records: Option<String>,
     #[serde(default)]
     binding: Vec<BindingArgs>,
     /// Manifests for plugins without one beside them, built-ins included.
@@ -310,7 +323,9 @@ impl RunArgs {
                 .collect::<anyhow::Result<Vec<_>>>()?
         };
         if bindings.is_empty() {
-            bail!("nothing to run: give --queue local://NAME, or [[binding]]s in wasq.toml");
+            bail!(
+                "nothing to run: give --queue (local://NAME, sqs://NAME or a queue URL), or [[binding]]s in wasq.toml"
+            );
         }
         let grace = match self.grace {
             Some(grace) => grace,
@@ -320,9 +335,22 @@ impl RunArgs {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
+        let blobs = match (self.blob_store, &file.blob_store) {
+            (Some(flag), _) => flag,
+            (None, Some(text)) => text.parse().map_err(|err: String| anyhow::anyhow!(err))?,
+            (None, None) => BlobBackend::default(),
+        };
+        let records = match (self.records, &file.records) {
+            (Some(flag), _) => flag,
+            (None, Some(text)) => text.parse().map_err(|err: String| anyhow::anyhow!(err))?,
+            (None, None) => RecordsBackend::default(),
+        };
         Ok((
             HostConfig {
                 env: global.env(None),
+                aws: global.aws(),
+                blobs,
+                records,
                 engine: global.engine(),
                 plugins: PluginSources {
                     dir: global.plugins_dir(),

@@ -4,8 +4,10 @@
 //! that moves a message to its dead-letter queue after too many receives.
 
 pub mod local;
+pub mod sqs;
 
 pub use local::LocalQueues;
+pub use sqs::SqsQueues;
 
 use async_trait::async_trait;
 use std::time::Duration;
@@ -85,6 +87,8 @@ pub struct BatchFailure {
 pub enum QueueError {
     #[error("queue `{0}` does not exist")]
     NoSuchQueue(String),
+    #[error("access denied: {0}")]
+    Denied(String),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("queue unavailable: {0}")]

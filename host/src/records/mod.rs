@@ -1,8 +1,10 @@
 //! Small durable key/value records, such as a job's result for its producer
-//! to find: one trait, SQLite locally.
+//! to find: one trait, SQLite locally, DynamoDB on AWS.
 
+mod dynamodb;
 mod sqlite;
 
+pub use dynamodb::DynamoRecords;
 pub use sqlite::SqliteRecords;
 
 use async_trait::async_trait;

@@ -1,0 +1,116 @@
+//! Settings shared by the AWS backends: credentials and region from the
+//! standard AWS chain (environment, profiles, SSO, process, container and
+//! instance roles), an optional endpoint for SQS/S3-compatible servers, and
+//! path-style addressing for S3 servers that need it.
+
+use aws_config::BehaviorVersion;
+// The smithy types are shared by every AWS SDK crate; these paths are
+// SQS's re-exports of them.
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+/// How to reach AWS (or a compatible server).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsOptions {
+    /// Overrides every service's endpoint; `AWS_ENDPOINT_URL` works too.
+    pub endpoint_url: Option<String>,
+    /// Overrides the region of the chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// Address S3 buckets as `ENDPOINT/bucket/key` rather than
+    /// `bucket.ENDPOINT/key`.
+    pub s3_path_style: bool,
+}
+
+impl AwsOptions {
+    /// Loads the shared configuration through the default chain.
+    pub async fn load(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(region) = &self.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        loader.load().await
+    }
+}
+
+/// What went wrong with an AWS call, in the terms the backends report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The resource does not exist.
+    Missing(String),
+    /// The credentials may not do this (or are not valid).
+    Denied(String),
+    /// The request itself is wrong.
+    Invalid(String),
+    /// The service could not be reached or failed: worth retrying.
+    Unavailable(String),
+}
+
+/// Error codes that mean "this does not exist", across SQS, S3 and DynamoDB.
+const MISSING: &[&str] = &[
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
+    "NoSuchBucket",
+    "NoSuchKey",
+    "NotFound",
+    "NoSuchUpload",
+    "ResourceNotFoundException",
+];
+const DENIED: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "Forbidden",
+];
+const UNAVAILABLE: &[&str] = &[
+    "ServiceUnavailable",
+    "InternalError",
+    "InternalFailure",
+    "InternalServerError",
+    "SlowDown",
+    "RequestTimeout",
+    "ThrottlingException",
+    "Throttling",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "KMS.ThrottlingException",
+];
+
+/// Sorts an SDK error into a [`Failure`] whose message starts with `what`
+/// (the resource, e.g. "queue `jobs`").
+pub fn classify<E>(what: &str, err: &SdkError<E, HttpResponse>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            let inner = service.err();
+            let code = inner.code().unwrap_or("Unknown");
+            let message = inner.message().unwrap_or("");
+            // A HEAD request's 404 carries no code, only the status.
+            let status = service.raw().status().as_u16();
+            let text = if message.is_empty() {
+                format!("{what}: {code}")
+            } else {
+                format!("{what}: {code}: {message}")
+            };
+            if MISSING.contains(&code) || status == 404 {
+                Failure::Missing(text)
+            } else if DENIED.contains(&code) || status == 403 {
+                Failure::Denied(text)
+            } else if UNAVAILABLE.contains(&code) || status >= 500 || status == 429 {
+                Failure::Unavailable(text)
+            } else {
+                Failure::Invalid(text)
+            }
+        }
+        other => Failure::Unavailable(format!("{what}: {}", DisplayErrorContext(other))),
+    }
+}

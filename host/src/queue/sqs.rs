@@ -1,0 +1,739 @@
+//! Amazon SQS (or an SQS-compatible server) behind the [`Queue`] trait.
+//!
+//! Receives long-poll and ask for every system and message attribute;
+//! deletes and visibility changes go in batches of ten. A queue's redrive
+//! policy says where its dead letters go and after how many receives. A
+//! receive cancelled mid-poll is dropped: any message SQS handed out in that
+//! instant reappears after the visibility timeout, late but never lost.
+
+use super::local::{Peeked, QueueOptions};
+use super::{
+    BatchFailure, MAX_BATCH, Outgoing, Queue, QueueError, QueueStats, Received, Redrive,
+    check_outgoing,
+};
+use crate::aws::{AwsOptions, Failure, classify};
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The SQS queues one set of credentials reaches.
+#[derive(Clone, Debug)]
+pub struct SqsQueues {
+    client: Client,
+}
+
+fn error<E>(queue: &str, err: &SdkError<E, HttpResponse>) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match classify(&format!("queue `{queue}`"), err) {
+        Failure::Missing(_) => QueueError::NoSuchQueue(queue.to_string()),
+        Failure::Denied(text) => QueueError::Denied(text),
+        Failure::Invalid(text) => QueueError::Invalid(text),
+        Failure::Unavailable(text) => QueueError::Unavailable(text),
+    }
+}
+
+/// `https://sqs.REGION.amazonaws.com/ACCOUNT/NAME` → `NAME`.
+pub fn name_of(url_or_name: &str) -> &str {
+    url_or_name
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(url_or_name)
+}
+
+/// `arn:aws:sqs:REGION:ACCOUNT:NAME` → (`ACCOUNT`, `NAME`).
+fn parse_arn(arn: &str) -> Option<(&str, &str)> {
+    let mut parts = arn.split(':');
+    let (_, _, service, _, account, name) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    (service == "sqs").then_some((account, name))
+}
+
+/// SQS's redrive policy, as JSON in the queue's attributes.
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RedrivePolicy {
+    dead_letter_target_arn: String,
+    #[serde(deserialize_with = "number_or_string")]
+    max_receive_count: u32,
+}
+
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u32),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Number(n) => Ok(n),
+        Either::Text(text) => text.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+use serde::Deserialize as _;
+
+/// A queue's redrive policy, resolved: its dead-letter queue's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqsRedrive {
+    pub dlq_url: String,
+    pub max_receive_count: u32,
+}
+
+impl SqsQueues {
+    pub async fn connect(options: &AwsOptions) -> Self {
+        SqsQueues::new(&options.load().await)
+    }
+
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        SqsQueues {
+            client: Client::new(config),
+        }
+    }
+
+    /// The URL of a queue given by URL or by name.
+    pub async fn url_of(&self, url_or_name: &str) -> Result<String, QueueError> {
+        if url_or_name.starts_with("https://") || url_or_name.starts_with("http://") {
+            return Ok(url_or_name.to_string());
+        }
+        let out = self
+            .client
+            .get_queue_url()
+            .queue_name(url_or_name)
+            .send()
+            .await
+            .map_err(|err| error(url_or_name, &err))?;
+        out.queue_url()
+            .map(str::to_string)
+            .ok_or_else(|| QueueError::NoSuchQueue(url_or_name.to_string()))
+    }
+
+    /// Opens a queue by URL or name, checking that it exists.
+    pub async fn queue(&self, url_or_name: &str) -> Result<SqsQueue, QueueError> {
+        let url = self.url_of(url_or_name).await?;
+        let name = name_of(&url).to_string();
+        let attributes = self.attributes(&url).await?;
+        let fifo = attributes
+            .get(&QueueAttributeName::FifoQueue)
+            .is_some_and(|v| v == "true")
+            || name.ends_with(".fifo");
+        Ok(SqsQueue {
+            client: self.client.clone(),
+            url,
+            name,
+            fifo,
+        })
+    }
+
+    async fn attributes(
+        &self,
+        url: &str,
+    ) -> Result<HashMap<QueueAttributeName, String>, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .map_err(|err| error(name_of(url), &err))?;
+        Ok(out.attributes().cloned().unwrap_or_default())
+    }
+
+    /// The queue's redrive policy, with its dead-letter queue's URL.
+    pub async fn redrive_policy(&self, url: &str) -> Result<Option<SqsRedrive>, QueueError> {
+        let attributes = self.attributes(url).await?;
+        let Some(text) = attributes.get(&QueueAttributeName::RedrivePolicy) else {
+            return Ok(None);
+        };
+        let policy: RedrivePolicy = serde_json::from_str(text).map_err(|err| {
+            QueueError::Invalid(format!(
+                "queue `{}`: redrive policy `{text}` is not understood: {err}",
+                name_of(url)
+            ))
+        })?;
+        let (account, name) = parse_arn(&policy.dead_letter_target_arn).ok_or_else(|| {
+            QueueError::Invalid(format!(
+                "queue `{}`: dead-letter target `{}` is not an SQS ARN",
+                name_of(url),
+                policy.dead_letter_target_arn
+            ))
+        })?;
+        let out = self
+            .client
+            .get_queue_url()
+            .queue_name(name)
+            .queue_owner_aws_account_id(account)
+            .send()
+            .await
+            .map_err(|err| error(name, &err))?;
+        Ok(Some(SqsRedrive {
+            dlq_url: out.queue_url().unwrap_or_default().to_string(),
+            max_receive_count: policy.max_receive_count,
+        }))
+    }
+
+    /// Creates a queue (FIFO when the name ends `.fifo`) and, with a
+    /// redrive, its dead-letter queue first; returns the queue's URL. An
+    /// existing queue with the same settings is left as it is.
+    pub async fn create(&self, name: &str, options: QueueOptions) -> Result<String, QueueError> {
+        let fifo = super::check_name(name)?;
+        let mut attributes = HashMap::from([(
+            QueueAttributeName::VisibilityTimeout,
+            options.visibility_timeout.as_secs().to_string(),
+        )]);
+        if fifo {
+            attributes.insert(QueueAttributeName::FifoQueue, "true".into());
+        }
+        if let Some(redrive) = &options.redrive {
+            let dlq_url =
+                Box::pin(self.create(redrive.dlq.as_str(), QueueOptions::default())).await?;
+            let arn = self
+                .attributes(&dlq_url)
+                .await?
+                .remove(&QueueAttributeName::QueueArn)
+                .ok_or_else(|| {
+                    QueueError::Invalid(format!("queue `{}` has no ARN", redrive.dlq))
+                })?;
+            let policy = serde_json::to_string(&RedrivePolicy {
+                dead_letter_target_arn: arn,
+                max_receive_count: redrive.max_receive_count,
+            })
+            .expect("a redrive policy serialises");
+            attributes.insert(QueueAttributeName::RedrivePolicy, policy);
+        }
+        let out = self
+            .client
+            .create_queue()
+            .queue_name(name)
+            .set_attributes(Some(attributes))
+            .send()
+            .await
+            .map_err(|err| error(name, &err))?;
+        Ok(out.queue_url().unwrap_or_default().to_string())
+    }
+
+    /// Every queue's URL.
+    pub async fn list(&self) -> Result<Vec<String>, QueueError> {
+        let mut urls = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_queues()
+                .set_next_token(next.take())
+                .max_results(1000)
+                .send()
+                .await
+                .map_err(|err| error("*", &err))?;
+            urls.extend(out.queue_urls().iter().cloned());
+            match out.next_token() {
+                Some(token) => next = Some(token.to_string()),
+                None => return Ok(urls),
+            }
+        }
+    }
+
+    /// Deletes every message; returns how many there were (approximately,
+    /// as SQS counts).
+    pub async fn purge(&self, url_or_name: &str) -> Result<u64, QueueError> {
+        let queue = self.queue(url_or_name).await?;
+        let stats = queue.stats().await?;
+        self.client
+            .purge_queue()
+            .queue_url(&queue.url)
+            .send()
+            .await
+            .map_err(|err| error(&queue.name, &err))?;
+        Ok(stats.visible + stats.in_flight + stats.delayed)
+    }
+
+    /// Up to `max` messages, looked at and put back: each is received
+    /// (which counts as a receive), then made visible again at once.
+    pub async fn peek(&self, url_or_name: &str, max: usize) -> Result<Vec<Peeked>, QueueError> {
+        let queue = self.queue(url_or_name).await?;
+        let cancel = CancellationToken::new();
+        let mut seen: Vec<Received> = Vec::new();
+        while seen.len() < max {
+            let batch = queue
+                .receive(
+                    (max - seen.len()).min(MAX_BATCH),
+                    Duration::from_secs(1),
+                    Duration::from_secs(30),
+                    &cancel,
+                )
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            seen.extend(batch);
+        }
+        for chunk in seen.chunks(MAX_BATCH) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .map(|m| (m.receipt.clone(), Duration::ZERO))
+                .collect();
+            queue.change_visibility_batch(&entries).await?;
+        }
+        Ok(seen
+            .into_iter()
+            .map(|m| Peeked {
+                source_queue: m
+                    .attributes
+                    .iter()
+                    .find(|(name, _)| name == super::SOURCE_ATTRIBUTE)
+                    .map(|(_, value)| value.clone()),
+                id: m.id,
+                body: m.body,
+                attributes: m.attributes,
+                receive_count: m.receive_count,
+                sent_at_ms: m.sent_at_ms,
+            })
+            .collect())
+    }
+
+    /// Moves the messages of dead-letter queue `dlq` back to `to`. Uses
+    /// SQS's own message move task where the endpoint has one (returning
+    /// `None`: the task runs on in the service), otherwise moves them here,
+    /// each sent before it is deleted, and returns how many moved.
+    pub async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError> {
+        let dlq = self.queue(dlq).await?;
+        let to = self.queue(to).await?;
+        let arn = |attributes: &mut HashMap<QueueAttributeName, String>, name: &str| {
+            attributes
+                .remove(&QueueAttributeName::QueueArn)
+                .ok_or_else(|| QueueError::Invalid(format!("queue `{name}` has no ARN")))
+        };
+        let source_arn = arn(&mut self.attributes(&dlq.url).await?, &dlq.name)?;
+        let target_arn = arn(&mut self.attributes(&to.url).await?, &to.name)?;
+        let started = self
+            .client
+            .start_message_move_task()
+            .source_arn(&source_arn)
+            .destination_arn(&target_arn)
+            .send()
+            .await;
+        match started {
+            Ok(_) => return Ok(None),
+            Err(err) => {
+                let failure = error(&dlq.name, &err);
+                if matches!(failure, QueueError::Denied(_)) {
+                    return Err(failure);
+                }
+                // The endpoint has no move tasks (or none for this pair).
+                tracing::info!(error = %failure, "no message move task; moving the messages here");
+            }
+        }
+        let cancel = CancellationToken::new();
+        let mut moved = 0;
+        loop {
+            let batch = dlq
+                .receive(
+                    MAX_BATCH,
+                    Duration::from_secs(1),
+                    Duration::from_secs(60),
+                    &cancel,
+                )
+                .await?;
+            if batch.is_empty() {
+                return Ok(Some(moved));
+            }
+            let letters = batch
+                .iter()
+                .map(|m| Outgoing {
+                    body: m.body.clone(),
+                    attributes: m.attributes.clone(),
+                    delay: Duration::ZERO,
+                    group_id: to
+                        .fifo
+                        .then(|| m.group_id.clone().unwrap_or_else(|| m.id.clone())),
+                    dedup_id: to
+                        .fifo
+                        .then(|| m.dedup_id.clone().unwrap_or_else(|| m.id.clone())),
+                })
+                .collect();
+            to.send_batch(letters).await?;
+            let receipts: Vec<_> = batch.iter().map(|m| m.receipt.clone()).collect();
+            let failed = dlq.delete_batch(&receipts).await?;
+            moved += (batch.len() - failed.len()) as u64;
+        }
+    }
+}
+
+/// One SQS queue.
+#[derive(Clone, Debug)]
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+    name: String,
+    fifo: bool,
+}
+
+impl SqsQueue {
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn is_fifo(&self) -> bool {
+        self.fifo
+    }
+
+    fn received(&self, message: &Message) -> Received {
+        let system = message.attributes();
+        let system = |name: MessageSystemAttributeName| {
+            system
+                .and_then(|attrs| attrs.get(&name))
+                .map(String::as_str)
+        };
+        let mut attributes: Vec<(String, String)> = message
+            .message_attributes()
+            .map(|attrs| {
+                attrs
+                    .iter()
+                    .filter_map(|(name, value)| Some((name.clone(), attribute_text(value)?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        attributes.sort();
+        Received {
+            id: message.message_id().unwrap_or_default().to_string(),
+            receipt: message.receipt_handle().unwrap_or_default().to_string(),
+            body: message.body().unwrap_or_default().to_string(),
+            attributes,
+            receive_count: system(MessageSystemAttributeName::ApproximateReceiveCount)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            sent_at_ms: system(MessageSystemAttributeName::SentTimestamp)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            group_id: system(MessageSystemAttributeName::MessageGroupId).map(str::to_string),
+            dedup_id: system(MessageSystemAttributeName::MessageDeduplicationId)
+                .map(str::to_string),
+        }
+    }
+
+    fn entry(
+        &self,
+        index: usize,
+        message: &Outgoing,
+    ) -> Result<SendMessageBatchRequestEntry, QueueError> {
+        check_outgoing(&self.name, self.fifo, message)?;
+        SendMessageBatchRequestEntry::builder()
+            .id(index.to_string())
+            .message_body(&message.body)
+            .set_delay_seconds((!self.fifo).then_some(message.delay.as_secs() as i32))
+            .set_message_group_id(message.group_id.clone())
+            .set_message_deduplication_id(self.dedup_id(message))
+            .set_message_attributes(attributes_of(&message.attributes))
+            .build()
+            .map_err(|err| QueueError::Invalid(format!("queue `{}`: {err}", self.name)))
+    }
+
+    /// FIFO messages without a deduplication id get a hash of the body, as
+    /// content-based deduplication would, so the queue need not enable it.
+    fn dedup_id(&self, message: &Outgoing) -> Option<String> {
+        if !self.fifo {
+            return None;
+        }
+        Some(message.dedup_id.clone().unwrap_or_else(|| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(message.body.as_bytes()))
+        }))
+    }
+}
+
+/// Text and number attributes as they are; binary ones as base64.
+fn attribute_text(value: &MessageAttributeValue) -> Option<String> {
+    use base64::Engine as _;
+    match value.data_type() {
+        t if t.starts_with("Binary") => value
+            .binary_value()
+            .map(|blob| base64::engine::general_purpose::STANDARD.encode(blob.as_ref())),
+        _ => value.string_value().map(str::to_string),
+    }
+}
+
+fn attributes_of(
+    attributes: &[(String, String)],
+) -> Option<HashMap<String, MessageAttributeValue>> {
+    if attributes.is_empty() {
+        return None;
+    }
+    Some(
+        attributes
+            .iter()
+            .map(|(name, value)| {
+                let value = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .expect("data type is set");
+                (name.clone(), value)
+            })
+            .collect(),
+    )
+}
+
+/// Whole seconds, as SQS takes them, rounded down (for waits).
+fn secs(duration: Duration) -> i32 {
+    duration.as_secs().min(i32::MAX as u64) as i32
+}
+
+/// Whole seconds rounded up, so a message stays hidden at least as long as
+/// asked (a 200 ms backoff becomes 1 s, not 0).
+fn secs_up(duration: Duration) -> i32 {
+    let up = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    up.min(i32::MAX as u64) as i32
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Received>, QueueError> {
+        let request = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
+            .wait_time_seconds(secs(wait.min(super::MAX_WAIT)))
+            .visibility_timeout(secs_up(visibility))
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send();
+        let out = tokio::select! {
+            out = request => out.map_err(|err| error(&self.name, &err))?,
+            _ = cancel.cancelled() => return Ok(Vec::new()),
+        };
+        Ok(out.messages().iter().map(|m| self.received(m)).collect())
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<BatchFailure>, QueueError> {
+        let mut failures = Vec::new();
+        for chunk in receipts.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, receipt)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .build()
+                        .expect("id and receipt are set")
+                })
+                .collect();
+            let out = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|err| error(&self.name, &err))?;
+            failures.extend(out.failed().iter().map(|f| {
+                BatchFailure {
+                    receipt: f
+                        .id()
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| chunk.get(i).cloned())
+                        .unwrap_or_default(),
+                    reason: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+                }
+            }));
+        }
+        Ok(failures)
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        entries: &[(String, Duration)],
+    ) -> Result<Vec<BatchFailure>, QueueError> {
+        let mut failures = Vec::new();
+        for chunk in entries.chunks(MAX_BATCH) {
+            let batch = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (receipt, visibility))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .visibility_timeout(secs_up((*visibility).min(super::MAX_VISIBILITY)))
+                        .build()
+                        .expect("id and receipt are set")
+                })
+                .collect();
+            let out = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(batch))
+                .send()
+                .await
+                .map_err(|err| error(&self.name, &err))?;
+            failures.extend(out.failed().iter().map(|f| {
+                BatchFailure {
+                    receipt: f
+                        .id()
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| chunk.get(i).map(|(r, _)| r.clone()))
+                        .unwrap_or_default(),
+                    reason: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+                }
+            }));
+        }
+        Ok(failures)
+    }
+
+    async fn send(&self, message: Outgoing) -> Result<String, QueueError> {
+        check_outgoing(&self.name, self.fifo, &message)?;
+        let out = self
+            .client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(&message.body)
+            .set_delay_seconds((!self.fifo).then_some(message.delay.as_secs() as i32))
+            .set_message_group_id(message.group_id.clone())
+            .set_message_deduplication_id(self.dedup_id(&message))
+            .set_message_attributes(attributes_of(&message.attributes))
+            .send()
+            .await
+            .map_err(|err| error(&self.name, &err))?;
+        Ok(out.message_id().unwrap_or_default().to_string())
+    }
+
+    /// SQS may fail single entries of a batch; those are sent once more on
+    /// their own, and an error names any that still fail (the others stay
+    /// sent).
+    async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<Vec<String>, QueueError> {
+        if messages.len() > MAX_BATCH {
+            return Err(QueueError::Invalid(format!(
+                "queue `{}`: at most {MAX_BATCH} messages per batch",
+                self.name
+            )));
+        }
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entries = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| self.entry(i, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|err| error(&self.name, &err))?;
+        let mut ids = vec![String::new(); messages.len()];
+        for ok in out.successful() {
+            if let Some(slot) = ok.id().parse::<usize>().ok().and_then(|i| ids.get_mut(i)) {
+                *slot = ok.message_id().to_string();
+            }
+        }
+        for failed in out.failed() {
+            let Some(i) = failed.id().parse::<usize>().ok().filter(|i| *i < ids.len()) else {
+                continue;
+            };
+            ids[i] = self.send(messages[i].clone()).await?;
+        }
+        Ok(ids)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let queues = SqsQueues {
+            client: self.client.clone(),
+        };
+        let attributes = queues.attributes(&self.url).await?;
+        let number = |name: QueueAttributeName| -> u64 {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let redrive = queues.redrive_policy(&self.url).await?.map(|r| Redrive {
+            dlq: name_of(&r.dlq_url).to_string(),
+            max_receive_count: r.max_receive_count,
+        });
+        Ok(QueueStats {
+            name: self.name.clone(),
+            fifo: self.fifo,
+            visibility_timeout: Duration::from_secs(number(QueueAttributeName::VisibilityTimeout)),
+            redrive,
+            visible: number(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: number(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_arns_are_read_off_urls() {
+        assert_eq!(
+            name_of("https://sqs.eu-west-1.amazonaws.com/123456789012/jobs"),
+            "jobs"
+        );
+        assert_eq!(
+            name_of("http://127.0.0.1:5000/123456789012/jobs.fifo"),
+            "jobs.fifo"
+        );
+        assert_eq!(name_of("jobs"), "jobs");
+        assert_eq!(
+            parse_arn("arn:aws:sqs:us-east-1:123456789012:jobs-dlq"),
+            Some(("123456789012", "jobs-dlq"))
+        );
+        assert_eq!(parse_arn("arn:aws:s3:::bucket"), None);
+    }
+
+    #[test]
+    fn visibility_rounds_up_to_whole_seconds() {
+        assert_eq!(secs_up(Duration::from_millis(200)), 1);
+        assert_eq!(secs_up(Duration::from_secs(30)), 30);
+        assert_eq!(secs_up(Duration::ZERO), 0);
+        assert_eq!(secs(Duration::from_millis(200)), 0);
+    }
+
+    #[test]
+    fn redrive_policies_take_counts_as_numbers_or_text() {
+        for text in [
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:r:1:d","maxReceiveCount":3}"#,
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:r:1:d","maxReceiveCount":"3"}"#,
+        ] {
+            let policy: RedrivePolicy = serde_json::from_str(text).unwrap();
+            assert_eq!(policy.max_receive_count, 3);
+        }
+    }
+}
