@@ -9,7 +9,7 @@ pub mod metrics;
 pub use backoff::Backoff;
 pub use metrics::{BindingMetrics, Metrics};
 
-use crate::queue::{MAX_ATTRIBUTES, Outgoing, Queue, Received, SOURCE_ATTRIBUTE};
+use crate::queue::{MAX_ATTRIBUTES, Outgoing, Queue, QueueError, Received, SOURCE_ATTRIBUTE};
 use crate::runtime::{LogSink, Message, Outcome, Plugin, PluginSlot, Runtime, Services};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -449,7 +449,12 @@ impl BindingState {
                         .put(RESULTS_TABLE, &key, &result)
                         .await
                     {
-                        warn!(error = %err, "could not record the result; deleting the message anyway");
+                        // The work is done but its result would be lost
+                        // with the message: keep the message, and run it
+                        // again once the records store is back.
+                        let reason = format!("could not record the result: {err}");
+                        self.retry(received, plugin, reason, None).await;
+                        return false;
                     }
                 }
                 debug!("done");
@@ -461,21 +466,7 @@ impl BindingState {
                 true
             }
             Outcome::Retry { reason, delay } => {
-                let config = self.config();
-                if received.receive_count >= config.max_receive_count {
-                    let reason = format!(
-                        "gave up after {} receives; last: {reason}",
-                        received.receive_count
-                    );
-                    self.dead_letter(received, plugin, &reason).await;
-                } else {
-                    let delay =
-                        delay.unwrap_or_else(|| config.backoff.delay(received.receive_count));
-                    info!(%reason, delay_secs = delay.as_secs_f64(), "retry");
-                    self.metrics.retried.inc();
-                    self.change_visibility(&[(received.receipt.clone(), delay)])
-                        .await;
-                }
+                self.retry(received, plugin, reason, delay).await;
                 false
             }
             Outcome::Reject(reason) => {
@@ -483,6 +474,31 @@ impl BindingState {
                 self.dead_letter(received, plugin, &reason).await;
                 false
             }
+        }
+    }
+
+    /// Makes the message visible again after the backoff (or `delay`), or
+    /// dead-letters it once it has had its receives.
+    async fn retry(
+        &self,
+        received: &Received,
+        plugin: &Plugin,
+        reason: String,
+        delay: Option<Duration>,
+    ) {
+        let config = self.config();
+        if received.receive_count >= config.max_receive_count {
+            let reason = format!(
+                "gave up after {} receives; last: {reason}",
+                received.receive_count
+            );
+            self.dead_letter(received, plugin, &reason).await;
+        } else {
+            let delay = delay.unwrap_or_else(|| config.backoff.delay(received.receive_count));
+            info!(%reason, delay_secs = delay.as_secs_f64(), "retry");
+            self.metrics.retried.inc();
+            self.change_visibility(&[(received.receipt.clone(), delay)])
+                .await;
         }
     }
 
@@ -553,16 +569,29 @@ impl BindingState {
         }
     }
 
+    /// Sets when messages come back. A queue that is briefly unreachable
+    /// is tried again for a few seconds; after that the lease lapses on its
+    /// own and the message comes back at the end of its visibility timeout.
     async fn change_visibility(&self, entries: &[(String, Duration)]) {
-        match self.binding.queue.change_visibility_batch(entries).await {
-            Ok(failures) => {
-                for failure in failures {
-                    warn!(reason = %failure.reason, "could not change visibility");
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match self.binding.queue.change_visibility_batch(entries).await {
+                Ok(failures) => {
+                    for failure in failures {
+                        warn!(reason = %failure.reason, "could not change visibility");
+                    }
+                }
+                Err(QueueError::Unavailable(err)) if pause <= VISIBILITY_RETRY_LONGEST => {
+                    warn!(error = %err, retry_in = ?pause, "could not change visibility; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    continue;
+                }
+                Err(err) => {
+                    warn!(error = %err, "could not change visibility; the lease will lapse on its own")
                 }
             }
-            Err(err) => {
-                warn!(error = %err, "could not change visibility; the lease will lapse on its own")
-            }
+            return;
         }
     }
 
@@ -614,6 +643,14 @@ fn group_batch(batch: Vec<Received>, fifo: bool) -> Vec<Vec<Received>> {
     groups
 }
 
+/// The longest pause between attempts to change visibility while the queue
+/// is unavailable; the attempts span about 15 s in all.
+const VISIBILITY_RETRY_LONGEST: Duration = Duration::from_secs(8);
+
+/// The longest pause between attempts to delete a batch while the queue is
+/// unavailable; the attempts span about a minute in all.
+const DELETE_RETRY_LONGEST: Duration = Duration::from_secs(32);
+
 /// Deletes finished messages in batches of up to ten, waiting a moment to
 /// fill each batch. Ends when every sender is gone, after a last flush.
 async fn delete_loop(queue: Arc<dyn Queue>, mut receipts: mpsc::Receiver<String>) {
@@ -635,15 +672,27 @@ async fn delete_loop(queue: Arc<dyn Queue>, mut receipts: mpsc::Receiver<String>
                 _ = &mut linger => break,
             }
         }
-        match queue.delete_batch(&batch).await {
-            Ok(failures) => {
-                for failure in failures {
-                    warn!(queue = queue.name(), reason = %failure.reason, "delete failed; the message may be processed again");
+        // A queue that is briefly unreachable is waited for: a message not
+        // deleted would run again once its visibility timeout passes.
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match queue.delete_batch(&batch).await {
+                Ok(failures) => {
+                    for failure in failures {
+                        warn!(queue = queue.name(), reason = %failure.reason, "delete failed; the message may be processed again");
+                    }
+                }
+                Err(QueueError::Unavailable(err)) if pause <= DELETE_RETRY_LONGEST => {
+                    warn!(queue = queue.name(), error = %err, count = batch.len(), retry_in = ?pause, "delete failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    continue;
+                }
+                Err(err) => {
+                    warn!(queue = queue.name(), error = %err, count = batch.len(), "delete failed; the messages may be processed again")
                 }
             }
-            Err(err) => {
-                warn!(queue = queue.name(), error = %err, count = batch.len(), "delete failed; the messages may be processed again")
-            }
+            break;
         }
         batch.clear();
     }

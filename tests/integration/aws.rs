@@ -1,0 +1,527 @@
+//! The AWS backends against a real SQS/S3/DynamoDB API (moto on loopback,
+//! started by `tests/run.sh`): S3 streaming, multipart uploads and their
+//! aborts, presigned links fetched with a plain HTTP client, DynamoDB
+//! records, an independent producer (boto3), two hosts on one queue, and
+//! an endpoint outage in the middle of a run.
+
+use crate::cli::http_get;
+use crate::harness::{self, moto, moto_aws, noise};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use wasq::blobs::{BlobError, BlobStore, BlobUri, S3Blobs};
+use wasq::queue::local::QueueOptions;
+use wasq::queue::{Outgoing, Queue, Redrive, SqsQueues};
+use wasq::records::{DynamoRecords, Records};
+use wasq::runtime::{Limits, Services};
+
+const MB: usize = 1 << 20;
+
+async fn s3_client() -> aws_sdk_s3::Client {
+    let config = moto_aws().load().await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+async fn make_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
+    client.create_bucket().bucket(bucket).send().await.unwrap();
+}
+
+async fn put(client: &aws_sdk_s3::Client, uri: &str, bytes: Vec<u8>) {
+    let uri = BlobUri::parse(uri).unwrap();
+    client
+        .put_object()
+        .bucket(uri.bucket())
+        .key(uri.key())
+        .body(bytes.into())
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn get(client: &aws_sdk_s3::Client, uri: &str) -> Vec<u8> {
+    let uri = BlobUri::parse(uri).unwrap();
+    let out = client
+        .get_object()
+        .bucket(uri.bucket())
+        .key(uri.key())
+        .send()
+        .await
+        .unwrap();
+    out.body.collect().await.unwrap().to_vec()
+}
+
+async fn open_uploads(client: &aws_sdk_s3::Client, bucket: &str) -> usize {
+    client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap()
+        .uploads()
+        .len()
+}
+
+async fn records(table: &str) -> DynamoRecords {
+    let records = DynamoRecords::connect(&moto_aws(), table).await;
+    records.create_table().await.unwrap();
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_over_20_mib_goes_up_by_multipart_and_its_link_downloads_it() {
+    let _moto = moto().await;
+    let s3 = s3_client().await;
+    make_bucket(&s3, "docs").await;
+    make_bucket(&s3, "archives").await;
+    let inputs = [
+        ("s3://docs/video.mp4", noise(14 * MB, 1)),
+        ("s3://docs/scan.tiff", noise(9 * MB, 2)),
+        ("s3://docs/notes.txt", b"meeting notes\n".repeat(1000)),
+    ];
+    for (uri, bytes) in &inputs {
+        put(&s3, uri, bytes.clone()).await;
+    }
+    let blobs = S3Blobs::connect(&moto_aws()).await;
+    let services = Services {
+        blobs: std::sync::Arc::new(blobs),
+        records: std::sync::Arc::new(records("wasq-records").await),
+    };
+    let files: Vec<&str> = inputs.iter().map(|(uri, _)| *uri).collect();
+    let job =
+        serde_json::json!({"job_id": "big", "files": files, "output": "s3://archives/big.zip"});
+    let plugin = harness::compress(Limits::default(), Default::default());
+    let (run, _) = harness::run(&plugin, &services, &harness::message("m", &job.to_string())).await;
+    let wasq::runtime::Outcome::Done(Some(result)) = &run.outcome else {
+        panic!("{:?}", run.outcome);
+    };
+    let result: serde_json::Value = serde_json::from_str(result).unwrap();
+    assert_eq!(result["files"], 3);
+    assert!(
+        result["size"].as_u64().unwrap() > 20 * MB as u64,
+        "{result}"
+    );
+
+    // Stored whole, no upload left open.
+    let stored = get(&s3, "s3://archives/big.zip").await;
+    assert_eq!(stored.len() as u64, result["size"].as_u64().unwrap());
+    assert_eq!(open_uploads(&s3, "archives").await, 0);
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(stored.clone())).unwrap();
+    let mut video = Vec::new();
+    std::io::Read::read_to_end(&mut zip.by_name("video.mp4").unwrap(), &mut video).unwrap();
+    assert!(video == inputs[0].1, "the archived file differs");
+
+    // The presigned link fetches the same bytes with a plain HTTP GET.
+    let url = result["url"].as_str().unwrap();
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let url = url.to_string();
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(&url, &[]))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(body == stored, "the link served other bytes");
+
+    // The processor's record is in DynamoDB.
+    let recorded = services
+        .records
+        .get("archives", "big")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(recorded.contains("s3://archives/big.zip"), "{recorded}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_writes_are_all_or_nothing_and_errors_name_the_object() {
+    let _moto = moto().await;
+    let s3 = s3_client().await;
+    make_bucket(&s3, "out").await;
+    let blobs = S3Blobs::connect(&moto_aws()).await;
+
+    // A small object is one PutObject; it reads back in any chunk size.
+    let small = BlobUri::parse("s3://out/small.txt").unwrap();
+    let mut writer = blobs.create(&small, None).await.unwrap();
+    writer.write(b"hello ".to_vec()).await.unwrap();
+    writer.write(b"world".to_vec()).await.unwrap();
+    let info = writer.finish().await.unwrap();
+    assert_eq!(info.size, 11);
+    let stat = blobs.stat(&small).await.unwrap();
+    assert_eq!(stat.size, 11);
+    assert_eq!(stat.content_type.as_deref(), Some("text/plain"));
+    let mut reader = blobs.open(&small).await.unwrap();
+    let mut read = Vec::new();
+    loop {
+        let chunk = reader.read(4).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        assert!(chunk.len() <= 4);
+        read.extend(chunk);
+    }
+    assert_eq!(read, b"hello world");
+
+    // A large object dropped before `finish` leaves neither the object nor
+    // its upload behind.
+    let dropped = BlobUri::parse("s3://out/dropped.bin").unwrap();
+    let mut writer = blobs.create(&dropped, None).await.unwrap();
+    writer.write(noise(9 * MB, 7)).await.unwrap();
+    assert_eq!(open_uploads(&s3, "out").await, 1, "a part went up");
+    drop(writer);
+    let started = Instant::now();
+    while open_uploads(&s3, "out").await != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "upload never aborted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        blobs.stat(&dropped).await,
+        Err(BlobError::NotFound(_))
+    ));
+
+    // Errors name what was wrong.
+    match blobs
+        .stat(&BlobUri::parse("s3://out/missing.txt").unwrap())
+        .await
+    {
+        Err(BlobError::NotFound(text)) => assert!(text.contains("s3://out/missing.txt"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    match blobs
+        .open(&BlobUri::parse("s3://nowhere/a.txt").unwrap())
+        .await
+    {
+        Err(BlobError::NotFound(text)) => assert!(text.contains("s3://nowhere/a.txt"), "{text}"),
+        other => panic!("{}", other.err().map(|e| e.to_string()).unwrap_or_default()),
+    }
+    match blobs.check_bucket("nowhere").await {
+        Err(BlobError::NotFound(text)) => {
+            assert!(text.contains("bucket `nowhere` does not exist"), "{text}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        blobs
+            .open(&BlobUri::parse("s3://out/a/../../secret").unwrap())
+            .await,
+        Err(BlobError::Invalid(_))
+    ));
+    assert!(matches!(
+        blobs
+            .presign_get(&small, Duration::from_secs(8 * 24 * 3600))
+            .await,
+        Err(BlobError::Invalid(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_records_read_back_and_a_missing_table_is_named() {
+    let _moto = moto().await;
+    let records = records("wasq-records").await;
+    assert_eq!(records.get("jobs", "a").await.unwrap(), None);
+    records.put("jobs", "a", "one").await.unwrap();
+    records.put("jobs", "a", "two").await.unwrap();
+    records.put("other", "a", "three").await.unwrap();
+    assert_eq!(
+        records.get("jobs", "a").await.unwrap().as_deref(),
+        Some("two")
+    );
+    assert_eq!(
+        records.get("other", "a").await.unwrap().as_deref(),
+        Some("three")
+    );
+    assert!(records.put("bad table!", "a", "x").await.is_err());
+
+    let missing = DynamoRecords::connect(&moto_aws(), "no-such-table").await;
+    let err = missing.check_table().await.unwrap_err().to_string();
+    assert!(err.contains("`no-such-table` does not exist"), "{err}");
+}
+
+/// Starts `wasq run` against moto's SQS, S3 and DynamoDB.
+fn wasq_on_aws(dir: &Path, endpoint: &str, plugin: &str, log: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasq"));
+    command
+        .env("WASQ_DATA_DIR", dir.join("data"))
+        .env("WASQ_CACHE_DIR", harness::cache_dir())
+        .env("WASQ_PLUGINS_DIR", dir.join("plugins"))
+        .env("WASQ_LOG", "info")
+        .args(["--endpoint-url", endpoint, "--s3-path-style"])
+        .args(["run", "--queue", "sqs://jobs", "--plugin", plugin])
+        .args(["--blob-store", "s3", "--records", "dynamodb://wasq-records"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    command
+}
+
+async fn jobs_queue() -> (SqsQueues, wasq::queue::sqs::SqsQueue) {
+    let sqs = SqsQueues::connect(&moto_aws()).await;
+    sqs.create(
+        "jobs",
+        QueueOptions {
+            visibility_timeout: Duration::from_secs(30),
+            redrive: Some(Redrive {
+                dlq: "jobs-dlq".into(),
+                max_receive_count: 3,
+            }),
+        },
+    )
+    .await
+    .unwrap();
+    let queue = sqs.queue("jobs").await.unwrap();
+    (sqs, queue)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_producer_sends_jobs_and_reads_the_results() {
+    let _moto = moto().await;
+    let s3 = s3_client().await;
+    make_bucket(&s3, "docs").await;
+    make_bucket(&s3, "archives").await;
+    put(&s3, "s3://docs/a.txt", b"alpha\n".repeat(100)).await;
+    put(&s3, "s3://docs/b.txt", b"beta\n".repeat(100)).await;
+    records("wasq-records").await;
+    jobs_queue().await;
+
+    // boto3, as any producer would: send three jobs (one bad).
+    let python = std::env::var("WASQ_TEST_PYTHON")
+        .expect("WASQ_TEST_PYTHON is not set: run the tests with `bash tests/run.sh`");
+    let producer = r#"
+import boto3, json, sys
+endpoint = sys.argv[1]
+sqs = boto3.client("sqs", endpoint_url=endpoint)
+url = sqs.get_queue_url(QueueName="jobs")["QueueUrl"]
+for i in range(2):
+    job = {"job_id": f"p-{i}", "files": ["s3://docs/a.txt", "s3://docs/b.txt"], "output": f"s3://archives/p-{i}.zip"}
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(job), MessageAttributes={"tenant": {"DataType": "String", "StringValue": "acme"}})
+sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"job_id": "bad", "files": []}))
+"#;
+    let endpoint = harness::moto_endpoint();
+    let sent = Command::new(&python)
+        .args(["-c", producer, &endpoint])
+        .output()
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("host.log");
+    let status = wasq_on_aws(dir.path(), &endpoint, "compress", &log, &["--until-empty"])
+        .status()
+        .unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{log}");
+
+    // boto3 reads the results back from DynamoDB and follows the links.
+    let consumer = r#"
+import boto3, json, sys, urllib.request
+endpoint = sys.argv[1]
+table = boto3.resource("dynamodb", endpoint_url=endpoint).Table("wasq-records")
+out = {}
+for job in ["p-0", "p-1"]:
+    item = table.get_item(Key={"tbl": "archives", "key": job}, ConsistentRead=True)["Item"]
+    result = json.loads(item["value"])
+    body = urllib.request.urlopen(result["url"]).read()
+    out[job] = {"files": result["files"], "size": result["size"], "downloaded": len(body)}
+sqs = boto3.client("sqs", endpoint_url=endpoint)
+dlq = sqs.get_queue_url(QueueName="jobs-dlq")["QueueUrl"]
+letters = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1).get("Messages", [])
+out["dead"] = [m["MessageAttributes"]["wasq-reason"]["StringValue"] for m in letters]
+print(json.dumps(out))
+"#;
+    let read = Command::new(&python)
+        .args(["-c", consumer, &endpoint])
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    for job in ["p-0", "p-1"] {
+        assert_eq!(out[job]["files"], 2, "{out}");
+        assert_eq!(out[job]["size"], out[job]["downloaded"], "{out}");
+    }
+    let dead = out["dead"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{out}");
+    assert!(
+        dead[0].as_str().unwrap().contains("`files` is empty"),
+        "{out}"
+    );
+}
+
+/// Waits until every id has a result in `results`; the error names the
+/// first missing.
+async fn all_results(
+    records: &DynamoRecords,
+    ids: &[String],
+    within: Duration,
+) -> Result<(), String> {
+    let started = Instant::now();
+    for id in ids {
+        loop {
+            if records
+                .get("results", &format!("jobs/{id}"))
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                break;
+            }
+            if started.elapsed() > within {
+                return Err(format!("message {id} was never done"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn send_many(queue: &wasq::queue::sqs::SqsQueue, n: usize, body: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n / 10 {
+        let batch = vec![
+            Outgoing {
+                body: body.into(),
+                ..Outgoing::default()
+            };
+            10
+        ];
+        ids.extend(queue.send_batch(batch).await.unwrap());
+    }
+    ids
+}
+
+fn plugins_with_rogue(dir: &Path) {
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    std::fs::copy(wasq_test_guests::ROGUE, dir.join("plugins/rogue.wasm")).unwrap();
+}
+
+fn stop(child: &mut std::process::Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_on_one_sqs_queue_lose_nothing() {
+    let _moto = moto().await;
+    let records = records("wasq-records").await;
+    let (sqs, queue) = jobs_queue().await;
+    let ids = send_many(&queue, 200, "sleep 20").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    plugins_with_rogue(dir.path());
+    let endpoint = harness::moto_endpoint();
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let mut hosts: Vec<_> = logs
+        .iter()
+        .map(|log| {
+            wasq_on_aws(
+                dir.path(),
+                &endpoint,
+                "rogue",
+                log,
+                &["--max-concurrency", "8"],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let done = all_results(&records, &ids, Duration::from_secs(120)).await;
+    for (host, log) in hosts.iter_mut().zip(&logs) {
+        let status = stop(host);
+        assert!(
+            status.success(),
+            "{}",
+            std::fs::read_to_string(log).unwrap()
+        );
+    }
+    // Both hosts took part.
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(done.is_ok(), "{done:?}\n{text}");
+        assert!(text.contains("first message done"), "{text}");
+    }
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.visible + stats.in_flight, 0);
+    assert!(sqs.peek("jobs-dlq", 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_outage_mid_run_is_waited_out_and_loses_nothing() {
+    let _moto = moto().await;
+    let records = records("wasq-records").await;
+    let (_, queue) = jobs_queue().await;
+    let ids = send_many(&queue, 100, "sleep 150").await;
+
+    let moto_addr = harness::moto_endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let outage = harness::Outage::new(moto_addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    plugins_with_rogue(dir.path());
+    let log = dir.path().join("host.log");
+    let mut host = wasq_on_aws(
+        dir.path(),
+        &format!("http://{}", outage.addr),
+        "rogue",
+        &log,
+        // Messages SQS handed out in a response the outage cut off come
+        // back when their visibility timeout ends: keep it short here.
+        &[
+            "--max-concurrency",
+            "4",
+            "--timeout",
+            "5s",
+            "--visibility-timeout",
+            "10s",
+        ],
+    )
+    .spawn()
+    .unwrap();
+
+    // Let it get going, then take the endpoint away for a while.
+    let started = Instant::now();
+    while records
+        .get("results", &format!("jobs/{}", ids[0]))
+        .await
+        .unwrap()
+        .is_none()
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    outage.set_up(false);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    outage.set_up(true);
+
+    let done = all_results(&records, &ids, Duration::from_secs(120)).await;
+    // Every message is settled, duplicates included (a delete the outage
+    // swallowed lets a message run again).
+    let queue: std::sync::Arc<dyn Queue> = std::sync::Arc::new(queue);
+    let drained = tokio::time::timeout(
+        Duration::from_secs(60),
+        wasq::run::drained(vec![queue.clone()]),
+    )
+    .await;
+    let status = stop(&mut host);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(done.is_ok(), "{done:?}\n{text}");
+    assert!(drained.is_ok(), "{:?}\n{text}", queue.stats().await);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("receive failed; backing off"), "{text}");
+}
