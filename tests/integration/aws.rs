@@ -252,7 +252,7 @@ fn wasq_on_aws(dir: &Path, endpoint: &str, plugin: &str, log: &Path, extra: &[&s
         .args(["--endpoint-url", endpoint, "--s3-path-style"])
         .args(["run", "--queue", "sqs://jobs", "--plugin", plugin])
         .args(["--blob-store", "s3", "--records", "dynamodb://wasq-records"])
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--receive-wait", "2s"])
         .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
@@ -524,4 +524,137 @@ async fn an_endpoint_outage_mid_run_is_waited_out_and_loses_nothing() {
     assert!(drained.is_ok(), "{:?}\n{text}", queue.stats().await);
     assert!(status.success(), "{text}");
     assert!(text.contains("receive failed; backing off"), "{text}");
+}
+
+/// `wasq` commands against moto, as an operator types them.
+fn wasq_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_CACHE_DIR", harness::cache_dir())
+        .args([
+            "--endpoint-url",
+            &harness::moto_endpoint(),
+            "--s3-path-style",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_queues_are_managed_from_the_command_line_and_bad_bindings_refused() {
+    let _moto = moto().await;
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+
+    let created = wasq_cli(&["queue", "create", "sqs://work", "--max-receive-count", "4"]);
+    assert!(created.status.success(), "{}", text(&created));
+    assert!(text(&created).contains("dead letters to sqs://work-dlq after 4 receives"));
+    let sent = wasq_cli(&[
+        "send",
+        "sqs://work",
+        "--body",
+        "reject",
+        "--attr",
+        "tenant=acme",
+    ]);
+    assert!(sent.status.success(), "{}", text(&sent));
+    let stats = wasq_cli(&["queue", "stats", "sqs://work"]);
+    let stats = text(&stats);
+    assert!(stats.contains("visible:            1"), "{stats}");
+    assert!(stats.contains("work-dlq after 4 receives"), "{stats}");
+
+    // Rejected by a host, listed with its reason, and redriven.
+    let dir = tempfile::tempdir().unwrap();
+    plugins_with_rogue(dir.path());
+    let run = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", &data_dir)
+        .env("WASQ_CACHE_DIR", harness::cache_dir())
+        .env("WASQ_PLUGINS_DIR", dir.path().join("plugins"))
+        .args(["--endpoint-url", &harness::moto_endpoint()])
+        .args(["run", "--queue", "sqs://work", "--plugin", "rogue"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--until-empty",
+            "--receive-wait",
+            "2s",
+        ])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+    let listed = text(&wasq_cli(&["dlq", "list", "sqs://work"]));
+    assert!(listed.contains("1 dead letters in"), "{listed}");
+    assert!(listed.contains("reason: rejected on request"), "{listed}");
+    let redriven = wasq_cli(&["dlq", "redrive", "sqs://work"]);
+    assert!(redriven.status.success(), "{}", text(&redriven));
+    let sqs = SqsQueues::connect(&moto_aws()).await;
+    let work = sqs.queue("work").await.unwrap();
+    let started = Instant::now();
+    while work.stats().await.unwrap().visible != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not redriven: {:?}\n{}",
+            work.stats().await,
+            text(&redriven)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A queue that does not exist is named.
+    let missing = wasq_cli(&["send", "sqs://nope", "--body", "x"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing).contains("queue sqs://nope does not exist"),
+        "{}",
+        text(&missing)
+    );
+
+    // A queue without a redrive policy would retry failures forever: a
+    // binding on it is refused unless it names a DLQ or opts out.
+    let bare = wasq_cli(&["queue", "create", "sqs://bare", "--no-dlq"]);
+    assert!(bare.status.success(), "{}", text(&bare));
+    let refused = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", &data_dir)
+        .env("WASQ_CACHE_DIR", harness::cache_dir())
+        .args(["--endpoint-url", &harness::moto_endpoint()])
+        .args([
+            "run",
+            "--queue",
+            "sqs://bare",
+            "--listen",
+            "127.0.0.1:0",
+            "--until-empty",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("the queue has no redrive policy"),
+        "{}",
+        text(&refused)
+    );
+    let opted_out = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", &data_dir)
+        .env("WASQ_CACHE_DIR", harness::cache_dir())
+        .args(["--endpoint-url", &harness::moto_endpoint()])
+        .args([
+            "run",
+            "--queue",
+            "sqs://bare",
+            "--no-dlq",
+            "--listen",
+            "127.0.0.1:0",
+            "--until-empty",
+        ])
+        .output()
+        .unwrap();
+    assert!(opted_out.status.success(), "{}", text(&opted_out));
 }

@@ -66,6 +66,11 @@ pub struct BindingArgs {
     /// Messages in flight at most.
     #[arg(long)]
     pub max_concurrency: Option<usize>,
+    /// How long each receive long-polls for messages, 0-20s (default 20s).
+    /// A poll under way at shutdown is finished, so shutdown may take this
+    /// long.
+    #[arg(long)]
+    pub receive_wait: Option<String>,
     /// How long a received message stays hidden, e.g. 3m; must exceed
     /// the processor's timeout (default: six times it, at least 3m).
     #[arg(long)]
@@ -150,6 +155,7 @@ impl BindingArgs {
                 .batching_window
                 .or_else(|| base.batching_window.clone()),
             max_concurrency: self.max_concurrency.or(base.max_concurrency),
+            receive_wait: self.receive_wait.or_else(|| base.receive_wait.clone()),
             visibility_timeout: self
                 .visibility_timeout
                 .or_else(|| base.visibility_timeout.clone()),
@@ -193,6 +199,11 @@ impl BindingArgs {
         ensure!(
             batching_window <= Duration::from_secs(300),
             at("the batching window is at most 300s")
+        );
+        let wait = duration("receive wait", &self.receive_wait, defaults.wait)?;
+        ensure!(
+            wait <= crate::queue::MAX_WAIT,
+            at("the receive wait is at most 20s")
         );
         let max_concurrency = self.max_concurrency.unwrap_or(defaults.max_concurrency);
         ensure!(
@@ -282,7 +293,7 @@ impl BindingArgs {
                 batching_window,
                 max_concurrency,
                 visibility_timeout: defaults.visibility_timeout,
-                wait: defaults.wait,
+                wait,
                 backoff,
                 max_receive_count,
                 dlq_alarm: self.dlq_alarm,

@@ -232,6 +232,20 @@ impl BindingState {
             if !self.polled.swap(true, Ordering::AcqRel) {
                 self.readiness.pending.fetch_sub(1, Ordering::AcqRel);
             }
+            // A receive that was under way at shutdown still returns what it
+            // took: give it straight back rather than start it now.
+            if self.stop.is_cancelled() && !batch.is_empty() {
+                let release: Vec<_> = batch
+                    .iter()
+                    .map(|m| (m.receipt.clone(), Duration::ZERO))
+                    .collect();
+                info!(
+                    count = release.len(),
+                    "shutting down: releasing messages received at the last moment"
+                );
+                self.change_visibility(&release).await;
+                break;
+            }
             let received = batch.len();
             self.metrics.received.inc_by(received as u64);
             for group in group_batch(batch, self.binding.queue_is_fifo()) {

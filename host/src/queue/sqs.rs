@@ -3,8 +3,10 @@
 //! Receives long-poll and ask for every system and message attribute;
 //! deletes and visibility changes go in batches of ten. A queue's redrive
 //! policy says where its dead letters go and after how many receives. A
-//! receive cancelled mid-poll is dropped: any message SQS handed out in that
-//! instant reappears after the visibility timeout, late but never lost.
+//! receive cancelled mid-poll is waited out rather than dropped: SQS may
+//! hand messages to a poll its client has abandoned, hiding them for a whole
+//! visibility timeout, so the poll is finished and what it took returned
+//! for the caller to release.
 
 use super::local::{Peeked, QueueOptions};
 use super::{
@@ -526,10 +528,10 @@ impl Queue for SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
             .send();
-        let out = tokio::select! {
-            out = request => out.map_err(|err| error(&self.name, &err))?,
-            _ = cancel.cancelled() => return Ok(Vec::new()),
-        };
+        // Cancelling does not cut the poll short (see the module's notes);
+        // it ends within the wait, at most 20 s.
+        let _ = cancel;
+        let out = request.await.map_err(|err| error(&self.name, &err))?;
         Ok(out.messages().iter().map(|m| self.received(m)).collect())
     }
 
