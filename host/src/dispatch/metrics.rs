@@ -27,6 +27,7 @@ pub struct Metrics {
     retried: Family<BindingLabel, Counter>,
     rejected: Family<BindingLabel, Counter>,
     dead_lettered: Family<BindingLabel, Counter>,
+    deleted: Family<BindingLabel, Counter>,
     in_flight: Family<BindingLabel, Gauge>,
     pollers: Family<BindingLabel, Gauge>,
     queue_depth: Family<BindingLabel, Gauge>,
@@ -43,6 +44,7 @@ impl Default for Metrics {
             retried: Family::default(),
             rejected: Family::default(),
             dead_lettered: Family::default(),
+            deleted: Family::default(),
             in_flight: Family::default(),
             pollers: Family::default(),
             queue_depth: Family::default(),
@@ -75,6 +77,11 @@ impl Default for Metrics {
                 "messages_dead_lettered",
                 "Messages sent to the dead-letter queue (rejected or out of receives)",
                 metrics.dead_lettered.clone(),
+            );
+            registry.register(
+                "messages_deleted",
+                "Messages deleted from the queue (done, dead-lettered or dropped)",
+                metrics.deleted.clone(),
             );
             registry.register(
                 "messages_in_flight",
@@ -113,6 +120,7 @@ impl Metrics {
             retried: self.retried.get_or_create(&label).clone(),
             rejected: self.rejected.get_or_create(&label).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&label).clone(),
+            deleted: self.deleted.get_or_create(&label).clone(),
             in_flight: self.in_flight.get_or_create(&label).clone(),
             pollers: self.pollers.get_or_create(&label).clone(),
             queue_depth: self.queue_depth.get_or_create(&label).clone(),
@@ -139,6 +147,7 @@ pub struct BindingMetrics {
     pub retried: Counter,
     pub rejected: Counter,
     pub dead_lettered: Counter,
+    pub deleted: Counter,
     pub in_flight: Gauge,
     pub pollers: Gauge,
     pub queue_depth: Gauge,

@@ -32,6 +32,10 @@ pub const RECEIVE_COUNT_ATTRIBUTE: &str = "wasq-receive-count";
 pub const MESSAGE_ID_ATTRIBUTE: &str = "wasq-message-id";
 /// Longest reason kept on a dead letter.
 const MAX_REASON: usize = 1024;
+/// How long a poller holding some permits waits for more to come free
+/// before it receives.
+const PERMIT_GATHER: Duration = Duration::from_millis(5);
+
 /// How long deletes wait to be batched.
 const DELETE_LINGER: Duration = Duration::from_millis(20);
 
@@ -144,7 +148,11 @@ impl Dispatcher {
                 abort: abort.clone(),
                 tracker: tracker.clone(),
             });
-            tracker.spawn(delete_loop(state.binding.queue.clone(), delete_rx));
+            tracker.spawn(delete_loop(
+                state.binding.queue.clone(),
+                delete_rx,
+                state.metrics.deleted.clone(),
+            ));
             tracker.spawn(state.clone().depth_loop());
             state.metrics.pollers.inc();
             state.spawn_poller();
@@ -213,8 +221,10 @@ impl BindingState {
             if self.binding.plugin.available(&self.stop).await.is_none() {
                 break;
             }
-            // One permit is waited for; more are taken only if free now, so
-            // a batch never asks for more messages than can start at once.
+            // One permit is waited for; more are taken as they come free
+            // within a moment, so a batch never asks for more messages than
+            // can start at once, and messages that finish together are
+            // replaced by one receive rather than one each.
             let mut permits = tokio::select! {
                 permit = self.permits.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -222,10 +232,13 @@ impl BindingState {
                 },
                 _ = self.stop.cancelled() => break,
             };
+            let gather_until = tokio::time::Instant::now() + PERMIT_GATHER;
             while permits.num_permits() < batch_size {
-                match self.permits.clone().try_acquire_owned() {
-                    Ok(more) => permits.merge(more),
-                    Err(_) => break,
+                match tokio::time::timeout_at(gather_until, self.permits.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(more)) => permits.merge(more),
+                    _ => break,
                 }
             }
             let batch = self.receive_batch(permits.num_permits()).await;
@@ -667,7 +680,11 @@ const DELETE_RETRY_LONGEST: Duration = Duration::from_secs(32);
 
 /// Deletes finished messages in batches of up to ten, waiting a moment to
 /// fill each batch. Ends when every sender is gone, after a last flush.
-async fn delete_loop(queue: Arc<dyn Queue>, mut receipts: mpsc::Receiver<String>) {
+async fn delete_loop(
+    queue: Arc<dyn Queue>,
+    mut receipts: mpsc::Receiver<String>,
+    deleted: prometheus_client::metrics::counter::Counter,
+) {
     let mut batch = Vec::with_capacity(crate::queue::MAX_BATCH);
     loop {
         let first = match receipts.recv().await {
@@ -692,6 +709,7 @@ async fn delete_loop(queue: Arc<dyn Queue>, mut receipts: mpsc::Receiver<String>
         loop {
             match queue.delete_batch(&batch).await {
                 Ok(failures) => {
+                    deleted.inc_by((batch.len() - failures.len()) as u64);
                     for failure in failures {
                         warn!(queue = queue.name(), reason = %failure.reason, "delete failed; the message may be processed again");
                     }

@@ -671,6 +671,8 @@ impl Queue for SqsQueue {
         Ok(ids)
     }
 
+    /// One GetQueueAttributes call: the counts, and the redrive policy's
+    /// target by name.
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let queues = SqsQueues {
             client: self.client.clone(),
@@ -682,10 +684,16 @@ impl Queue for SqsQueue {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        let redrive = queues.redrive_policy(&self.url).await?.map(|r| Redrive {
-            dlq: name_of(&r.dlq_url).to_string(),
-            max_receive_count: r.max_receive_count,
-        });
+        let redrive = attributes
+            .get(&QueueAttributeName::RedrivePolicy)
+            .and_then(|text| serde_json::from_str::<RedrivePolicy>(text).ok())
+            .and_then(|policy| {
+                let (_, dlq) = parse_arn(&policy.dead_letter_target_arn)?;
+                Some(Redrive {
+                    dlq: dlq.to_string(),
+                    max_receive_count: policy.max_receive_count,
+                })
+            });
         Ok(QueueStats {
             name: self.name.clone(),
             fifo: self.fifo,
