@@ -215,7 +215,8 @@ impl BindingState {
     /// FIFO group) to a task. Pollers are added while batches come back full
     /// and retire while they come back empty.
     async fn poll(self: Arc<Self>) {
-        let batch_size = self.config().batch_size;
+        // Never more than can run at once.
+        let batch_size = self.config().batch_size.min(self.config().max_concurrency);
         loop {
             // A binding whose plugin file was removed pauses here.
             if self.binding.plugin.available(&self.stop).await.is_none() {
