@@ -31,3 +31,4 @@ pub mod run;
 pub mod runtime;
 pub mod secret;
 pub mod serve;
+mod sqlite;

@@ -97,15 +97,11 @@ impl LocalQueues {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let path = data_dir.join("queues.db");
-        let conn = Connection::open(&path)
-            .with_context(|| format!("opening queue database {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Every commit survives a crash of the process (WAL). Sends are also
-        // synced to disk before they return (see `send_batch`), so they
-        // survive power loss; a receive or delete lost that way only means
-        // a message is delivered again.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Every commit survives a crash of the process (WAL, synchronous
+        // NORMAL). Sends are also synced to disk before they return (see
+        // `send_batch`), so they survive power loss; a receive or delete
+        // lost that way only means a message is delivered again.
+        let conn = crate::sqlite::open_shared(&path, Duration::from_secs(30))?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the queue tables in {}", path.display()))?;
         let wake = Wake::start(&data_dir.join("wake"))

@@ -17,11 +17,7 @@ pub struct SqliteRecords {
 impl SqliteRecords {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let conn = Connection::open(path)
-            .with_context(|| format!("opening records database {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let conn = crate::sqlite::open_shared(path, Duration::from_secs(10))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS records (
                 tbl TEXT NOT NULL,
