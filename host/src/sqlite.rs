@@ -23,9 +23,8 @@ pub fn open_shared(path: &Path, busy: Duration) -> anyhow::Result<Connection> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(err) => {
-                return Err(err).with_context(|| {
-                    format!("switching database {} to WAL mode", path.display())
-                });
+                return Err(err)
+                    .with_context(|| format!("switching database {} to WAL mode", path.display()));
             }
         }
     }
