@@ -523,7 +523,14 @@ async fn an_endpoint_outage_mid_run_is_waited_out_and_loses_nothing() {
     assert!(done.is_ok(), "{done:?}\n{text}");
     assert!(drained.is_ok(), "{:?}\n{text}", queue.stats().await);
     assert!(status.success(), "{text}");
-    assert!(text.contains("receive failed; backing off"), "{text}");
+    // The outage was noticed, logged and waited out (which call met it
+    // first depends on timing).
+    assert!(
+        text.contains("receive failed; backing off")
+            || text.contains("; retrying")
+            || text.contains("could not record the result"),
+        "{text}"
+    );
 }
 
 /// `wasq` commands against moto, as an operator types them.
