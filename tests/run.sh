@@ -35,6 +35,11 @@ for _ in $(seq 100); do
     fi
     sleep 0.2
 done
+"$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$moto_port/moto-api/')" || {
+    echo "moto server did not start:" >&2
+    cat "$moto_log" >&2
+    exit 1
+}
 export WASQ_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
 export WASQ_TEST_PYTHON="$venv/bin/python"
 # Credentials and region for moto only; nothing here reaches AWS.
