@@ -112,11 +112,11 @@ fn main() -> anyhow::Result<()> {
         let rate = |d: Duration| MESSAGES as f64 / d.as_secs_f64();
         for round in 0..ROUNDS {
             let queue = fill(&sqs, &format!("bench-plain-{round}")).await?;
-            plain.push(bare_loop(&client, &queue, false).await?);
+            plain.push(bare_loop(&client, &queue, false, false).await?);
             let queue = fill(&sqs, &format!("bench-full-{round}")).await?;
-            full.push(bare_loop(&client, &queue, true).await?);
+            full.push(bare_loop(&client, &queue, true, false).await?);
             let queue = fill(&sqs, &format!("bench-piped-{round}")).await?;
-            piped.push(pipelined_loop(&client, &queue).await?);
+            piped.push(bare_loop(&client, &queue, true, true).await?);
             let queue = fill(&sqs, &format!("bench-wasq-{round}")).await?;
             wasq.push(dispatch(&runtime, &plugin, queue).await?);
             println!(
@@ -160,15 +160,18 @@ async fn fill(sqs: &SqsQueues, name: &str) -> anyhow::Result<wasq::queue::sqs::S
     Ok(queue)
 }
 
-/// Receive ten, delete them in one batch, until the queue is empty.
+/// Receive ten, delete them in one batch, until the queue is empty; with
+/// `pipelined`, each delete is sent while the next receive is under way.
 async fn bare_loop(
     client: &aws_sdk_sqs::Client,
     queue: &wasq::queue::sqs::SqsQueue,
     attributes: bool,
+    pipelined: bool,
 ) -> anyhow::Result<Duration> {
     use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
     let started = Instant::now();
     let mut deleted = 0;
+    let mut deletes = tokio::task::JoinSet::new();
     while deleted < MESSAGES {
         let mut receive = client
             .receive_message()
@@ -197,58 +200,16 @@ async fn bare_loop(
             continue;
         }
         deleted += entries.len();
-        client
-            .delete_message_batch()
-            .queue_url(queue.url())
-            .set_entries(Some(entries))
-            .send()
-            .await?;
-    }
-    Ok(started.elapsed())
-}
-
-/// The loop with attributes, each batch's delete sent while the next
-/// receive is under way, as wasq's dispatcher does.
-async fn pipelined_loop(
-    client: &aws_sdk_sqs::Client,
-    queue: &wasq::queue::sqs::SqsQueue,
-) -> anyhow::Result<Duration> {
-    use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
-    let started = Instant::now();
-    let mut deleted = 0;
-    let mut deletes = tokio::task::JoinSet::new();
-    while deleted < MESSAGES {
-        let out = client
-            .receive_message()
-            .queue_url(queue.url())
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .visibility_timeout(30)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names("All")
-            .send()
-            .await?;
-        let entries: Vec<_> = out
-            .messages()
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(m.receipt_handle().unwrap_or_default())
-                    .build()
-            })
-            .collect::<Result<_, _>>()?;
-        if entries.is_empty() {
-            continue;
-        }
-        deleted += entries.len();
         let delete = client
             .delete_message_batch()
             .queue_url(queue.url())
             .set_entries(Some(entries))
             .send();
-        deletes.spawn(delete);
+        if pipelined {
+            deletes.spawn(delete);
+        } else {
+            delete.await?;
+        }
     }
     while let Some(done) = deletes.join_next().await {
         done??;

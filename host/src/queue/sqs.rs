@@ -19,9 +19,9 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -493,6 +493,26 @@ fn attributes_of(
     )
 }
 
+/// The failed entries of a batch call, each by the receipt its entry (whose
+/// id is its index in the chunk) stood for.
+fn batch_failures(
+    failed: &[BatchResultErrorEntry],
+    receipt_at: impl Fn(usize) -> Option<String>,
+) -> Vec<BatchFailure> {
+    failed
+        .iter()
+        .map(|f| BatchFailure {
+            receipt: f
+                .id()
+                .parse()
+                .ok()
+                .and_then(&receipt_at)
+                .unwrap_or_default(),
+            reason: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+        })
+        .collect()
+}
+
 /// Whole seconds, as SQS takes them, rounded down (for waits).
 fn secs(duration: Duration) -> i32 {
     duration.as_secs().min(i32::MAX as u64) as i32
@@ -557,17 +577,7 @@ impl Queue for SqsQueue {
                 .send()
                 .await
                 .map_err(|err| error(&self.name, &err))?;
-            failures.extend(out.failed().iter().map(|f| {
-                BatchFailure {
-                    receipt: f
-                        .id()
-                        .parse::<usize>()
-                        .ok()
-                        .and_then(|i| chunk.get(i).cloned())
-                        .unwrap_or_default(),
-                    reason: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
-                }
-            }));
+            failures.extend(batch_failures(out.failed(), |i| chunk.get(i).cloned()));
         }
         Ok(failures)
     }
@@ -598,16 +608,8 @@ impl Queue for SqsQueue {
                 .send()
                 .await
                 .map_err(|err| error(&self.name, &err))?;
-            failures.extend(out.failed().iter().map(|f| {
-                BatchFailure {
-                    receipt: f
-                        .id()
-                        .parse::<usize>()
-                        .ok()
-                        .and_then(|i| chunk.get(i).map(|(r, _)| r.clone()))
-                        .unwrap_or_default(),
-                    reason: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
-                }
+            failures.extend(batch_failures(out.failed(), |i| {
+                chunk.get(i).map(|(receipt, _)| receipt.clone())
             }));
         }
         Ok(failures)
