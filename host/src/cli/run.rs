@@ -543,3 +543,67 @@ mod tests {
         assert!(err.to_string().contains("bogus"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use crate::backends::{BlobBackend, QueueRef, RecordsBackend};
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn host_config(args: &[&str]) -> anyhow::Result<crate::run::HostConfig> {
+        let cli = Cli::try_parse_from(args)?;
+        let Command::Run(run) = cli.command else {
+            unreachable!("a run command")
+        };
+        Ok(run.host_config(&cli.global)?.0)
+    }
+
+    #[test]
+    fn stores_and_queues_come_from_the_file_or_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wasq.toml");
+        std::fs::write(
+            &file,
+            "blob-store = \"s3\"\nrecords = \"dynamodb://wasq-records\"\n[[binding]]\nqueue = \"https://sqs.eu-west-1.amazonaws.com/123456789012/jobs\"\n",
+        )
+        .unwrap();
+        let file = file.display().to_string();
+        let config = host_config(&["wasq", "run", "--config-file", &file]).unwrap();
+        assert_eq!(config.blobs, BlobBackend::S3);
+        assert_eq!(
+            config.records,
+            RecordsBackend::DynamoDb("wasq-records".into())
+        );
+        assert!(matches!(config.bindings[0].queue, QueueRef::Sqs(_)));
+        let config = host_config(&[
+            "wasq",
+            "--endpoint-url",
+            "http://127.0.0.1:4566",
+            "run",
+            "--config-file",
+            &file,
+            "--blob-store",
+            "local",
+            "--records",
+            "sqlite",
+        ])
+        .unwrap();
+        assert_eq!(config.blobs, BlobBackend::Local);
+        assert_eq!(config.records, RecordsBackend::Sqlite);
+        assert_eq!(
+            config.aws.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:4566")
+        );
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "records = \"mongodb://x\"\n[[binding]]\nqueue = \"jobs\"\n",
+        )
+        .unwrap();
+        let bad = dir.path().join("bad.toml").display().to_string();
+        let err = host_config(&["wasq", "run", "--config-file", &bad]).unwrap_err();
+        assert!(
+            err.to_string().contains("records store `mongodb://x`"),
+            "{err}"
+        );
+    }
+}
