@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,9 @@ pub const RECEIVE_COUNT_ATTRIBUTE: &str = "wasq-receive-count";
 pub const MESSAGE_ID_ATTRIBUTE: &str = "wasq-message-id";
 /// Longest reason kept on a dead letter.
 const MAX_REASON: usize = 1024;
+/// The longest wait after a failed receive.
+const RECEIVE_BACKOFF_CAP: Duration = Duration::from_secs(30);
+
 /// How long a poller holding some permits waits for more to come free
 /// before it receives.
 const PERMIT_GATHER: Duration = Duration::from_millis(5);
@@ -137,6 +140,7 @@ impl Dispatcher {
                     .div_ceil(binding.config.batch_size)
                     .max(1),
                 pollers: AtomicUsize::new(1),
+                receive_failures: AtomicU32::new(0),
                 polled: AtomicBool::new(false),
                 readiness: readiness.clone(),
                 binding,
@@ -193,6 +197,9 @@ struct BindingState {
     permits: Arc<Semaphore>,
     max_pollers: usize,
     pollers: AtomicUsize,
+    /// Receives that failed in a row; the wait before the next grows with
+    /// them.
+    receive_failures: AtomicU32,
     polled: AtomicBool,
     readiness: Readiness,
     /// Receipts of finished messages, for batched deletion.
@@ -333,13 +340,21 @@ impl BindingState {
                 .receive(want, wait, config.visibility_timeout, &self.stop)
                 .await
             {
-                Ok(messages) if messages.is_empty() => break,
-                Ok(messages) => batch.extend(messages),
+                Ok(messages) => {
+                    self.receive_failures.store(0, Ordering::Release);
+                    if messages.is_empty() {
+                        break;
+                    }
+                    batch.extend(messages);
+                }
                 Err(err) => {
-                    // A queue outage is logged and waited out; the loop goes on.
-                    warn!(binding = %config.name, queue = self.binding.queue.name(), error = %err, "receive failed; backing off");
+                    // A queue outage is logged and waited out, longer the
+                    // longer it lasts (1 s doubling to 30 s); the loop goes on.
+                    let failures = self.receive_failures.fetch_add(1, Ordering::AcqRel);
+                    let pause = RECEIVE_BACKOFF_CAP.min(Duration::from_secs(1 << failures.min(5)));
+                    warn!(binding = %config.name, queue = self.binding.queue.name(), error = %err, retry_in = ?pause, "receive failed; backing off");
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = self.stop.cancelled() => {}
                     }
                     break;
