@@ -6,13 +6,12 @@
 //!    the dispatcher, send to delete.
 //! 2. Per-message host overhead: wall time per message through a single
 //!    sequential pipeline, less the processor's own run time.
-//! 3. Start-up: from spawning `wasq run` to its first message done, with
-//!    the compiled-component cache warm.
+//!
+//! Start-up (spawn to first message done) is measured by the `startup`
+//! benchmark.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasq::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
@@ -27,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
     let runtime = Arc::new(Runtime::new(EngineOptions {
-        cache_dir: Some(cache.clone()),
+        cache_dir: Some(cache),
         ..EngineOptions::default()
     })?);
     let rogue = std::fs::read(wasq_test_guests::ROGUE)?;
@@ -65,22 +64,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    // Start-up to the first message done, warm cache: the first run warms it.
-    let mut samples = Vec::new();
-    for round in 0..11 {
-        let took = startup(&cache)?;
-        if round > 0 {
-            samples.push(took);
-        }
-    }
-    samples.sort();
-    println!(
-        "start to first message done (warm cache): median {:.1} ms, min {:.1} ms, max {:.1} ms ({} runs)",
-        samples[samples.len() / 2].as_secs_f64() * 1e3,
-        samples[0].as_secs_f64() * 1e3,
-        samples[samples.len() - 1].as_secs_f64() * 1e3,
-        samples.len()
-    );
     Ok(())
 }
 
@@ -160,60 +143,4 @@ fn handle_mean(text: &str) -> f64 {
             .unwrap_or(0.0)
     };
     value("wasq_handle_duration_seconds_sum") / value("wasq_handle_duration_seconds_count").max(1.0)
-}
-
-/// Spawns the release `wasq run` on a queue holding one message and times
-/// until it logs its first message done.
-fn startup(cache: &Path) -> anyhow::Result<Duration> {
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let wasq = env!("CARGO_BIN_EXE_wasq");
-    let create = Command::new(wasq)
-        .env("WASQ_DATA_DIR", &data)
-        .args(["queue", "create", "startup"])
-        .output()?;
-    anyhow::ensure!(
-        create.status.success(),
-        "{}",
-        String::from_utf8_lossy(&create.stderr)
-    );
-    let send = Command::new(wasq)
-        .env("WASQ_DATA_DIR", &data)
-        .args(["send", "local://startup", "--body", "noop"])
-        .output()?;
-    anyhow::ensure!(
-        send.status.success(),
-        "{}",
-        String::from_utf8_lossy(&send.stderr)
-    );
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let started = Instant::now();
-    let mut child = Command::new(wasq)
-        .env("WASQ_DATA_DIR", &data)
-        .env("WASQ_CACHE_DIR", cache)
-        .env("WASQ_LOG", "info")
-        .args([
-            "run",
-            "--queue",
-            "local://startup",
-            "--plugin",
-            wasq_test_guests::ROGUE,
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--until-empty"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut took = None;
-    for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
-        if line?.contains("first message done") {
-            took = Some(started.elapsed());
-            break;
-        }
-    }
-    child.kill()?;
-    child.wait()?;
-    took.ok_or_else(|| anyhow::anyhow!("the host never reported its first message done"))
 }
