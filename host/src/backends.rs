@@ -6,7 +6,7 @@
 use crate::aws::AwsOptions;
 use crate::blobs::{BlobStore, LocalBlobs, S3Blobs};
 use crate::offline::LocalEnv;
-use crate::queue::sqs::{self, SqsQueues};
+use crate::queue::sqs::{self, SqsQueue, SqsQueues};
 use crate::queue::{LocalQueues, Queue, QueueError};
 use crate::records::{DynamoRecords, Records};
 use crate::runtime::Services;
@@ -52,6 +52,13 @@ impl QueueRef {
         match self {
             QueueRef::Local(name) => name,
             QueueRef::Sqs(url_or_name) => sqs::name_of(url_or_name),
+        }
+    }
+
+    /// The name (local) or the name or URL (SQS), as given.
+    pub fn address(&self) -> &str {
+        match self {
+            QueueRef::Local(name) | QueueRef::Sqs(name) => name,
         }
     }
 
@@ -186,29 +193,20 @@ impl Backends {
     /// Opens a queue that must exist; the error names it and says how to
     /// make it.
     pub async fn queue(&self, queue: &QueueRef) -> anyhow::Result<Arc<dyn Queue>> {
-        let opened: Result<Arc<dyn Queue>, QueueError> = match queue {
-            QueueRef::Local(name) => match self.local_queues().await?.queue(name).await {
-                Ok(q) => Ok(Arc::new(q)),
-                Err(err) => Err(err),
-            },
-            QueueRef::Sqs(url_or_name) => match self.sqs().await.queue(url_or_name).await {
-                Ok(q) => Ok(Arc::new(q)),
-                Err(err) => Err(err),
-            },
-        };
-        match opened {
-            Ok(queue) => Ok(queue),
-            Err(QueueError::NoSuchQueue(_)) if queue.is_local() => bail!(
-                "queue {queue} does not exist: create it with `wasq queue create {}` or start `wasq run --queue {queue}`",
-                queue.name()
-            ),
-            Err(QueueError::NoSuchQueue(_)) => bail!(
-                "queue {queue} does not exist in this account and region (create it with `wasq queue create {queue}`, or deploy/)"
-            ),
-            Err(err) => Err(err).with_context(|| format!("opening queue {queue}")),
-        }
+        Ok(match queue {
+            QueueRef::Local(name) => Arc::new(explain(
+                queue,
+                self.local_queues().await?.queue(name).await,
+            )?),
+            QueueRef::Sqs(_) => Arc::new(self.sqs_queue(queue).await?),
+        })
     }
 
+    /// Opens an SQS queue that must exist (a `local://` address is taken as
+    /// an SQS queue name).
+    pub async fn sqs_queue(&self, queue: &QueueRef) -> anyhow::Result<SqsQueue> {
+        explain(queue, self.sqs().await.queue(queue.address()).await)
+    }
     /// The blob store and records processors use, and the local store when
     /// blobs are local (its links are served by wasq).
     pub async fn services(&self) -> anyhow::Result<(Option<LocalBlobs>, Services)> {
@@ -242,6 +240,21 @@ impl Backends {
             BlobBackend::S3 => None,
         };
         Ok((links, Services { blobs, records }))
+    }
+}
+
+/// A queue opened, or an error that names it and says how to make it.
+fn explain<T>(queue: &QueueRef, opened: Result<T, QueueError>) -> anyhow::Result<T> {
+    match opened {
+        Ok(opened) => Ok(opened),
+        Err(QueueError::NoSuchQueue(_)) if queue.is_local() => bail!(
+            "queue {queue} does not exist: create it with `wasq queue create {}` or start `wasq run --queue {queue}`",
+            queue.name()
+        ),
+        Err(QueueError::NoSuchQueue(_)) => bail!(
+            "queue {queue} does not exist in this account and region (create it with `wasq queue create {queue}`, or deploy/)"
+        ),
+        Err(err) => Err(err).with_context(|| format!("opening queue {queue}")),
     }
 }
 

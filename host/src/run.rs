@@ -123,24 +123,17 @@ impl Host {
         ));
         let (links, services) = backends.services().await?;
         let mut codes = Vec::new();
+        // Fuel is counted only when some plugin has a fuel limit: counting
+        // slows every plugin.
+        let mut fuel = config.engine.fuel;
         for spec in &config.bindings {
             let code = config.plugins.find(&spec.plugin)?;
             let limits = code.limits(&spec.limits)?;
+            fuel |= limits.fuel.is_some();
             codes.push((code, spec.settle(&limits)?));
         }
-        // Fuel is counted only when some plugin has a fuel limit: counting
-        // slows every plugin.
         let engine = EngineOptions {
-            fuel: config.engine.fuel
-                || codes.iter().any(|(code, _)| {
-                    code.manifest
-                        .as_ref()
-                        .is_some_and(|m| m.limits.fuel.is_some())
-                })
-                || config
-                    .bindings
-                    .iter()
-                    .any(|spec| spec.limits.fuel.is_some()),
+            fuel,
             ..config.engine.clone()
         };
         let runtime = Arc::new(Runtime::new(engine)?);
@@ -302,16 +295,11 @@ async fn bind_sqs(
     spec: &BindingSpec,
     mut config: BindingConfig,
 ) -> anyhow::Result<(Arc<dyn Queue>, Option<Arc<dyn Queue>>, BindingConfig)> {
-    let queue = backends.queue(&spec.queue).await?;
-    let sqs = backends.sqs().await;
-    let url = sqs
-        .url_of(match &spec.queue {
-            QueueRef::Sqs(url_or_name) => url_or_name,
-            QueueRef::Local(name) => name,
-        })
-        .await?;
-    let policy = sqs
-        .redrive_policy(&url)
+    let queue = backends.sqs_queue(&spec.queue).await?;
+    let policy = backends
+        .sqs()
+        .await
+        .redrive_policy(queue.url())
         .await
         .with_context(|| format!("reading the redrive policy of {}", spec.queue))?;
     let dlq = match (&spec.dead_letters, policy) {
@@ -333,7 +321,7 @@ async fn bind_sqs(
             spec.queue
         ),
     };
-    Ok((queue, dlq, config))
+    Ok((Arc::new(queue), dlq, config))
 }
 
 /// Resolves once every queue is empty: nothing visible, in flight or

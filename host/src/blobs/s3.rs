@@ -32,7 +32,15 @@ fn error<E>(uri: &BlobUri, err: &SdkError<E, HttpResponse>) -> BlobError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    match classify(&format!("`{uri}`"), err) {
+    error_about(&format!("`{uri}`"), err)
+}
+
+/// An SDK error as a blob error whose message starts with `what`.
+fn error_about<E>(what: &str, err: &SdkError<E, HttpResponse>) -> BlobError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match classify(what, err) {
         Failure::Missing(text) => BlobError::NotFound(text),
         Failure::Denied(text) => BlobError::Denied(text),
         Failure::Invalid(text) => BlobError::Invalid(text),
@@ -61,14 +69,14 @@ impl S3Blobs {
             .bucket(bucket)
             .send()
             .await
-            .map_err(|err| match classify(&format!("bucket `{bucket}`"), &err) {
-                Failure::Missing(_) => {
-                    BlobError::NotFound(format!("bucket `{bucket}` does not exist"))
-                }
-                Failure::Denied(text) => BlobError::Denied(text),
-                Failure::Invalid(text) => BlobError::Invalid(text),
-                Failure::Unavailable(text) => BlobError::Unavailable(text),
-            })?;
+            .map_err(
+                |err| match error_about(&format!("bucket `{bucket}`"), &err) {
+                    BlobError::NotFound(_) => {
+                        BlobError::NotFound(format!("bucket `{bucket}` does not exist"))
+                    }
+                    other => other,
+                },
+            )?;
         Ok(())
     }
 }

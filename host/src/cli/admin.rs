@@ -84,14 +84,6 @@ fn backends(global: &GlobalArgs) -> Backends {
     )
 }
 
-/// An SQS queue given by URL or name.
-fn sqs_ref(queue: &QueueRef) -> &str {
-    match queue {
-        QueueRef::Sqs(url_or_name) => url_or_name,
-        QueueRef::Local(name) => name,
-    }
-}
-
 pub async fn send(args: SendArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     let queue_ref = QueueRef::parse(&args.queue)?;
     let body = match (&args.body, &args.file) {
@@ -214,7 +206,7 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
             backends.queue(&queue).await?;
             let purged = match &queue {
                 QueueRef::Local(name) => backends.local_queues().await?.purge(name).await?,
-                QueueRef::Sqs(_) => backends.sqs().await.purge(sqs_ref(&queue)).await?,
+                QueueRef::Sqs(_) => backends.sqs().await.purge(queue.address()).await?,
             };
             println!("purged {purged} messages from {queue}");
         }
@@ -225,16 +217,14 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
 /// The dead-letter queue of `queue`: its redrive target, else (local
 /// queues) NAME-dlq.
 async fn dlq_of(backends: &Backends, queue: &QueueRef) -> anyhow::Result<QueueRef> {
-    let source = backends.queue(queue).await?;
     match queue {
-        QueueRef::Local(_) => Ok(match source.stats().await?.redrive {
+        QueueRef::Local(_) => Ok(match backends.queue(queue).await?.stats().await?.redrive {
             Some(redrive) => QueueRef::Local(redrive.dlq),
             None => queue.default_dlq(),
         }),
         QueueRef::Sqs(_) => {
-            let sqs = backends.sqs().await;
-            let url = sqs.url_of(sqs_ref(queue)).await?;
-            match sqs.redrive_policy(&url).await? {
+            let source = backends.sqs_queue(queue).await?;
+            match backends.sqs().await.redrive_policy(source.url()).await? {
                 Some(policy) => Ok(QueueRef::Sqs(policy.dlq_url)),
                 None => bail!("queue {queue} has no redrive policy, so no dead-letter queue"),
             }
@@ -251,7 +241,7 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
             backends.queue(&dlq).await?;
             let letters = match &dlq {
                 QueueRef::Local(name) => backends.local_queues().await?.peek(name, max).await?,
-                QueueRef::Sqs(_) => backends.sqs().await.peek(sqs_ref(&dlq), max).await?,
+                QueueRef::Sqs(_) => backends.sqs().await.peek(dlq.address(), max).await?,
             };
             println!("{} dead letters in {dlq}", letters.len());
             for letter in letters {
@@ -300,7 +290,7 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
                     match backends
                         .sqs()
                         .await
-                        .redrive(sqs_ref(&dlq), sqs_ref(&queue))
+                        .redrive(dlq.address(), queue.address())
                         .await?
                     {
                         Some(moved) => {

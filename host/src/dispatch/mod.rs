@@ -616,25 +616,21 @@ impl BindingState {
     /// is tried again for a few seconds; after that the lease lapses on its
     /// own and the message comes back at the end of its visibility timeout.
     async fn change_visibility(&self, entries: &[(String, Duration)]) {
-        let mut pause = Duration::from_millis(250);
-        loop {
-            match self.binding.queue.change_visibility_batch(entries).await {
-                Ok(failures) => {
-                    for failure in failures {
-                        warn!(reason = %failure.reason, "could not change visibility");
-                    }
-                }
-                Err(QueueError::Unavailable(err)) if pause <= VISIBILITY_RETRY_LONGEST => {
-                    warn!(error = %err, retry_in = ?pause, "could not change visibility; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    continue;
-                }
-                Err(err) => {
-                    warn!(error = %err, "could not change visibility; the lease will lapse on its own")
+        let changed = ride_out_outage(
+            VISIBILITY_RETRY_LONGEST,
+            "could not change visibility",
+            || self.binding.queue.change_visibility_batch(entries),
+        )
+        .await;
+        match changed {
+            Ok(failures) => {
+                for failure in failures {
+                    warn!(reason = %failure.reason, "could not change visibility");
                 }
             }
-            return;
+            Err(err) => {
+                warn!(error = %err, "could not change visibility; the lease will lapse on its own")
+            }
         }
     }
 
@@ -686,6 +682,30 @@ fn group_batch(batch: Vec<Received>, fifo: bool) -> Vec<Vec<Received>> {
     groups
 }
 
+/// Runs a queue call again while the queue is unavailable, pausing 250 ms
+/// and doubling up to `longest`; each retry is logged as `failed; retrying`.
+/// Other errors, and the last unavailable one, are returned.
+async fn ride_out_outage<T, F>(
+    longest: Duration,
+    failed: &str,
+    mut call: impl FnMut() -> F,
+) -> Result<T, QueueError>
+where
+    F: Future<Output = Result<T, QueueError>>,
+{
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match call().await {
+            Err(QueueError::Unavailable(err)) if pause <= longest => {
+                warn!(error = %err, retry_in = ?pause, "{failed}; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The longest pause between attempts to change visibility while the queue
 /// is unavailable; the attempts span about 15 s in all.
 const VISIBILITY_RETRY_LONGEST: Duration = Duration::from_secs(8);
@@ -721,26 +741,20 @@ async fn delete_loop(
         }
         // A queue that is briefly unreachable is waited for: a message not
         // deleted would run again once its visibility timeout passes.
-        let mut pause = Duration::from_millis(250);
-        loop {
-            match queue.delete_batch(&batch).await {
-                Ok(failures) => {
-                    deleted.inc_by((batch.len() - failures.len()) as u64);
-                    for failure in failures {
-                        warn!(queue = queue.name(), reason = %failure.reason, "delete failed; the message may be processed again");
-                    }
-                }
-                Err(QueueError::Unavailable(err)) if pause <= DELETE_RETRY_LONGEST => {
-                    warn!(queue = queue.name(), error = %err, count = batch.len(), retry_in = ?pause, "delete failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    continue;
-                }
-                Err(err) => {
-                    warn!(queue = queue.name(), error = %err, count = batch.len(), "delete failed; the messages may be processed again")
+        let result = ride_out_outage(DELETE_RETRY_LONGEST, "delete failed", || {
+            queue.delete_batch(&batch)
+        })
+        .await;
+        match result {
+            Ok(failures) => {
+                deleted.inc_by((batch.len() - failures.len()) as u64);
+                for failure in failures {
+                    warn!(queue = queue.name(), reason = %failure.reason, "delete failed; the message may be processed again");
                 }
             }
-            break;
+            Err(err) => {
+                warn!(queue = queue.name(), error = %err, count = batch.len(), "delete failed; the messages may be processed again")
+            }
         }
         batch.clear();
     }

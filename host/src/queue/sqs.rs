@@ -92,6 +92,40 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Er
 
 use serde::Deserialize as _;
 
+/// A redrive policy as a queue's attributes give it.
+struct RedriveTarget {
+    account: String,
+    /// The dead-letter queue's name.
+    name: String,
+    max_receive_count: u32,
+}
+
+/// The redrive policy among `queue`'s attributes, if it has one.
+fn redrive_in(
+    queue: &str,
+    attributes: &HashMap<QueueAttributeName, String>,
+) -> Result<Option<RedriveTarget>, QueueError> {
+    let Some(text) = attributes.get(&QueueAttributeName::RedrivePolicy) else {
+        return Ok(None);
+    };
+    let policy: RedrivePolicy = serde_json::from_str(text).map_err(|err| {
+        QueueError::Invalid(format!(
+            "queue `{queue}`: redrive policy `{text}` is not understood: {err}"
+        ))
+    })?;
+    let (account, name) = parse_arn(&policy.dead_letter_target_arn).ok_or_else(|| {
+        QueueError::Invalid(format!(
+            "queue `{queue}`: dead-letter target `{}` is not an SQS ARN",
+            policy.dead_letter_target_arn
+        ))
+    })?;
+    Ok(Some(RedriveTarget {
+        account: account.to_string(),
+        name: name.to_string(),
+        max_receive_count: policy.max_receive_count,
+    }))
+}
+
 /// A queue's redrive policy, resolved: its dead-letter queue's URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqsRedrive {
@@ -162,33 +196,20 @@ impl SqsQueues {
     /// The queue's redrive policy, with its dead-letter queue's URL.
     pub async fn redrive_policy(&self, url: &str) -> Result<Option<SqsRedrive>, QueueError> {
         let attributes = self.attributes(url).await?;
-        let Some(text) = attributes.get(&QueueAttributeName::RedrivePolicy) else {
+        let Some(target) = redrive_in(name_of(url), &attributes)? else {
             return Ok(None);
         };
-        let policy: RedrivePolicy = serde_json::from_str(text).map_err(|err| {
-            QueueError::Invalid(format!(
-                "queue `{}`: redrive policy `{text}` is not understood: {err}",
-                name_of(url)
-            ))
-        })?;
-        let (account, name) = parse_arn(&policy.dead_letter_target_arn).ok_or_else(|| {
-            QueueError::Invalid(format!(
-                "queue `{}`: dead-letter target `{}` is not an SQS ARN",
-                name_of(url),
-                policy.dead_letter_target_arn
-            ))
-        })?;
         let out = self
             .client
             .get_queue_url()
-            .queue_name(name)
-            .queue_owner_aws_account_id(account)
+            .queue_name(&target.name)
+            .queue_owner_aws_account_id(&target.account)
             .send()
             .await
-            .map_err(|err| error(name, &err))?;
+            .map_err(|err| error(&target.name, &err))?;
         Ok(Some(SqsRedrive {
             dlq_url: out.queue_url().unwrap_or_default().to_string(),
-            max_receive_count: policy.max_receive_count,
+            max_receive_count: target.max_receive_count,
         }))
     }
 
@@ -686,16 +707,10 @@ impl Queue for SqsQueue {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        let redrive = attributes
-            .get(&QueueAttributeName::RedrivePolicy)
-            .and_then(|text| serde_json::from_str::<RedrivePolicy>(text).ok())
-            .and_then(|policy| {
-                let (_, dlq) = parse_arn(&policy.dead_letter_target_arn)?;
-                Some(Redrive {
-                    dlq: dlq.to_string(),
-                    max_receive_count: policy.max_receive_count,
-                })
-            });
+        let redrive = redrive_in(&self.name, &attributes)?.map(|target| Redrive {
+            dlq: target.name,
+            max_receive_count: target.max_receive_count,
+        });
         Ok(QueueStats {
             name: self.name.clone(),
             fifo: self.fifo,

@@ -7,6 +7,8 @@ use super::{Records, RecordsError, check};
 use crate::aws::{AwsOptions, Failure, classify};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
@@ -35,8 +37,12 @@ impl DynamoRecords {
         &self.table
     }
 
-    fn failure(&self, what: String, failure: Failure) -> RecordsError {
-        match failure {
+    /// What went wrong with `what`, for a processor to read.
+    fn failure<E>(&self, what: String, err: &SdkError<E, HttpResponse>) -> RecordsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match classify(&what, err) {
             Failure::Invalid(text) => RecordsError::Invalid(text),
             Failure::Missing(_) => RecordsError::Unavailable(format!(
                 "{what}: DynamoDB table `{}` does not exist",
@@ -53,10 +59,7 @@ impl DynamoRecords {
             .table_name(&self.table)
             .send()
             .await
-            .map_err(|err| {
-                let what = format!("DynamoDB table `{}`", self.table);
-                self.failure(what.clone(), classify(&what, &err))
-            })?;
+            .map_err(|err| self.failure(format!("DynamoDB table `{}`", self.table), &err))?;
         Ok(())
     }
 
@@ -88,8 +91,7 @@ impl DynamoRecords {
             .send()
             .await
             .map_err(|err| {
-                let what = format!("creating DynamoDB table `{}`", self.table);
-                self.failure(what.clone(), classify(&what, &err))
+                self.failure(format!("creating DynamoDB table `{}`", self.table), &err)
             })?;
         Ok(())
     }
@@ -112,10 +114,7 @@ impl Records for DynamoRecords {
             .item("updated_ms", AttributeValue::N(now.to_string()))
             .send()
             .await
-            .map_err(|err| {
-                let what = format!("putting `{key}` in table `{table}`");
-                self.failure(what.clone(), classify(&what, &err))
-            })?;
+            .map_err(|err| self.failure(format!("putting `{key}` in table `{table}`"), &err))?;
         Ok(())
     }
 
@@ -130,10 +129,7 @@ impl Records for DynamoRecords {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|err| {
-                let what = format!("getting `{key}` from table `{table}`");
-                self.failure(what.clone(), classify(&what, &err))
-            })?;
+            .map_err(|err| self.failure(format!("getting `{key}` from table `{table}`"), &err))?;
         Ok(out
             .item()
             .and_then(|item| item.get("value"))

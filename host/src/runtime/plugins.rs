@@ -212,7 +212,7 @@ impl PluginSources {
     /// The file a plugin comes from, or would once dropped in: `None` for
     /// a name without a plugins folder.
     pub fn file_of(&self, wanted: &str) -> Option<PathBuf> {
-        if wanted.ends_with(".wasm") || wanted.contains('/') {
+        if is_path(wanted) {
             Some(PathBuf::from(wanted))
         } else {
             self.dir
@@ -248,10 +248,15 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a plugin is named by a path to its file rather than by name.
+fn is_path(wanted: &str) -> bool {
+    wanted.ends_with(".wasm") || wanted.contains('/')
+}
+
 /// Finds the code for `wanted`: a path to a `.wasm` file, or a name looked
 /// up first in `plugins_dir` (`NAME.wasm`) and then among the built-ins.
 pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCode> {
-    if wanted.ends_with(".wasm") || wanted.contains('/') {
+    if is_path(wanted) {
         let path = PathBuf::from(wanted);
         let wasm =
             std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
