@@ -16,6 +16,7 @@
 //! - [`run`]: `wasq run`: backends, plugins, dispatcher and server wired up.
 //! - [`serve`]: the HTTP server: health, metrics, signed downloads.
 //! - [`secret`]: owner-only secrets on disk (link signing, the compile cache).
+//! - [`text`]: attacker-chosen text escaped and bounded before it is printed.
 //! - [`cli`]: the command line; the only module that knows clap.
 
 pub mod aws;
@@ -32,3 +33,4 @@ pub mod runtime;
 pub mod secret;
 pub mod serve;
 mod sqlite;
+pub mod text;

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("WASQ_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_filter())),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| wasq::text::OneLine(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -14,8 +14,11 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// Where local links point when nothing says otherwise.
+pub const DEFAULT_LINK_BASE: &str = "http://127.0.0.1:8080";
 
 /// The local backends an offline run uses.
 #[derive(Debug, Clone)]
@@ -31,8 +34,8 @@ pub struct LocalEnv {
 impl LocalEnv {
     /// Opens the blob store and records database, creating them if needed.
     pub fn open(&self) -> anyhow::Result<(LocalBlobs, Services)> {
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating data directory {}", self.data_dir.display()))?;
+        crate::secret::private_dir(&self.data_dir)
+            .with_context(|| format!("opening data directory {}", self.data_dir.display()))?;
         let signer = LinkSigner::for_data_dir(&self.data_dir, &self.link_base)
             .with_context(|| format!("loading the link secret in {}", self.data_dir.display()))?;
         let blobs = LocalBlobs::new(&self.blobs_root, signer)
@@ -58,6 +61,9 @@ pub struct TestOptions {
     pub engine: EngineOptions,
     /// Limits over the plugin manifest's.
     pub limits: LimitSettings,
+    /// A manifest given for this run, and where it came from; it replaces
+    /// the plugin's own.
+    pub manifest: Option<(crate::runtime::plugins::Manifest, String)>,
     pub config: BTreeMap<String, String>,
 }
 
@@ -111,13 +117,23 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
     for path in &options.fixtures {
         fixtures.extend(fixture::load(path)?);
     }
-    let code = options.plugins.find(&options.plugin)?;
+    let mut code = options.plugins.find(&options.plugin)?;
+    if let Some((manifest, origin)) = &options.manifest {
+        code.manifest = Some(manifest.clone());
+        code.manifest_origin = Some(origin.clone());
+    }
     let limits = code.limits(&options.limits)?;
     let runtime = Runtime::new(EngineOptions {
         fuel: options.engine.fuel || limits.fuel.is_some(),
         ..options.engine.clone()
     })?;
     let plugin = runtime.load_code(&code, &options.limits, &options.config)?;
+    if plugin.grants().is_empty() {
+        eprintln!(
+            "{}\n(or give this run a manifest with --manifest FILE)\n",
+            crate::run::grant_advice(&plugin, None)
+        );
+    }
     let (blobs, services) = options.env.open()?;
 
     let mut met = 0;
@@ -192,15 +208,10 @@ pub fn archive_entries(blobs: &LocalBlobs, outcome: &Outcome) -> anyhow::Result<
     let uri = result["archive"]
         .as_str()
         .context("the result has no `archive` field")?;
-    let path = blobs.path_of(&BlobUri::parse(uri)?)?;
-    list_entries(&path)
-}
-
-/// The entry names of a zip file, in archive order.
-pub fn list_entries(path: &Path) -> anyhow::Result<Vec<String>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .with_context(|| format!("reading {} as a zip", path.display()))?;
+    let uri = BlobUri::parse(uri)?;
+    let opened = blobs.open_object(&uri)?;
+    let mut zip =
+        zip::ZipArchive::new(opened.file).with_context(|| format!("reading {uri} as a zip"))?;
     (0..zip.len())
         .map(|i| Ok(zip.by_index(i)?.name()?.to_string()))
         .collect()
@@ -225,11 +236,15 @@ fn print_human(out: &mut dyn Write, report: &CaseReport) -> std::io::Result<()> 
         } => reason.clone(),
         Outcome::Reject(reason) => reason.clone(),
     };
+    // Ids, results, reasons and log lines are the processor's and the
+    // fixture's: escaped, and results cut, before they reach a terminal.
+    use crate::text::{Escaped, truncate};
     writeln!(
         out,
-        "{verdict} {}  {}  {detail}",
-        report.id,
-        report.outcome.kind()
+        "{verdict} {}  {}  {}",
+        Escaped(&report.id),
+        report.outcome.kind(),
+        Escaped(&truncate(&detail, 4096))
     )?;
     for line in &report.logs {
         let source = match line.source {
@@ -238,10 +253,10 @@ fn print_human(out: &mut dyn Write, report: &CaseReport) -> std::io::Result<()> 
             Source::Stderr => "stderr",
         };
         let level = format!("{:?}", line.level).to_lowercase();
-        writeln!(out, "       [{source} {level}] {}", line.message)?;
+        writeln!(out, "       [{source} {level}] {}", Escaped(&line.message))?;
     }
     for miss in report.unmet.iter().flatten() {
-        writeln!(out, "       unmet: {miss}")?;
+        writeln!(out, "       unmet: {}", Escaped(miss))?;
     }
     Ok(())
 }

@@ -93,6 +93,9 @@ pub struct HostConfig {
     pub plugins: PluginSources,
     /// Where the HTTP server listens; `None` runs without one.
     pub listen: Option<SocketAddr>,
+    /// Whether local links point at the address the server is bound to,
+    /// rather than at the link base given.
+    pub links_follow_listen: bool,
     pub grace: Duration,
     pub bindings: Vec<BindingSpec>,
 }
@@ -105,9 +108,12 @@ pub struct Host {
     /// Each binding's queue, in configuration order.
     pub bound: Vec<Arc<dyn Queue>>,
     bindings: Vec<Binding>,
+    /// For each plugin bound without any grant, the lines that would give
+    /// it some (see [`grant_advice`]).
+    pub advice: Vec<String>,
     reloader: Reloader,
     dispatcher: Dispatcher,
-    serve: Option<(SocketAddr, ServeState)>,
+    serve: Option<(tokio::net::TcpListener, ServeState)>,
 }
 
 impl Host {
@@ -115,8 +121,28 @@ impl Host {
         if config.bindings.is_empty() {
             bail!("nothing to run: give --queue, or bindings in wasq.toml");
         }
+        // The listener is bound first: links point at the address it got.
+        let mut env = config.env.clone();
+        let listener = match config.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the HTTP server to {addr}"))?;
+                let bound = listener.local_addr()?;
+                if config.links_follow_listen {
+                    let mut host = bound;
+                    if host.ip().is_unspecified() {
+                        warn!(%bound, "listening on every address: local links point at 127.0.0.1; give --link-base with the name clients use");
+                        host.set_ip([127, 0, 0, 1].into());
+                    }
+                    env.link_base = format!("http://{host}");
+                }
+                Some(listener)
+            }
+            None => None,
+        };
         let backends = Arc::new(Backends::new(
-            config.env.clone(),
+            env.clone(),
             config.aws.clone(),
             config.blobs.clone(),
             config.records.clone(),
@@ -132,8 +158,15 @@ impl Host {
             fuel |= limits.fuel.is_some();
             codes.push((code, spec.settle(&limits)?));
         }
+        // Every binding keeps the instances its concurrency may need.
+        let instances: usize = config
+            .bindings
+            .iter()
+            .map(|b| b.config.max_concurrency)
+            .sum();
         let engine = EngineOptions {
             fuel,
+            max_instances: u32::try_from(instances).unwrap_or(u32::MAX).max(1),
             ..config.engine.clone()
         };
         let runtime = Arc::new(Runtime::new(engine)?);
@@ -141,8 +174,24 @@ impl Host {
         let mut bindings = Vec::new();
         let mut bound: Vec<Arc<dyn Queue>> = Vec::new();
         let mut watched = Vec::new();
+        let mut advice = Vec::new();
         for (spec, (code, binding_config)) in config.bindings.iter().zip(codes) {
             let plugin = runtime.load_code(&code, &spec.limits, &spec.plugin_config)?;
+            let grants = plugin.grants();
+            for wide in grants.wide() {
+                warn!(plugin = %plugin.name(), grant = wide, origin = plugin.manifest_origin().unwrap_or_default(), "wide access granted");
+            }
+            if grants.is_empty()
+                && !advice
+                    .iter()
+                    .any(|a: &String| a.contains(&format!("`{}`", plugin.name())))
+            {
+                warn!(plugin = %plugin.name(), "the plugin has no grants: every blob and records call it makes will be denied");
+                advice.push(grant_advice(
+                    &plugin,
+                    config.plugins.manifests_file.as_deref(),
+                ));
+            }
             let (queue, dlq, binding_config) = match &spec.queue {
                 QueueRef::Local(_) => bind_local(&backends, spec, binding_config).await?,
                 QueueRef::Sqs(_) => bind_sqs(&backends, spec, binding_config).await?,
@@ -171,9 +220,9 @@ impl Host {
 
         let metrics = Arc::new(Metrics::default());
         let readiness = Readiness::default();
-        let serve = config.listen.map(|addr| {
+        let serve = listener.map(|listener| {
             (
-                addr,
+                listener,
                 ServeState {
                     metrics: metrics.clone(),
                     readiness: readiness.clone(),
@@ -198,8 +247,17 @@ impl Host {
             backends,
             bound,
             bindings,
+            advice,
             serve,
         })
+    }
+
+    /// Where the local store's links point, when blobs are local.
+    pub fn links_at(&self) -> Option<String> {
+        self.serve
+            .as_ref()
+            .and_then(|(_, state)| state.links.as_ref())
+            .map(|links| links.signer().base_url().to_string())
     }
 
     /// Runs until `shutdown` resolves, then drains (see
@@ -213,17 +271,16 @@ impl Host {
     ) -> anyhow::Result<()> {
         let server_stop = tokio_util::sync::CancellationToken::new();
         let server = match self.serve {
-            Some((addr, state)) => {
+            Some((listener, state)) => {
                 let stop = server_stop.clone();
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding the HTTP server to {addr}"))?;
+                let addr = listener.local_addr()?;
                 info!(%addr, "serving health, metrics and signed links");
-                Some(tokio::spawn(async move {
-                    axum::serve(listener, serve::router(state))
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await
-                }))
+                Some(tokio::spawn(serve::serve(
+                    listener,
+                    serve::router(state),
+                    serve::Guards::default(),
+                    stop,
+                )))
             }
             None => None,
         };
@@ -245,6 +302,43 @@ impl Host {
                 .context("serving HTTP")?;
         }
         Ok(())
+    }
+}
+
+/// What to add so that a plugin without grants may do its work: the exact
+/// lines, for the operator's `wasq.toml` (built-in plugins) or the manifest
+/// beside the plugin's file.
+pub fn grant_advice(
+    plugin: &crate::runtime::Plugin,
+    config_file: Option<&std::path::Path>,
+) -> String {
+    let name = plugin.name();
+    let (read, write, table) = if &**name == "compress" {
+        ("s3://docs/", "s3://archives/", "archives")
+    } else {
+        ("s3://BUCKET/PREFIX/", "s3://BUCKET/PREFIX/", "TABLE")
+    };
+    let lines = |section: &str| {
+        format!(
+            "[{section}blobs]\nread = [\"{read}\"]\nwrite = [\"{write}\"]\n\n[{section}records]\ntables = [\"{table}\"]\n"
+        )
+    };
+    let fill = if &**name == "compress" {
+        "with your own buckets"
+    } else {
+        "with what it needs"
+    };
+    match plugin.source() {
+        crate::runtime::PluginSource::BuiltIn => format!(
+            "plugin `{name}` has no grants: it may read, write and record nothing. Add its grants to {}, {fill}:\n\n{}",
+            config_file.map_or("wasq.toml".into(), |p| p.display().to_string()),
+            lines(&format!("plugins.{name}."))
+        ),
+        crate::runtime::PluginSource::File(path) => format!(
+            "plugin `{name}` has no grants: it may read, write and record nothing. Add its grants to {} (or to [plugins.{name}] in wasq.toml), {fill}:\n\n{}",
+            path.with_extension("toml").display(),
+            lines("")
+        ),
     }
 }
 

@@ -1,18 +1,29 @@
 //! wasq's HTTP server: health and readiness, Prometheus metrics, and the
-//! local store's signed download links (with Range support).
+//! local store's signed download links.
+//!
+//! The link origin serves bytes a queue sender chose, so every download is
+//! an attachment that no browser renders or sniffs (`Content-Disposition:
+//! attachment`, `nosniff`, a sandboxing `Content-Security-Policy`), and only
+//! the version of the object the link was made for is served. Each
+//! connection must send its request head within a timeout (hyper's
+//! `header_read_timeout`), and connections past a cap are closed at once,
+//! so idle or half-sent requests cannot hold the server.
 
-use crate::blobs::LocalBlobs;
 use crate::blobs::sign::{LINK_PREFIX, LinkError};
+use crate::blobs::{BlobError, LocalBlobs};
 use crate::dispatch::{Metrics, Readiness};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use std::io::SeekFrom;
 use std::sync::Arc;
-use tower::ServiceExt;
-use tower_http::services::ServeFile;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// What the server answers from.
 #[derive(Clone)]
@@ -24,13 +35,87 @@ pub struct ServeState {
     pub links: Option<LocalBlobs>,
 }
 
+/// How the server guards its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Guards {
+    /// Connections served at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// How long a client has to send a request head, the first one or the
+    /// next on a kept-alive connection.
+    pub header_timeout: Duration,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 pub fn router(state: ServeState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/blobs/{*path}", get(download))
+        .route("/blobs/{*path}", get(download).head(download))
         .with_state(state)
+}
+
+/// Serves `router` on `listener` until `stop` fires, then lets requests in
+/// progress finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    guards: Guards,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(guards.max_connections));
+    let connections = tokio_util::task::TaskTracker::new();
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors or the like: wait, never spin.
+                    tracing::warn!(error = %err, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many HTTP connections; closing a new one");
+            drop(stream);
+            continue;
+        };
+        let service = service.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(guards.header_timeout)
+                .keep_alive(true);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 async fn readyz(State(state): State<ServeState>) -> Response {
@@ -56,9 +141,71 @@ async fn metrics(State(state): State<ServeState>) -> Response {
         .into_response()
 }
 
+/// Media types a download keeps; anything else (HTML, SVG, XML, scripts)
+/// goes out as `application/octet-stream`, so no link can carry a page.
+const PASSIVE_TYPES: &[&str] = &[
+    "application/zip",
+    "application/gzip",
+    "application/pdf",
+    "application/json",
+    "application/octet-stream",
+    "text/plain",
+    "text/csv",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+];
+
+fn refuse(status: StatusCode, text: String) -> Response {
+    let mut response = (status, text).into_response();
+    secure(response.headers_mut());
+    response
+}
+
+/// The headers every answer on the link origin carries.
+fn secure(headers: &mut HeaderMap) {
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+}
+
+/// `attachment; filename="…"; filename*=UTF-8''…` for a key's last segment
+/// (RFC 6266): the quoted form keeps only safe ASCII.
+fn disposition(key: &str) -> HeaderValue {
+    let name = key.rsplit('/').next().unwrap_or("download");
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " .-_()+,".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
 async fn download(State(state): State<ServeState>, request: Request) -> Response {
-    let Some(blobs) = &state.links else {
-        return (StatusCode::NOT_FOUND, "this server signs no local links\n").into_response();
+    let Some(blobs) = state.links.clone() else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "this server signs no local links\n".into(),
+        );
     };
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or_default().to_string();
@@ -67,26 +214,180 @@ async fn download(State(state): State<ServeState>, request: Request) -> Response
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let uri = match blobs.signer().verify(&path, &query, now) {
-        Ok(uri) => uri,
+    let (uri, version) = match blobs.signer().verify(&path, &query, now) {
+        Ok(granted) => granted,
         Err(LinkError::Malformed(why)) => {
-            return (StatusCode::FORBIDDEN, format!("malformed link: {why}\n")).into_response();
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("malformed link: {}\n", crate::text::escape(&why)),
+            );
         }
-        Err(err) => return (StatusCode::FORBIDDEN, format!("{err}\n")).into_response(),
+        Err(err) => return refuse(StatusCode::FORBIDDEN, format!("{err}\n")),
     };
-    let file = match blobs.path_of(&uri) {
-        Ok(file) if file.is_file() => file,
-        Ok(_) => return (StatusCode::NOT_FOUND, format!("no object at {uri}\n")).into_response(),
-        Err(err) => return (StatusCode::FORBIDDEN, format!("{err}\n")).into_response(),
+    let target = uri.clone();
+    let opened = tokio::task::spawn_blocking(move || blobs.open_object(&target)).await;
+    let opened = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(BlobError::NotFound(_))) => {
+            return refuse(StatusCode::NOT_FOUND, format!("no object at {uri}\n"));
+        }
+        Ok(Err(err)) => return refuse(StatusCode::FORBIDDEN, format!("{err}\n")),
+        Err(err) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
     };
-    // ServeFile answers Range and conditional requests and sets the length
-    // and content type.
-    match ServeFile::new(file).oneshot(request).await {
-        Ok(response) => response.map(Body::new),
-        Err(err) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading {uri}: {err}\n"),
-        )
-            .into_response(),
+    if opened.info.etag.as_deref() != Some(version.as_str()) {
+        return refuse(
+            StatusCode::GONE,
+            format!("{uri} has changed since this link was made\n"),
+        );
+    }
+    let size = opened.info.size;
+    let etag = format!("\"{version}\"");
+    let content_type = opened
+        .info
+        .content_type
+        .as_deref()
+        .filter(|t| PASSIVE_TYPES.contains(t))
+        .unwrap_or("application/octet-stream");
+
+    let headers = request.headers();
+    let mut response = Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_DISPOSITION, disposition(uri.key()))
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "private, no-transform");
+    response = response.header(
+        header::LAST_MODIFIED,
+        httpdate::fmt_http_date(opened.modified),
+    );
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        let mut response = response
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .unwrap_or_default();
+        secure(response.headers_mut());
+        return response;
+    }
+    // A Range applies only while If-Range (when given) still names this
+    // version; otherwise the whole object is sent.
+    let range_applies = match headers.get(header::IF_RANGE) {
+        None => true,
+        Some(value) => value.to_str().is_ok_and(|v| v.trim() == etag),
+    };
+    let range = match headers.get(header::RANGE).filter(|_| range_applies) {
+        None => None,
+        Some(value) => match byte_range(value, size) {
+            Span::Whole => None,
+            Span::Part(first, last) => Some((first, last)),
+            Span::Unsatisfiable => {
+                let mut response = Response::builder()
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                    .body(Body::empty())
+                    .unwrap_or_default();
+                secure(response.headers_mut());
+                return response;
+            }
+        },
+    };
+    let (status, start, len) = match range {
+        Some((start, end)) => {
+            response =
+                response.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        None => (StatusCode::OK, 0, size),
+    };
+    let body = if request.method() == axum::http::Method::HEAD {
+        Body::empty()
+    } else {
+        let mut file = tokio::fs::File::from_std(opened.file);
+        if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading {uri} failed\n"),
+            );
+        }
+        Body::from_stream(tokio_util::io::ReaderStream::new(file.take(len)))
+    };
+    let mut response = response
+        .status(status)
+        .header(header::CONTENT_LENGTH, len)
+        .body(body)
+        .unwrap_or_default();
+    secure(response.headers_mut());
+    response
+}
+
+/// What a `Range` header asks of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// The whole object: no byte range, or several (which a server may
+    /// answer whole).
+    Whole,
+    /// Bytes `first..=last`.
+    Part(u64, u64),
+    /// No asked range fits the object.
+    Unsatisfiable,
+}
+
+/// The span a `Range` header asks for.
+pub fn byte_range(value: &HeaderValue, size: u64) -> Span {
+    let Ok(text) = value.to_str() else {
+        return Span::Whole;
+    };
+    let parsed = match http_range_header::parse_range_header(text) {
+        Ok(parsed) => parsed,
+        // Not a byte range the crate understands: ignore it (RFC 9110).
+        Err(_) => return Span::Whole,
+    };
+    match parsed.validate(size) {
+        Ok(ranges) if ranges.len() == 1 => Span::Part(*ranges[0].start(), *ranges[0].end()),
+        Ok(_) => Span::Whole,
+        Err(_) => Span::Unsatisfiable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn dispositions_are_attachments_with_safe_names() {
+        assert_eq!(
+            disposition("a/b/report \"x\".html"),
+            "attachment; filename=\"report _x_.html\"; filename*=UTF-8''report%20%22x%22%2Ehtml"
+        );
+    }
+
+    #[test]
+    fn ranges_pick_one_span_or_the_whole() {
+        let range = |text: &str, size| byte_range(&HeaderValue::from_str(text).unwrap(), size);
+        assert_eq!(range("bytes=0-9", 100), Span::Part(0, 9));
+        assert_eq!(range("bytes=90-", 100), Span::Part(90, 99));
+        assert_eq!(range("bytes=-10", 100), Span::Part(90, 99));
+        assert_eq!(range("bytes=0-1,5-6", 100), Span::Whole);
+        assert_eq!(range("bytes=200-300", 100), Span::Unsatisfiable);
+        assert_eq!(range("lines=1-2", 100), Span::Whole);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+
+        /// Whatever a client sends as `Range`, the span served lies inside
+        /// the object and is never empty.
+        #[test]
+        fn any_range_header_stays_inside_the_object(text in "bytes=[0-9,-]{0,20}|[ -~]{0,30}", size in 0u64..10_000) {
+            let Ok(value) = HeaderValue::from_str(&text) else { return Ok(()) };
+            if let Span::Part(first, last) = byte_range(&value, size) {
+                prop_assert!(first <= last);
+                prop_assert!(last < size);
+            }
+        }
     }
 }

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 /// for as long as the timeout.
 pub fn open_shared(path: &Path, busy: Duration) -> anyhow::Result<Connection> {
     use anyhow::Context as _;
+    // Records hold links, which are bearer tokens: owner-only, whatever
+    // the umask.
+    crate::secret::private_file(path)
+        .with_context(|| format!("creating database {}", path.display()))?;
     let conn =
         Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
     conn.busy_timeout(busy)?;

@@ -9,7 +9,7 @@ use crate::harness::{self, moto, moto_aws, noise};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use wasq::blobs::{BlobError, BlobStore, BlobUri, S3Blobs};
+use wasq::blobs::{BlobError, BlobStore, BlobUri, Budget, CreateOptions, S3Blobs};
 use wasq::queue::local::QueueOptions;
 use wasq::queue::{Outgoing, Queue, Redrive, SqsQueues};
 use wasq::records::{DynamoRecords, Records};
@@ -143,7 +143,14 @@ async fn s3_writes_are_all_or_nothing_and_errors_name_the_object() {
 
     // A small object is one PutObject; it reads back in any chunk size.
     let small = BlobUri::parse("s3://out/small.txt").unwrap();
-    let mut writer = blobs.create(&small, None).await.unwrap();
+    let budget = Budget::default();
+    let options = |owner| CreateOptions {
+        content_type: None,
+        overwrite: false,
+        owner,
+        budget: &budget,
+    };
+    let mut writer = blobs.create(&small, options("q/m1")).await.unwrap();
     writer.write(b"hello ".to_vec()).await.unwrap();
     writer.write(b"world".to_vec()).await.unwrap();
     let info = writer.finish().await.unwrap();
@@ -151,7 +158,7 @@ async fn s3_writes_are_all_or_nothing_and_errors_name_the_object() {
     let stat = blobs.stat(&small).await.unwrap();
     assert_eq!(stat.size, 11);
     assert_eq!(stat.content_type.as_deref(), Some("text/plain"));
-    let mut reader = blobs.open(&small).await.unwrap();
+    let mut reader = blobs.open(&small, &budget).await.unwrap();
     let mut read = Vec::new();
     loop {
         let chunk = reader.read(4).await.unwrap();
@@ -163,10 +170,28 @@ async fn s3_writes_are_all_or_nothing_and_errors_name_the_object() {
     }
     assert_eq!(read, b"hello world");
 
+    // An object another message wrote is not replaced: refused at create,
+    // and, for writers racing past that check, by S3's If-None-Match. The
+    // writer's own output, met again on a redelivery, is kept.
+    match blobs.create(&small, options("q/m2")).await {
+        Err(BlobError::Denied(text)) => assert!(text.contains("already exists"), "{text}"),
+        other => panic!("{:?}", other.err()),
+    }
+    let racing = BlobUri::parse("s3://out/race.txt").unwrap();
+    let mut late = blobs.create(&racing, options("q/m3")).await.unwrap();
+    let mut early = blobs.create(&racing, options("q/m4")).await.unwrap();
+    early.write(b"first".to_vec()).await.unwrap();
+    early.finish().await.unwrap();
+    late.write(b"second".to_vec()).await.unwrap();
+    assert!(matches!(late.finish().await, Err(BlobError::Denied(_))));
+    let mut again = blobs.create(&small, options("q/m1")).await.unwrap();
+    again.write(b"hello world".to_vec()).await.unwrap();
+    assert_eq!(again.finish().await.unwrap().size, 11);
+
     // A large object dropped before `finish` leaves neither the object nor
     // its upload behind.
     let dropped = BlobUri::parse("s3://out/dropped.bin").unwrap();
-    let mut writer = blobs.create(&dropped, None).await.unwrap();
+    let mut writer = blobs.create(&dropped, options("q/m1")).await.unwrap();
     writer.write(noise(9 * MB, 7)).await.unwrap();
     assert_eq!(open_uploads(&s3, "out").await, 1, "a part went up");
     drop(writer);
@@ -192,7 +217,7 @@ async fn s3_writes_are_all_or_nothing_and_errors_name_the_object() {
         other => panic!("{other:?}"),
     }
     match blobs
-        .open(&BlobUri::parse("s3://nowhere/a.txt").unwrap())
+        .open(&BlobUri::parse("s3://nowhere/a.txt").unwrap(), &budget)
         .await
     {
         Err(BlobError::NotFound(text)) => assert!(text.contains("s3://nowhere/a.txt"), "{text}"),
@@ -205,9 +230,7 @@ async fn s3_writes_are_all_or_nothing_and_errors_name_the_object() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        blobs
-            .open(&BlobUri::parse("s3://out/a/../../secret").unwrap())
-            .await,
+        BlobUri::parse("s3://out/a/../../secret"),
         Err(BlobError::Invalid(_))
     ));
     assert!(matches!(
@@ -241,8 +264,20 @@ async fn dynamodb_records_read_back_and_a_missing_table_is_named() {
     assert!(err.contains("`no-such-table` does not exist"), "{err}");
 }
 
-/// Starts `wasq run` against moto's SQS, S3 and DynamoDB.
+/// Starts `wasq run` against moto's SQS, S3 and DynamoDB. `compress` gets
+/// the least-privilege manifest the docs show; other plugins every grant.
 fn wasq_on_aws(dir: &Path, endpoint: &str, plugin: &str, log: &Path, extra: &[&str]) -> Command {
+    let plugins = dir.join("plugins");
+    if plugin == "compress" {
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::fs::write(
+            plugins.join("compress.toml"),
+            "[blobs]\nread = [\"s3://docs/\"]\nwrite = [\"s3://archives/\"]\n[records]\ntables = [\"archives\"]\n",
+        )
+        .unwrap();
+    } else {
+        harness::grant_all(&plugins, plugin);
+    }
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasq"));
     command
         .env("WASQ_DATA_DIR", dir.join("data"))

@@ -45,6 +45,14 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The entry names of a zip file, in archive order.
+pub fn zip_entries(path: &Path) -> Vec<String> {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    (0..zip.len())
+        .map(|i| zip.by_index(i).unwrap().name().unwrap().to_string())
+        .collect()
+}
+
 fn fixture(name: &str) -> String {
     fixtures().join(name).display().to_string()
 }
@@ -58,6 +66,8 @@ fn every_shipped_fixture_meets_its_expectation() {
     let scratch = Scratch::new();
     let mut args = vec![
         "test".to_string(),
+        "--manifest".to_string(),
+        fixture("compress.toml"),
         "--blobs".to_string(),
         "blobs".to_string(),
     ];
@@ -85,6 +95,8 @@ fn a_sam_event_runs_unchanged_and_json_output_has_one_object_per_message() {
     let out = scratch.wasq(&[
         "test",
         "--json",
+        "--manifest",
+        &fixture("compress.toml"),
         "--blobs",
         "blobs",
         &fixture("sam-event.json"),
@@ -106,8 +118,7 @@ fn a_sam_event_runs_unchanged_and_json_output_has_one_object_per_message() {
             .unwrap()
             .contains("s3://docs/gone.pdf")
     );
-    let entries =
-        wasq::offline::list_entries(&scratch.dir.path().join("blobs/archives/sam-1.zip")).unwrap();
+    let entries = zip_entries(&scratch.dir.path().join("blobs/archives/sam-1.zip"));
     assert_eq!(entries, ["notes.md", "data.csv"]);
 }
 
@@ -121,7 +132,14 @@ fn an_unmet_expectation_fails_the_run() {
             "expect": {"outcome": "done", "entries": ["something-else.md"]}}"#,
     )
     .unwrap();
-    let out = scratch.wasq(&["test", "--blobs", "blobs", wrong.to_str().unwrap()]);
+    let out = scratch.wasq(&[
+        "test",
+        "--manifest",
+        &fixture("compress.toml"),
+        "--blobs",
+        "blobs",
+        wrong.to_str().unwrap(),
+    ]);
     let stdout = text(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("FAIL wrong"), "{stdout}");
@@ -231,13 +249,10 @@ fn the_demo_runs_the_whole_flow_and_serves_working_links() {
         .current_dir(scratch.dir.path())
         .env("WASQ_DATA_DIR", scratch.dir.path().join("data"))
         .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--link-base",
-            &base,
-        ])
+        // No --link-base: links follow --listen (they once pointed at the
+        // default :8080 whatever the demo listened on).
+        .env_remove("WASQ_LINK_BASE")
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -448,7 +463,7 @@ fn plugins_are_listed_checked_and_inspected() {
         "{shown}"
     );
     assert!(
-        shown.contains("read:     s3://docs/") && shown.contains("write:    \n"),
+        shown.contains("read:     s3://docs/") && shown.contains("write:    nothing\n"),
         "{shown}"
     );
     assert!(shown.contains("greeting = hi"), "{shown}");

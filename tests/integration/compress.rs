@@ -9,7 +9,9 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 use wasq::blobs::sign::LinkSigner;
-use wasq::blobs::{BlobError, BlobReader, BlobStore, BlobUri, BlobWriter, ObjectInfo};
+use wasq::blobs::{
+    BlobError, BlobReader, BlobStore, BlobUri, BlobWriter, Budget, CreateOptions, ObjectInfo,
+};
 use wasq::records::{Records, RecordsError, SqliteRecords};
 use wasq::runtime::{Limits, Outcome, Services};
 
@@ -96,27 +98,40 @@ async fn archives_hold_every_input_byte_for_byte() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let granted = signer.verify(path_part, query, now).unwrap();
+    let (granted, _version) = signer.verify(path_part, query, now).unwrap();
     assert_eq!(granted.to_string(), "s3://archives/j-1.zip");
 }
 
+/// Delivery is at least once: a message run again (a crash after its
+/// archive was written, before it was deleted) finishes on its own earlier
+/// archive, while another job naming the same output is refused.
 #[tokio::test]
-async fn a_rerun_overwrites_its_own_archive() {
+async fn a_redelivery_finishes_on_its_own_archive_and_another_job_cannot_replace_it() {
     let env = Env::new();
     env.put("docs/a.txt", b"first");
     let plugin = harness::compress(Limits::default(), BTreeMap::new());
     let msg = message("m", &job("j", &["s3://docs/a.txt"], "s3://archives/j.zip"));
     let (first, _) = run(&plugin, &env.services, &msg).await;
-    env.put("docs/a.txt", b"second, longer");
-    let (second, _) = run(&plugin, &env.services, &msg).await;
-    assert_eq!(first.outcome.kind(), "done");
-    let size = result_of(&second.outcome)["size"].as_u64().unwrap();
-    assert_eq!(
-        std::fs::metadata(env.root().join("archives/j.zip"))
-            .unwrap()
-            .len(),
-        size
+    let first = result_of(&first.outcome);
+    let archive = std::fs::read(env.root().join("archives/j.zip")).unwrap();
+
+    let (again, _) = run(&plugin, &env.services, &msg).await;
+    assert_eq!(result_of(&again.outcome)["size"], first["size"]);
+
+    env.put("docs/b.txt", b"the attacker's bytes");
+    let attack = message(
+        "m-2",
+        &job("j", &["s3://docs/b.txt"], "s3://archives/j.zip"),
     );
+    let (attacked, _) = run(&plugin, &env.services, &attack).await;
+    match &attacked.outcome {
+        Outcome::Reject(reason) => assert!(
+            reason.contains("s3://archives/j.zip") && reason.contains("already exists"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(std::fs::read(env.root().join("archives/j.zip")).unwrap() == archive);
 }
 
 /// 210 MB of input, under a 64 MiB memory cap: the processor streams and
@@ -178,7 +193,7 @@ impl BlobStore for DownStore {
             "`{uri}`: connection refused"
         )))
     }
-    async fn open(&self, uri: &BlobUri) -> Result<Box<dyn BlobReader>, BlobError> {
+    async fn open(&self, uri: &BlobUri, _: &Budget) -> Result<Box<dyn BlobReader>, BlobError> {
         Err(BlobError::Unavailable(format!(
             "`{uri}`: connection refused"
         )))
@@ -186,7 +201,7 @@ impl BlobStore for DownStore {
     async fn create(
         &self,
         uri: &BlobUri,
-        _: Option<&str>,
+        _: CreateOptions<'_>,
     ) -> Result<Box<dyn BlobWriter>, BlobError> {
         Err(BlobError::Unavailable(format!(
             "`{uri}`: connection refused"

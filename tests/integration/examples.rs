@@ -26,10 +26,12 @@ fn examples() -> PathBuf {
 }
 
 /// Runs `wasq test --json` and returns one report per fixture message.
-fn wasq_test(scratch: &Scratch, plugin: &Path, fixtures: &Path) -> Vec<Value> {
+fn wasq_test(scratch: &Scratch, plugin: &Path, fixtures: &Path, manifest: &Path) -> Vec<Value> {
     let output = scratch.wasq(&[
         "test",
         "--json",
+        "--manifest",
+        &manifest.display().to_string(),
         "--blobs",
         &scratch.dir.path().join("blobs").display().to_string(),
         "--plugin",
@@ -51,7 +53,12 @@ fn wasq_test(scratch: &Scratch, plugin: &Path, fixtures: &Path) -> Vec<Value> {
 async fn wordcount(component: &str) {
     let scratch = Scratch::new();
     let fixtures = examples().join("wordcount.json");
-    let reports = wasq_test(&scratch, &built(component), &fixtures);
+    let reports = wasq_test(
+        &scratch,
+        &built(component),
+        &fixtures,
+        &examples().join("wordcount.toml"),
+    );
     let expected: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(&fixtures).unwrap()).unwrap();
     assert_eq!(reports.len(), expected.len());
@@ -90,10 +97,14 @@ async fn the_javascript_processor_passes_its_fixtures() {
 #[test]
 fn the_rust_hello_processor_passes_its_fixture() {
     let scratch = Scratch::new();
+    // The hello processor touches nothing: an empty manifest is all it needs.
+    let empty = scratch.dir.path().join("nothing.toml");
+    std::fs::write(&empty, "").unwrap();
     let reports = wasq_test(
         &scratch,
         &built("hello.wasm"),
         &examples().join("hello-rust/hello.json"),
+        &empty,
     );
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0]["result"], "hello, world");

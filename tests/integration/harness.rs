@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use wasq::blobs::LocalBlobs;
 use wasq::offline::LocalEnv;
-use wasq::runtime::{EngineOptions, Limits, LogSink, Message, Plugin, Run, Runtime, Services};
+use wasq::runtime::{
+    EngineOptions, Grants, Limits, LogSink, Message, Plugin, Run, Runtime, Services,
+};
 
 pub static RUNTIME: LazyLock<Arc<Runtime>> = LazyLock::new(|| {
     Arc::new(
@@ -25,13 +27,18 @@ pub fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
 }
 
+/// `compress`, granted every bucket and table: the tests of what it
+/// writes use many buckets; the tests of grants narrow it.
 pub fn compress(limits: Limits, config: BTreeMap<String, String>) -> Plugin {
     let code = wasq::runtime::plugins::find("compress", None).unwrap();
     RUNTIME
         .load(&code.name, code.source, &code.wasm, limits, config)
         .unwrap()
+        .with_grants(Grants::everything())
 }
 
+/// `rogue`, granted every bucket and table, so that the limits and the
+/// store's own checks are what stops it.
 pub fn rogue(limits: Limits) -> Plugin {
     let wasm = std::fs::read(wasq_test_guests::ROGUE).unwrap();
     RUNTIME
@@ -43,6 +50,18 @@ pub fn rogue(limits: Limits) -> Plugin {
             BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
         )
         .unwrap()
+        .with_grants(Grants::everything())
+}
+
+/// A manifest granting every bucket and table, for tests that run `wasq`
+/// on a plugin whose grants are not what they test.
+pub const GRANT_ALL: &str =
+    "[blobs]\nread = [\"s3://\"]\nwrite = [\"s3://\"]\n[records]\ntables = [\"*\"]\n";
+
+/// Writes `GRANT_ALL` as the manifest of plugin `name` in `plugins`.
+pub fn grant_all(plugins: &Path, name: &str) {
+    std::fs::create_dir_all(plugins).unwrap();
+    std::fs::write(plugins.join(format!("{name}.toml")), GRANT_ALL).unwrap();
 }
 
 /// A data directory and blob root of its own.
@@ -153,6 +172,20 @@ pub fn wasq_run(data: &Path, plugin: &str, log: &Path, extra: &[&str]) -> std::p
         .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
+    // A plugin named by its path gets every grant from a config file of the
+    // test's own (the tests this serves are about dispatch, not grants).
+    if let Some(stem) = plugin
+        .strip_suffix(".wasm")
+        .and_then(|p| Path::new(p).file_name())
+    {
+        let config = log.with_extension("wasq.toml");
+        let stem = stem.to_string_lossy();
+        let sections = GRANT_ALL
+            .replace("[blobs]", &format!("[plugins.{stem}.blobs]"))
+            .replace("[records]", &format!("[plugins.{stem}.records]"));
+        std::fs::write(&config, sections).unwrap();
+        command.arg("--config-file").arg(config);
+    }
     command
 }
 

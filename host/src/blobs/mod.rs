@@ -15,9 +15,9 @@ use std::time::Duration;
 /// The longest a download link may live: 7 days, as S3 allows.
 pub const MAX_LINK_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// An object address, `s3://bucket/key`, checked for shape: a valid bucket
-/// name and a non-empty key. Whether a key is safe for a given store is the
-/// store's to decide.
+/// An object address, `s3://bucket/key`: a valid bucket name and a safe,
+/// non-empty key. A `BlobUri` that exists has passed these checks, so no
+/// store or grant ever sees a key that could leave its bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlobUri {
     bucket: String,
@@ -25,8 +25,10 @@ pub struct BlobUri {
 }
 
 impl BlobUri {
-    pub fn parse(uri: &str) -> Result<Self, BlobError> {
-        let rest = uri
+    pub fn parse(text: &str) -> Result<Self, BlobError> {
+        // The text as given is attacker-chosen: errors quote it escaped.
+        let uri = crate::text::Escaped(text);
+        let rest = text
             .strip_prefix("s3://")
             .ok_or_else(|| BlobError::Invalid(format!("`{uri}` is not an s3:// URI")))?;
         let (bucket, key) = rest
@@ -41,6 +43,7 @@ impl BlobUri {
                 "`{uri}`: keys are at most 1024 bytes"
             )));
         }
+        check_key(key).map_err(|why| BlobError::Invalid(format!("`{uri}`: {why}")))?;
         Ok(BlobUri {
             bucket: bucket.to_string(),
             key: key.to_string(),
@@ -54,29 +57,25 @@ impl BlobUri {
     pub fn key(&self) -> &str {
         &self.key
     }
+}
 
-    /// Refuses keys with empty, `.` or `..` segments (which covers absolute
-    /// keys and `//`) and NUL bytes: a directory store would resolve them
-    /// out of place, and an HTTP client may normalise them into another
-    /// bucket's path. Every store refuses the same keys.
-    pub fn check_segments(&self) -> Result<(), BlobError> {
-        let unsafe_key = |why: &str| BlobError::Invalid(format!("`{self}`: {why}"));
-        if self.key.contains('\0') {
-            return Err(unsafe_key("keys may not contain NUL"));
-        }
-        for segment in self.key.split('/') {
-            match segment {
-                "" => {
-                    return Err(unsafe_key(
-                        "keys may not have empty segments or start with `/`",
-                    ));
-                }
-                "." | ".." => return Err(unsafe_key("keys may not have `.` or `..` segments")),
-                _ => {}
-            }
-        }
-        Ok(())
+/// Refuses keys with empty, `.` or `..` segments (which covers absolute keys
+/// and `//`) and control characters: a directory store would resolve them
+/// out of place, an HTTP client may normalise them into another bucket's
+/// path, and a control character in a key would reach logs and terminals.
+/// Every store refuses the same keys.
+fn check_key(key: &str) -> Result<(), &'static str> {
+    if key.chars().any(char::is_control) {
+        return Err("keys may not contain control characters");
     }
+    for segment in key.split('/') {
+        match segment {
+            "" => return Err("keys may not have empty segments or start or end with `/`"),
+            "." | ".." => return Err("keys may not have `.` or `..` segments"),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Checks a link's lifetime: more than zero, at most 7 days.
@@ -141,18 +140,98 @@ pub enum BlobError {
     Unavailable(String),
 }
 
+/// How a new object is written.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateOptions<'a> {
+    pub content_type: Option<&'a str>,
+    /// Whether an existing object at the URI may be replaced. Without it,
+    /// `finish` makes the object only if none is there (S3's
+    /// `If-None-Match: *`; a rename that never replaces, locally), and
+    /// an existing one is `denied` unless `owner` wrote it.
+    pub overwrite: bool,
+    /// Who writes: the message (`QUEUE/MESSAGE_ID`), recorded with the
+    /// object. A redelivered message finds its own earlier output and
+    /// finishes on it, instead of being refused its own object.
+    pub owner: &'a str,
+    /// The host memory the message may hold in buffers.
+    pub budget: &'a Budget,
+}
+
+/// The host memory one message may hold in blob buffers (S3 parts being
+/// filled or uploaded, read-ahead). Buffers are reserved before they are
+/// filled and released when dropped; a reservation the budget cannot cover
+/// is refused at once, never waited for, since the processor holding the
+/// rest may be the one waiting.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    total: u64,
+}
+
+/// Budget permits are counted in KiB, so `u32` permits cover 4 TiB.
+const BUDGET_UNIT: u64 = 1024;
+
+/// What one message may hold by default: 64 MiB.
+pub const DEFAULT_BUDGET: u64 = 64 << 20;
+
+impl Budget {
+    pub fn new(bytes: u64) -> Self {
+        let units = (bytes / BUDGET_UNIT).min(u64::from(u32::MAX >> 3));
+        Budget {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(units as usize)),
+            total: units * BUDGET_UNIT,
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// What is reserved now, in bytes.
+    pub fn in_use(&self) -> u64 {
+        self.total - self.permits.available_permits() as u64 * BUDGET_UNIT
+    }
+
+    /// Reserves `bytes` for `what`, or refuses with an error naming the
+    /// budget.
+    pub fn reserve(&self, bytes: u64, what: &str) -> Result<Reservation, BlobError> {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+        match self.permits.clone().try_acquire_many_owned(units) {
+            Ok(permit) => Ok(Reservation(permit)),
+            Err(_) => Err(BlobError::Denied(format!(
+                "{what}: the message's buffer budget of {} is in use ({} held); finish or drop a reader or writer first",
+                crate::runtime::limits::Bytes(self.total),
+                crate::runtime::limits::Bytes(self.in_use())
+            ))),
+        }
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::new(DEFAULT_BUDGET)
+    }
+}
+
+/// Budget held until dropped.
+#[derive(Debug)]
+pub struct Reservation(
+    #[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit,
+);
+
 /// An object store.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Describes an object without reading it.
     async fn stat(&self, uri: &BlobUri) -> Result<ObjectInfo, BlobError>;
     /// Opens an object for reading from its start.
-    async fn open(&self, uri: &BlobUri) -> Result<Box<dyn BlobReader>, BlobError>;
+    async fn open(&self, uri: &BlobUri, budget: &Budget) -> Result<Box<dyn BlobReader>, BlobError>;
     /// Starts a new object; nothing is visible until the writer finishes.
     async fn create(
         &self,
         uri: &BlobUri,
-        content_type: Option<&str>,
+        options: CreateOptions<'_>,
     ) -> Result<Box<dyn BlobWriter>, BlobError>;
     /// A link that downloads the object with a plain GET until it expires.
     async fn presign_get(&self, uri: &BlobUri, expires_in: Duration) -> Result<String, BlobError>;
@@ -169,7 +248,8 @@ pub trait BlobReader: Send + Sync {
 #[async_trait]
 pub trait BlobWriter: Send + Sync {
     async fn write(&mut self, chunk: Vec<u8>) -> Result<(), BlobError>;
-    /// Makes the object visible, replacing any object at the same URI.
+    /// Makes the object visible (see [`CreateOptions`] for what happens
+    /// when one is already there).
     async fn finish(self: Box<Self>) -> Result<ObjectInfo, BlobError>;
 }
 
@@ -195,10 +275,39 @@ mod tests {
             "s3://ab/a",
             "s3://.hidden/a",
             "s3://a..b/c",
+            "s3://docs/../secret",
+            "s3://docs/a/../../b",
+            "s3://docs//etc/passwd",
+            "s3://docs/a/./b",
+            "s3://docs/a\0b",
+            "s3://docs/trailing/",
         ] {
             match BlobUri::parse(bad) {
-                Err(BlobError::Invalid(msg)) => assert!(msg.contains(bad), "{msg}"),
+                Err(BlobError::Invalid(msg)) => {
+                    assert!(msg.contains(&*crate::text::escape(bad)), "{msg}")
+                }
                 other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        /// Whatever the text, a URI that parses has a safe key and prints
+        /// back as itself; one that does not is refused with an error that
+        /// holds no control character.
+        #[test]
+        fn parsed_uris_are_safe_and_round_trip(text in "s3://[a-z0-9.-]{0,8}(/[a-z.\\x00\n\x1b]{0,4}){0,4}/?") {
+            match BlobUri::parse(&text) {
+                Ok(uri) => {
+                    proptest::prop_assert_eq!(uri.to_string(), text.clone());
+                    for segment in uri.key().split('/') {
+                        proptest::prop_assert!(!matches!(segment, "" | "." | ".."));
+                    }
+                    proptest::prop_assert!(!uri.key().contains(char::is_control));
+                }
+                Err(err) => proptest::prop_assert!(!err.to_string().contains(char::is_control)),
             }
         }
     }

@@ -232,6 +232,72 @@ async fn dlq_of(backends: &Backends, queue: &QueueRef) -> anyhow::Result<QueueRe
     }
 }
 
+/// One dead letter, every attacker-chosen byte escaped. The reason, plugin
+/// and origin are shown only when wasq wrote them: a letter the queue's own
+/// redrive moved carries its sender's attributes, `wasq-*` ones included,
+/// and those are listed as the sender's.
+fn print_dead_letter(letter: &crate::queue::local::Peeked) {
+    use crate::text::Escaped;
+    let by_wasq = |name: &str| {
+        (!letter.moved_by_queue)
+            .then(|| letter.attributes.iter().find(|(n, _)| n == name))
+            .flatten()
+            .map(|(_, v)| v.as_str())
+    };
+    println!(
+        "- {}  receives: {}",
+        Escaped(&letter.id),
+        Escaped(
+            &by_wasq(crate::dispatch::RECEIVE_COUNT_ATTRIBUTE)
+                .map_or(letter.receive_count.to_string(), str::to_string)
+        )
+    );
+    if letter.moved_by_queue {
+        println!(
+            "  reason: moved by the queue's redrive policy after too many receives, not by wasq{}",
+            letter
+                .source_queue
+                .as_deref()
+                .map(|q| format!(" (from {})", Escaped(q)))
+                .unwrap_or_default()
+        );
+    } else {
+        println!(
+            "  reason: {}",
+            Escaped(by_wasq(crate::dispatch::REASON_ATTRIBUTE).unwrap_or("none recorded"))
+        );
+        if let Some(plugin) = by_wasq(crate::dispatch::PLUGIN_ATTRIBUTE) {
+            println!("  plugin: {}", Escaped(plugin));
+        }
+        if let Some(original) = by_wasq(crate::dispatch::MESSAGE_ID_ATTRIBUTE) {
+            println!(
+                "  was:    {} in {}",
+                Escaped(original),
+                Escaped(by_wasq(crate::queue::SOURCE_ATTRIBUTE).unwrap_or("?"))
+            );
+        }
+    }
+    let senders: Vec<String> = letter
+        .attributes
+        .iter()
+        .filter(|(name, _)| letter.moved_by_queue || !name.starts_with("wasq-"))
+        .map(|(name, value)| {
+            format!(
+                "{}={}",
+                Escaped(name),
+                Escaped(&crate::text::truncate(value, 200))
+            )
+        })
+        .collect();
+    if !senders.is_empty() {
+        println!("  set by its sender: {}", senders.join(", "));
+    }
+    println!(
+        "  body:   {}",
+        Escaped(&crate::text::truncate(&letter.body, 200))
+    );
+}
+
 pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<bool> {
     let backends = backends(global);
     match command {
@@ -245,33 +311,7 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
             };
             println!("{} dead letters in {dlq}", letters.len());
             for letter in letters {
-                let attr = |name: &str| {
-                    letter
-                        .attributes
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, v)| v.as_str())
-                };
-                let reason = attr(crate::dispatch::REASON_ATTRIBUTE)
-                    .unwrap_or("moved after too many receives");
-                println!(
-                    "- {}  receives: {}",
-                    letter.id,
-                    attr(crate::dispatch::RECEIVE_COUNT_ATTRIBUTE)
-                        .map_or(letter.receive_count.to_string(), str::to_string)
-                );
-                println!("  reason: {reason}");
-                if let Some(plugin) = attr(crate::dispatch::PLUGIN_ATTRIBUTE) {
-                    println!("  plugin: {plugin}");
-                }
-                if let Some(original) = attr(crate::dispatch::MESSAGE_ID_ATTRIBUTE) {
-                    println!(
-                        "  was:    {original} in {}",
-                        attr(crate::queue::SOURCE_ATTRIBUTE).unwrap_or("?")
-                    );
-                }
-                let body: String = letter.body.chars().take(200).collect();
-                println!("  body:   {body}");
+                print_dead_letter(&letter);
             }
         }
         DlqCommand::Redrive { queue } => {

@@ -6,7 +6,7 @@ use crate::queue::local::QueueOptions;
 use crate::queue::{Outgoing, Queue, Redrive};
 use crate::records::{Records, SqliteRecords};
 use crate::run::{Host, HostConfig, drained};
-use crate::runtime::plugins::PluginSources;
+use crate::runtime::plugins::{Manifest, PluginSources};
 use anyhow::Context as _;
 use clap::Args;
 use std::net::SocketAddr;
@@ -24,6 +24,15 @@ pub struct DemoArgs {
 }
 
 const QUEUE: &str = "demo-jobs";
+/// What the demo lets `compress` touch, as a manifest says it.
+const DEMO_GRANTS: &str = r#"
+[blobs]
+read = ["s3://docs/"]
+write = ["s3://archives/"]
+
+[records]
+tables = ["archives"]
+"#;
 const DLQ: &str = "demo-jobs-dlq";
 
 /// The bundled sample documents.
@@ -88,14 +97,29 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
         ..BindingArgs::default()
     }
     .spec()?;
+    // The demo's own grants: read the samples, write archives, record
+    // results. Nothing else.
+    let manifest: Manifest = toml::from_str(DEMO_GRANTS).expect("the demo's grants parse");
+    let mut plugins = PluginSources::in_dir(global.plugins_dir());
+    plugins.manifests.insert("compress".into(), manifest);
+    // A rerun writes the same archives: clear the last run's first, since
+    // an archive another message wrote is never replaced.
+    for (job_id, _) in jobs() {
+        let _ = std::fs::remove_file(
+            env.blobs_root
+                .join("archives")
+                .join(format!("{job_id}.zip")),
+        );
+    }
     let config = HostConfig {
         env: env.clone(),
         aws: Default::default(),
         blobs: Default::default(),
         records: Default::default(),
         engine: global.engine(),
-        plugins: PluginSources::in_dir(global.plugins_dir()),
+        plugins,
         listen: Some(args.listen),
+        links_follow_listen: global.link_base.is_none(),
         grace: Duration::from_secs(10),
         bindings: vec![binding],
     };
@@ -155,7 +179,7 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
 
     let queues = host.bound.clone();
     let records = SqliteRecords::open(&env.data_dir.join("records.db"))?;
-    let link_base = args.listen;
+    let link_base = host.links_at().unwrap_or_else(|| args.listen.to_string());
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let serve_for = args.serve_for;
     let was_interrupted = interrupted.clone();
@@ -195,7 +219,7 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
         }
         if !serve_for.is_zero() && !was_interrupted.load(std::sync::atomic::Ordering::Acquire) {
             println!(
-                "serving the links at http://{link_base}/ for {} (try curl -O on one); Ctrl-C to stop",
+                "serving the links at {link_base}/ for {} (try curl -O on one); Ctrl-C to stop",
                 humantime::format_duration(serve_for)
             );
             tokio::select! {

@@ -10,7 +10,7 @@ use crate::aws::AwsOptions;
 use crate::offline::{self, LocalEnv, TestOptions};
 use crate::runtime::plugins::PluginSources;
 use crate::runtime::{self, EngineOptions, LimitSettings};
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -64,14 +64,10 @@ pub struct GlobalArgs {
     /// S3-compatible servers need.
     #[arg(long, global = true, env = "WASQ_S3_PATH_STYLE")]
     pub s3_path_style: bool,
-    /// The address signed links point at: wasq's HTTP server.
-    #[arg(
-        long,
-        global = true,
-        env = "WASQ_LINK_BASE",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub link_base: String,
+    /// The address local signed links point at: wasq's HTTP server as
+    /// clients reach it (default: the address `--listen` bound).
+    #[arg(long, global = true, env = "WASQ_LINK_BASE")]
+    pub link_base: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +118,10 @@ pub struct TestArgs {
     /// A setting the processor reads with `config.get`, as KEY=VALUE.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
+    /// A manifest for the processor (grants, limits, settings), used
+    /// instead of the one it has; without either it may touch nothing.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
     /// Fixture files: wasq's JSON form or a Lambda SQS event.
     #[arg(required = true)]
     pub fixtures: Vec<PathBuf>,
@@ -161,7 +161,10 @@ impl GlobalArgs {
         LocalEnv {
             blobs_root: blobs.unwrap_or_else(|| self.data_dir.join("blobs")),
             data_dir: self.data_dir.clone(),
-            link_base: self.link_base.clone(),
+            link_base: self
+                .link_base
+                .clone()
+                .unwrap_or_else(|| crate::offline::DEFAULT_LINK_BASE.to_string()),
         }
     }
 
@@ -184,7 +187,20 @@ impl TestArgs {
                 bail!("fixture {} does not exist", path.display());
             }
         }
+        let manifest = match &self.manifest {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let manifest: runtime::plugins::Manifest =
+                    toml::from_str(&text).with_context(|| {
+                        format!("{} is not a valid plugin manifest", path.display())
+                    })?;
+                Some((manifest, path.display().to_string()))
+            }
+            None => None,
+        };
         Ok(TestOptions {
+            manifest,
             plugin: self.plugin,
             plugins: PluginSources::in_dir(global.plugins_dir()),
             env: global.env(self.blobs),

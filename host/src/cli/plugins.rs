@@ -100,11 +100,38 @@ pub async fn plugins(command: PluginsCommand, global: &GlobalArgs) -> anyhow::Re
                     .fuel
                     .map_or_else(|| "not counted".to_string(), |fuel| fuel.to_string())
             );
-            println!("read:     {}", seen.grants.read.join(", "));
-            println!("write:    {}", seen.grants.write.join(", "));
+            let list = |prefixes: &[crate::runtime::grants::Prefix]| {
+                if prefixes.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    prefixes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            println!("read:     {}", list(&seen.grants.read));
+            println!("write:    {}", list(&seen.grants.write));
             match &seen.grants.tables {
-                Some(tables) => println!("tables:   {}", tables.join(", ")),
-                None => println!("tables:   any"),
+                crate::runtime::grants::Tables::Only(tables) if tables.is_empty() => {
+                    println!("tables:   none")
+                }
+                crate::runtime::grants::Tables::Only(tables) => {
+                    println!("tables:   {}", tables.join(", "))
+                }
+                crate::runtime::grants::Tables::Every => println!("tables:   every table"),
+            }
+            println!(
+                "replaces: {}",
+                if seen.grants.overwrite {
+                    "existing objects may be replaced"
+                } else {
+                    "never an existing object"
+                }
+            );
+            if let Some(origin) = &code.manifest_origin {
+                println!("manifest: {origin}");
             }
             let config = code.config(&Default::default());
             if !config.is_empty() {

@@ -92,6 +92,10 @@ pub struct BindingArgs {
     /// Bytes the processor may write to the blob store per message.
     #[arg(long)]
     pub bytes_written: Option<String>,
+    /// Host memory one message may hold in blob buffers (S3 parts,
+    /// read-ahead), e.g. 64MiB.
+    #[arg(long)]
+    pub buffers: Option<String>,
     /// First retry delay, e.g. 2s; doubles per receive.
     #[arg(long)]
     pub backoff_base: Option<String>,
@@ -164,6 +168,7 @@ impl BindingArgs {
             fuel: self.fuel.or(base.fuel),
             bytes_read: self.bytes_read.or_else(|| base.bytes_read.clone()),
             bytes_written: self.bytes_written.or_else(|| base.bytes_written.clone()),
+            buffers: self.buffers.or_else(|| base.buffers.clone()),
             backoff_base: self.backoff_base.or_else(|| base.backoff_base.clone()),
             backoff_cap: self.backoff_cap.or_else(|| base.backoff_cap.clone()),
             backoff_jitter: self.backoff_jitter.or(base.backoff_jitter),
@@ -216,6 +221,7 @@ impl BindingArgs {
             fuel: self.fuel,
             bytes_read: self.bytes_read.clone(),
             bytes_written: self.bytes_written.clone(),
+            buffers: self.buffers.clone(),
         };
         // The plugin's manifest may set what is left unset here, so only the
         // syntax is checked now; the whole is checked at start.
@@ -366,8 +372,10 @@ impl RunArgs {
                 plugins: PluginSources {
                     dir: global.plugins_dir(),
                     manifests: file.plugins,
+                    manifests_file: file_path,
                 },
                 listen: Some(listen),
+                links_follow_listen: global.link_base.is_none(),
                 grace,
                 bindings,
             },
@@ -395,6 +403,9 @@ pub async fn signal() {
 pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     let (config, until_empty) = args.host_config(global)?;
     let host = Host::start(config).await?;
+    for advice in &host.advice {
+        eprintln!("\n{advice}");
+    }
     if until_empty {
         let queues = host.bound.clone();
         host.run(

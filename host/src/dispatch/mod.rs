@@ -584,13 +584,19 @@ impl BindingState {
             );
         }
         attributes.extend(original.into_iter().take(room));
-        let letter = Outgoing {
+        let mut letter = Outgoing {
             body: received.body.clone(),
             attributes,
             delay: Duration::ZERO,
             group_id: received.group_id.clone(),
             dedup_id: received.group_id.as_ref().map(|_| received.id.clone()),
         };
+        if !fit_dead_letter(&mut letter, crate::queue::MAX_BODY) {
+            warn!(
+                size = crate::queue::message_size(&letter),
+                "the dead letter does not fit the dead-letter queue's size limit even without its attributes"
+            );
+        }
         match dlq.send(letter).await {
             Ok(_) => {
                 warn!(%reason, dlq = dlq.name(), "dead-lettered");
@@ -661,6 +667,38 @@ impl Binding {
     fn queue_is_fifo(&self) -> bool {
         self.queue.name().ends_with(".fifo")
     }
+}
+
+/// Shrinks a dead letter until it fits a queue's size limit: the reason is
+/// cut first (with a marker), then the sender's attributes are dropped,
+/// last first. The body is never changed. Returns whether it fits; one
+/// that cannot would be refused by the queue at every attempt.
+fn fit_dead_letter(letter: &mut Outgoing, limit: usize) -> bool {
+    let size = crate::queue::message_size(letter);
+    if size <= limit {
+        return true;
+    }
+    if let Some((_, reason)) = letter
+        .attributes
+        .iter_mut()
+        .find(|(name, _)| name == REASON_ATTRIBUTE)
+    {
+        let keep = reason.len().saturating_sub(size - limit).max(80);
+        *reason = crate::text::truncate(reason, keep).into_owned();
+    }
+    while crate::queue::message_size(letter) > limit {
+        match letter
+            .attributes
+            .iter()
+            .rposition(|(name, _)| !name.starts_with("wasq-"))
+        {
+            Some(last) => {
+                letter.attributes.remove(last);
+            }
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Splits a batch into the units that run concurrently: each message on its
@@ -773,8 +811,54 @@ mod tests {
             receive_count: 1,
             sent_at_ms: 0,
             group_id: group.map(str::to_string),
+            moved_from: None,
             dedup_id: None,
         }
+    }
+
+    /// A dead letter too large for its queue once failed to send at every
+    /// attempt, looping until the queue's own redrive moved it.
+    #[test]
+    fn a_dead_letter_is_shrunk_to_fit_and_its_body_kept() {
+        let body = "b".repeat(200_000);
+        let mut letter = Outgoing {
+            body: body.clone(),
+            attributes: vec![
+                (REASON_ATTRIBUTE.into(), "r".repeat(100_000)),
+                (PLUGIN_ATTRIBUTE.into(), "p".into()),
+                ("big".into(), "x".repeat(40_000)),
+                ("small".into(), "y".into()),
+            ],
+            ..Outgoing::default()
+        };
+        let limit = crate::queue::MAX_BODY;
+        assert!(fit_dead_letter(&mut letter, limit));
+        assert!(crate::queue::message_size(&letter) <= limit);
+        assert_eq!(letter.body, body);
+        let reason = &letter.attributes[0].1;
+        assert!(
+            reason.ends_with("more bytes cut]"),
+            "{}",
+            &reason[reason.len() - 40..]
+        );
+        assert!(letter.attributes.iter().any(|(n, _)| n == PLUGIN_ATTRIBUTE));
+        // A body at the limit leaves no room for the reason's detail, and
+        // the sender's attributes go before wasq's own.
+        let mut full = Outgoing {
+            body: "b".repeat(limit - 200),
+            attributes: vec![
+                (REASON_ATTRIBUTE.into(), "r".repeat(1000)),
+                ("big".into(), "x".repeat(500)),
+            ],
+            ..Outgoing::default()
+        };
+        assert!(fit_dead_letter(&mut full, limit));
+        assert_eq!(full.attributes.len(), 1);
+        let mut hopeless = Outgoing {
+            body: "b".repeat(limit + 1),
+            ..Outgoing::default()
+        };
+        assert!(!fit_dead_letter(&mut hopeless, limit));
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct Peeked {
     pub receive_count: u32,
     pub sent_at_ms: u64,
     pub source_queue: Option<String>,
+    /// Moved here by the queue's own redrive policy, not dead-lettered by
+    /// wasq: its `wasq-*` attributes, if any, are its sender's.
+    pub moved_by_queue: bool,
 }
 
 /// The local queues of one data directory.
@@ -247,6 +250,7 @@ impl LocalQueues {
                         attributes: decode_attributes(&row.get::<_, String>(2)?),
                         receive_count: row.get(3)?,
                         sent_at_ms: row.get::<_, i64>(4)? as u64,
+                        moved_by_queue: row.get::<_, Option<String>>(5)?.is_some(),
                         source_queue: row.get(5)?,
                     })
                 })
@@ -496,13 +500,13 @@ impl LocalQueue {
         // Candidates in order. On FIFO queues, groups with a message in flight
         // are skipped, and a group's messages are taken only from its head.
         let sql = if fifo {
-            "SELECT seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id FROM messages m
+            "SELECT seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id, source_queue FROM messages m
              WHERE queue = ?1 AND visible_ms <= ?2
                AND NOT EXISTS (SELECT 1 FROM messages b WHERE b.queue = ?1 AND b.group_id = m.group_id
                                AND (b.seq < m.seq AND b.visible_ms > ?2))
              ORDER BY seq LIMIT ?3"
         } else {
-            "SELECT seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id FROM messages
+            "SELECT seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id, source_queue FROM messages
              WHERE queue = ?1 AND visible_ms <= ?2 ORDER BY seq LIMIT ?3"
         };
         let fetch = if fifo {
@@ -524,6 +528,7 @@ impl LocalQueue {
                         sent_at_ms: row.get::<_, i64>(5)? as u64,
                         group_id: row.get(6)?,
                         dedup_id: row.get(7)?,
+                        moved_from: row.get(8)?,
                     },
                 ))
             })

@@ -38,6 +38,10 @@ pub struct Received {
     pub sent_at_ms: u64,
     pub group_id: Option<String>,
     pub dedup_id: Option<String>,
+    /// The queue this message was moved from by a queue's own redrive
+    /// policy (not by wasq): its attributes are all its sender's, any
+    /// `wasq-*` ones included.
+    pub moved_from: Option<String>,
 }
 
 /// A message to send.
@@ -136,6 +140,17 @@ pub trait Queue: Send + Sync + 'static {
 }
 
 /// Checks a message before it is sent, as SQS would.
+/// A message's size as SQS counts it against its limit: the body, and each
+/// attribute's name, type (`String`) and value.
+pub fn message_size(message: &Outgoing) -> usize {
+    message.body.len()
+        + message
+            .attributes
+            .iter()
+            .map(|(name, value)| name.len() + "String".len() + value.len())
+            .sum::<usize>()
+}
+
 pub fn check_outgoing(queue: &str, fifo: bool, message: &Outgoing) -> Result<(), QueueError> {
     let invalid = |why: String| Err(QueueError::Invalid(format!("queue `{queue}`: {why}")));
     if message.body.is_empty() {
@@ -145,6 +160,12 @@ pub fn check_outgoing(queue: &str, fifo: bool, message: &Outgoing) -> Result<(),
         return invalid(format!(
             "the message body is {} bytes; the limit is {MAX_BODY}",
             message.body.len()
+        ));
+    }
+    if message_size(message) > MAX_BODY {
+        return invalid(format!(
+            "the message is {} bytes with its attributes; the limit is {MAX_BODY}",
+            message_size(message)
         ));
     }
     if message.attributes.len() > MAX_ATTRIBUTES {

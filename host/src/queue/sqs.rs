@@ -318,11 +318,13 @@ impl SqsQueues {
         Ok(seen
             .into_iter()
             .map(|m| Peeked {
-                source_queue: m
-                    .attributes
-                    .iter()
-                    .find(|(name, _)| name == super::SOURCE_ATTRIBUTE)
-                    .map(|(_, value)| value.clone()),
+                moved_by_queue: m.moved_from.is_some(),
+                source_queue: m.moved_from.clone().or_else(|| {
+                    m.attributes
+                        .iter()
+                        .find(|(name, _)| name == super::SOURCE_ATTRIBUTE)
+                        .map(|(_, value)| value.clone())
+                }),
                 id: m.id,
                 body: m.body,
                 attributes: m.attributes,
@@ -448,6 +450,8 @@ impl SqsQueue {
                 .unwrap_or(0),
             group_id: system(MessageSystemAttributeName::MessageGroupId).map(str::to_string),
             dedup_id: system(MessageSystemAttributeName::MessageDeduplicationId)
+                .map(str::to_string),
+            moved_from: system(MessageSystemAttributeName::DeadLetterQueueSourceArn)
                 .map(str::to_string),
         }
     }

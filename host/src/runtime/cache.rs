@@ -4,10 +4,13 @@
 //! A file is named by the BLAKE3 hash of the component's bytes and of the
 //! engine's settings (wasmtime's compatibility hash), so a changed plugin or
 //! engine never meets an old file. Loading compiled code is trusting it: each
-//! file ends with a keyed BLAKE3 hash (a MAC) of its contents under a secret
-//! only this cache holds (`DIR/cache-key`, mode 0600), and a file whose tag
-//! does not verify — one wasq did not write, or a damaged one — is never
-//! loaded; the component is compiled again and the file replaced. BLAKE3
+//! file ends with a keyed BLAKE3 hash (a MAC) under a secret only this cache
+//! holds (`DIR/cache-key`, mode 0600, in a directory only its owner can
+//! write), over the component's hash, the engine's settings and the
+//! compiled bytes. A file whose tag does not verify — one wasq did not
+//! write, a damaged one, or a good one copied over another component's
+//! name — is never loaded; the component is compiled again and the file
+//! replaced. BLAKE3
 //! rather than HMAC-SHA256 because the tag covers tens of megabytes for
 //! interpreted-language processors, and it is several times faster.
 
@@ -50,8 +53,8 @@ impl Hasher for Blake3Hasher {
 impl CompileCache {
     pub fn open(dir: &Path, engine: &Engine) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the compile cache {}", dir.display()))?;
+        crate::secret::private_dir(dir)
+            .with_context(|| format!("opening the compile cache {}", dir.display()))?;
         let key = crate::secret::load_or_create(dir, KEY_FILE)
             .with_context(|| format!("loading the compile cache's key in {}", dir.display()))?;
         let mut hasher = Blake3Hasher(blake3::Hasher::new());
@@ -64,17 +67,28 @@ impl CompileCache {
         })
     }
 
-    /// The file for `wasm` under this engine.
-    pub fn path_for(&self, wasm: &[u8]) -> PathBuf {
+    /// What names and binds a file: the component's bytes under this
+    /// engine's settings.
+    fn identity(&self, wasm: &[u8]) -> blake3::Hash {
         let mut digest = blake3::Hasher::new();
         digest.update(&self.engine);
         digest.update(wasm);
-        self.dir
-            .join(format!("{}.cwasm", digest.finalize().to_hex()))
+        digest.finalize()
     }
 
-    fn tag(&self, compiled: &[u8]) -> blake3::Hash {
-        blake3::keyed_hash(&self.key, compiled)
+    /// The file for `wasm` under this engine.
+    pub fn path_for(&self, wasm: &[u8]) -> PathBuf {
+        self.dir
+            .join(format!("{}.cwasm", self.identity(wasm).to_hex()))
+    }
+
+    /// The seal on a file: which component, under which engine settings,
+    /// compiled to which bytes.
+    fn tag(&self, identity: &blake3::Hash, compiled: &[u8]) -> blake3::Hash {
+        let mut mac = blake3::Hasher::new_keyed(&self.key);
+        mac.update(identity.as_bytes());
+        mac.update(compiled);
+        mac.finalize()
     }
 
     /// The compiled component for `wasm`: from the cache when a file there
@@ -84,24 +98,25 @@ impl CompileCache {
         engine: &Engine,
         wasm: &[u8],
     ) -> wasmtime::Result<(Component, Origin)> {
+        let identity = self.identity(wasm);
         let path = self.path_for(wasm);
-        if let Some(component) = self.load(engine, &path) {
+        if let Some(component) = self.load(engine, &identity, &path) {
             return Ok((component, Origin::Cache));
         }
         let component = Component::new(engine, wasm)?;
-        if let Err(err) = self.store(&path, &component) {
+        if let Err(err) = self.store(&identity, &path, &component) {
             tracing::warn!(path = %path.display(), error = %format!("{err:#}"), "could not write the compile cache; compiling each start");
         }
         Ok((component, Origin::Compiled))
     }
 
-    fn load(&self, engine: &Engine, path: &Path) -> Option<Component> {
+    fn load(&self, engine: &Engine, identity: &blake3::Hash, path: &Path) -> Option<Component> {
         let bytes = std::fs::read(path).ok()?;
         let split = bytes.len().checked_sub(TAG_LEN)?;
         let (compiled, tag) = bytes.split_at(split);
         let tag = blake3::Hash::from_bytes(tag.try_into().ok()?);
         // `Hash` compares in constant time.
-        if self.tag(compiled) != tag {
+        if self.tag(identity, compiled) != tag {
             tracing::warn!(path = %path.display(), "compile cache file not written by this cache; ignoring it");
             return None;
         }
@@ -118,13 +133,24 @@ impl CompileCache {
         }
     }
 
-    fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
+    fn store(
+        &self,
+        identity: &blake3::Hash,
+        path: &Path,
+        component: &Component,
+    ) -> anyhow::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let compiled = component
             .serialize()
             .map_err(|err| anyhow::anyhow!("{err:#}"))?;
-        let tag = self.tag(&compiled);
+        let tag = self.tag(identity, &compiled);
         let temp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut file = std::fs::File::create(&temp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
         file.write_all(&compiled)?;
         file.write_all(tag.as_bytes())?;
         file.sync_all()?;
@@ -185,6 +211,23 @@ mod tests {
         assert_eq!(origin, Origin::Cache);
         std::fs::write(&path, b"short").unwrap();
         let (_, origin) = cache.load_or_compile(&engine, wasm).unwrap();
+        assert_eq!(origin, Origin::Compiled);
+    }
+
+    /// Copying another component's compiled file over `compress`'s entry
+    /// once made `compress` run the other component's code.
+    #[test]
+    fn a_sealed_file_moved_to_another_components_name_is_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = CompileCache::open(dir.path(), &engine).unwrap();
+        // Two different components: the header alone, and one with an
+        // empty custom section after it.
+        let other: &[u8] = b"\0asm\x0d\0\x01\0\0\x02\x01x";
+        cache.load_or_compile(&engine, EMPTY).unwrap();
+        cache.load_or_compile(&engine, other).unwrap();
+        std::fs::copy(cache.path_for(other), cache.path_for(EMPTY)).unwrap();
+        let (_, origin) = cache.load_or_compile(&engine, EMPTY).unwrap();
         assert_eq!(origin, Origin::Compiled);
     }
 

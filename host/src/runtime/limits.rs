@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 /// ends the message as a retry whose reason names the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Linear memory, in bytes.
+    /// Linear memory, in bytes: every memory of the instance together.
     pub memory: u64,
     /// Wall-clock time for one `handle` call, instantiation included.
     pub timeout: Duration,
@@ -23,6 +23,9 @@ pub struct Limits {
     /// Wasm instructions (fuel units) one message may execute; `None` for
     /// no count. Counting needs an engine with fuel metering.
     pub fuel: Option<u64>,
+    /// Host memory the message may hold in blob buffers (S3 parts,
+    /// read-ahead), in bytes.
+    pub buffers: u64,
 }
 
 impl Default for Limits {
@@ -33,13 +36,14 @@ impl Default for Limits {
             bytes_read: 4 * GIB,
             bytes_written: 4 * GIB,
             fuel: None,
+            buffers: crate::blobs::DEFAULT_BUDGET,
         }
     }
 }
 
 /// Limits as a manifest, `wasq.toml` or the command line writes them, each
 /// optional: `memory = "256MiB"`, `timeout = "2m"`, `fuel = 5000000000`,
-/// `bytes-read = "10GiB"`, `bytes-written = "1GiB"`.
+/// `bytes-read = "10GiB"`, `bytes-written = "1GiB"`, `buffers = "64MiB"`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LimitSettings {
@@ -48,6 +52,7 @@ pub struct LimitSettings {
     pub fuel: Option<u64>,
     pub bytes_read: Option<String>,
     pub bytes_written: Option<String>,
+    pub buffers: Option<String>,
 }
 
 impl LimitSettings {
@@ -60,6 +65,7 @@ impl LimitSettings {
             fuel: self.fuel.or(base.fuel),
             bytes_read: pick(&self.bytes_read, &base.bytes_read),
             bytes_written: pick(&self.bytes_written, &base.bytes_written),
+            buffers: pick(&self.buffers, &base.buffers),
         }
     }
 
@@ -83,6 +89,7 @@ impl LimitSettings {
             bytes_read: size("bytes-read", &self.bytes_read, defaults.bytes_read)?,
             bytes_written: size("bytes-written", &self.bytes_written, defaults.bytes_written)?,
             fuel: self.fuel,
+            buffers: size("buffers", &self.buffers, defaults.buffers)?,
         };
         ensure!(
             !limits.timeout.is_zero(),
@@ -94,6 +101,11 @@ impl LimitSettings {
             Bytes(limits.memory)
         );
         ensure!(limits.fuel != Some(0), "limit fuel must be more than zero");
+        ensure!(
+            limits.buffers >= 16 << 20,
+            "limit buffers {} is below 16 MiB: one S3 part needs 8 MiB",
+            Bytes(limits.buffers)
+        );
         Ok(limits)
     }
 }
@@ -145,25 +157,38 @@ impl fmt::Display for Bytes {
     }
 }
 
-/// Caps linear memory and table growth for one store, and remembers whether
-/// it refused a growth, so a trap that follows can be blamed on the limit.
+/// Caps the linear memory and table elements of one store, counted over
+/// every memory and table the instance has (a component may define several),
+/// and remembers whether it refused a growth, so a trap that follows can be
+/// blamed on the limit.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     max_memory: usize,
     pub denied: bool,
-    /// The largest linear memory granted, in bytes.
+    /// Bytes of linear memory granted so far, all memories together.
+    pub total: usize,
+    /// The most granted at once, in bytes.
     pub peak: usize,
+    table_elements: usize,
 }
 
-/// Table elements a component may have; far above what real code needs.
+/// Table elements an instance may have, all tables together; far above
+/// what real code needs.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Memories, tables and core instances one message's store may create;
+/// the pool also refuses, at load, a component that needs more.
+pub const MAX_MEMORIES: usize = 4;
+pub const MAX_TABLES: usize = 32;
+pub const MAX_CORE_INSTANCES: usize = 64;
 
 impl MemoryLimiter {
     pub fn new(max_memory: u64) -> Self {
         MemoryLimiter {
             max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
             denied: false,
+            total: 0,
             peak: 0,
+            table_elements: 0,
         }
     }
 }
@@ -171,25 +196,49 @@ impl MemoryLimiter {
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.max_memory;
+        // Called for each memory's initial size too (from 0), so `total`
+        // covers every memory of the instance.
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        let allowed = total <= self.max_memory;
         self.denied |= !allowed;
         if allowed {
-            self.peak = self.peak.max(desired);
+            self.total = total;
+            self.peak = self.peak.max(total);
         }
         Ok(allowed)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        let total = self
+            .table_elements
+            .saturating_sub(current)
+            .saturating_add(desired);
+        let allowed = total <= MAX_TABLE_ELEMENTS;
+        if allowed {
+            self.table_elements = total;
+        }
+        Ok(allowed)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -258,6 +307,20 @@ mod tests {
         assert_eq!(Bytes(128 * MIB).to_string(), "128 MiB");
         assert_eq!(Bytes(4 * GIB).to_string(), "4 GiB");
         assert_eq!(Bytes(1500).to_string(), "1500 bytes");
+    }
+
+    /// A component with eight memories once finished under a 128 MiB
+    /// limit with the host at 1 GB: each memory had the whole limit.
+    #[test]
+    fn every_memory_counts_against_one_limit() {
+        let mut limiter = MemoryLimiter::new(4 * MIB);
+        let mib = MIB as usize;
+        assert!(limiter.memory_growing(0, 2 * mib, None).unwrap());
+        assert!(limiter.memory_growing(0, mib, None).unwrap());
+        assert!(!limiter.memory_growing(0, 2 * mib, None).unwrap());
+        assert!(limiter.denied);
+        assert!(limiter.memory_growing(mib, 2 * mib, None).unwrap());
+        assert_eq!(limiter.peak, 4 * mib);
     }
 
     #[test]

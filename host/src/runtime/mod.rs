@@ -36,10 +36,15 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// visibility timeout.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(12 * 3600);
 
+/// The most processor instances one engine's pool holds.
+pub const MAX_POOL_INSTANCES: u32 = 4096;
+
 /// Engine-wide settings, fixed for the life of a [`Runtime`].
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Processor instances that may exist at once (the pool's size).
+    /// Processor instances that may exist at once (the pool's size): `wasq
+    /// run` makes it the sum of its bindings' `max-concurrency`, so every
+    /// binding keeps the instances it may need.
     pub max_instances: u32,
     /// The largest memory limit any plugin may be given.
     pub max_memory: u64,
@@ -137,12 +142,25 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
+        // The pool holds `max_instances` instances of the largest component
+        // allowed, and a component needing more than its share of core
+        // instances, memories or tables is refused when it is loaded. So no
+        // plugin can take the slots another binding's messages need.
+        anyhow::ensure!(
+            (1..=MAX_POOL_INSTANCES).contains(&options.max_instances),
+            "{} processor instances at once is not 1-{MAX_POOL_INSTANCES}: lower the bindings' max-concurrency",
+            options.max_instances
+        );
+        let n = options.max_instances;
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(options.max_instances)
-            .total_core_instances(options.max_instances * 8)
-            .total_memories(options.max_instances * 2)
-            .total_tables(options.max_instances * 4)
-            .total_stacks(options.max_instances)
+        pool.total_component_instances(n)
+            .total_core_instances(n * limits::MAX_CORE_INSTANCES as u32)
+            .total_memories(n * limits::MAX_MEMORIES as u32)
+            .total_tables(n * limits::MAX_TABLES as u32)
+            .total_stacks(n)
+            .max_core_instances_per_component(limits::MAX_CORE_INSTANCES as u32)
+            .max_memories_per_component(limits::MAX_MEMORIES as u32)
+            .max_tables_per_component(limits::MAX_TABLES as u32)
             .max_memory_size(usize::try_from(options.max_memory).unwrap_or(usize::MAX));
 
         let mut config = Config::new();
@@ -254,7 +272,9 @@ impl Runtime {
             limits,
             code.config(config),
         )?;
-        Ok(plugin.with_grants(grants))
+        Ok(plugin
+            .with_grants(grants)
+            .with_manifest_origin(code.manifest_origin.clone()))
     }
 
     /// Compiles plugin code and describes it: its hash, what it imports and
@@ -322,6 +342,9 @@ impl Runtime {
             log,
             usage: Usage::default(),
             open_handles: 0,
+            owner: format!("{}/{}", message.queue, message.id),
+            budget: crate::blobs::Budget::new(limits.buffers),
+            written: Default::default(),
             fault: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -368,6 +391,7 @@ impl Runtime {
         let result = tokio::time::timeout(limits.timeout, call).await;
 
         let state = store.data_mut();
+        state.log.finish();
         let (outcome, fault) = match result {
             Ok(Ok(outcome)) => (from_wit(outcome), None),
             Ok(Err(Err(fault))) => (retry_for(&fault), Some(fault)),
@@ -425,25 +449,44 @@ fn retry_for(fault: &Fault) -> Outcome {
     }
 }
 
-/// The first line of a trap's message, without the wasm backtrace.
+/// What a trap says, without the wasm backtrace: a trap code's text, or the
+/// error and its causes (a host error that ended the call is the cause
+/// beneath "error while executing at wasm backtrace").
 fn trap_message(trap: &wasmtime::Error) -> String {
-    let text = match trap.downcast_ref::<wasmtime::Trap>() {
-        Some(code) => code.to_string(),
-        None => format!("{trap:#}"),
+    if let Some(code) = trap.downcast_ref::<wasmtime::Trap>() {
+        return code.to_string();
+    }
+    let causes: Vec<String> = trap
+        .chain()
+        .map(|cause| cause.to_string())
+        .filter(|text| !text.starts_with("error while executing at wasm backtrace"))
+        .collect();
+    let text = if causes.is_empty() {
+        format!("{trap:#}")
+    } else {
+        causes.join(": ")
     };
     text.lines().next().unwrap_or_default().to_string()
 }
 
+/// The longest reason a processor's retry or reject keeps, in bytes: longer
+/// ones are cut, with a marker, before anything logs or stores them.
+pub const MAX_REASON: usize = 4096;
+
 fn from_wit(outcome: bindings::types::Outcome) -> Outcome {
     use bindings::types::Outcome as Wit;
+    let bounded = |reason: String| match crate::text::truncate(&reason, MAX_REASON) {
+        std::borrow::Cow::Borrowed(_) => reason,
+        std::borrow::Cow::Owned(cut) => cut,
+    };
     match outcome {
         Wit::Done(result) => Outcome::Done(result),
         Wit::Retry(retry) => Outcome::Retry {
-            reason: retry.reason,
+            reason: bounded(retry.reason),
             delay: retry
                 .delay_secs
                 .map(|secs| Duration::from_secs(u64::from(secs)).min(MAX_RETRY_DELAY)),
         },
-        Wit::Reject(reason) => Outcome::Reject(reason),
+        Wit::Reject(reason) => Outcome::Reject(bounded(reason)),
     }
 }

@@ -43,6 +43,8 @@ pub struct Plugin {
     pub(super) limits: Limits,
     pub(super) config: Arc<BTreeMap<String, String>>,
     pub(super) grants: Arc<Grants>,
+    /// Where its grants came from; `None` when it has no manifest.
+    manifest_origin: Option<String>,
 }
 
 impl Plugin {
@@ -60,12 +62,23 @@ impl Plugin {
             limits,
             config: Arc::new(config),
             grants: Arc::new(Grants::default()),
+            manifest_origin: None,
         }
     }
 
-    /// The same plugin, allowed only what `grants` allows.
+    /// The same plugin, allowed what `grants` allows.
     pub fn with_grants(mut self, grants: Grants) -> Self {
         self.grants = Arc::new(grants);
+        self
+    }
+
+    /// Where its grants came from: a manifest file, or `None`.
+    pub fn manifest_origin(&self) -> Option<&str> {
+        self.manifest_origin.as_deref()
+    }
+
+    pub(super) fn with_manifest_origin(mut self, origin: Option<String>) -> Self {
+        self.manifest_origin = origin;
         self
     }
 
@@ -94,11 +107,14 @@ pub struct PluginCode {
     pub source: PluginSource,
     pub wasm: Cow<'static, [u8]>,
     pub manifest: Option<Manifest>,
+    /// Where the manifest came from, for messages.
+    pub manifest_origin: Option<String>,
 }
 
 /// `NAME.toml` beside `NAME.wasm` (or `[plugins.NAME]` in `wasq.toml`):
-/// the plugin's limits, what it may touch and the settings it reads. With a
-/// manifest, anything it does not grant is denied.
+/// the plugin's limits, what it may touch and the settings it reads.
+/// Whatever it does not grant is denied, and a plugin without one may
+/// touch nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -123,27 +139,39 @@ pub struct BlobsSection {
     /// URI prefixes it may write under.
     #[serde(default)]
     pub write: Vec<String>,
+    /// Whether it may replace objects that already exist (default: no; a
+    /// create over an existing object is denied, unless the object is this
+    /// same message's output from an earlier delivery).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordsSection {
-    /// Tables it may read and write.
+    /// Tables it may read and write; `["*"]` for every table.
     #[serde(default)]
     pub tables: Vec<String>,
 }
 
 impl PluginCode {
-    /// The grants of the manifest, or everything without one.
+    /// The grants of the manifest; nothing without one.
     pub fn grants(&self) -> anyhow::Result<Grants> {
         match &self.manifest {
             None => Ok(Grants::default()),
             Some(manifest) => Grants::new(
-                manifest.blobs.read.clone(),
-                manifest.blobs.write.clone(),
-                Some(manifest.records.tables.clone()),
+                &manifest.blobs.read,
+                &manifest.blobs.write,
+                &manifest.records.tables,
+                manifest.blobs.overwrite,
             )
-            .with_context(|| format!("plugin `{}`: manifest", self.name)),
+            .with_context(|| {
+                format!(
+                    "plugin `{}`: manifest {}",
+                    self.name,
+                    self.manifest_origin.as_deref().unwrap_or_default()
+                )
+            }),
         }
     }
 
@@ -174,39 +202,66 @@ impl PluginCode {
 }
 
 /// Where plugins are looked up: the plugins folder, then the built-ins; and
-/// manifests for plugins that have none beside them (`[plugins.NAME]` in
-/// `wasq.toml`, the way built-ins get theirs).
+/// the operator's manifests (`[plugins.NAME]` in `wasq.toml`, the way
+/// built-ins get theirs).
 #[derive(Debug, Clone, Default)]
 pub struct PluginSources {
     pub dir: Option<PathBuf>,
     pub manifests: BTreeMap<String, Manifest>,
+    /// The file the operator's manifests come from, for messages.
+    pub manifests_file: Option<PathBuf>,
 }
 
 impl PluginSources {
     pub fn in_dir(dir: Option<PathBuf>) -> Self {
         PluginSources {
             dir,
-            manifests: BTreeMap::new(),
+            ..PluginSources::default()
         }
     }
 
     /// The code for `wanted` (see [`find`]), with its manifest.
     pub fn find(&self, wanted: &str) -> anyhow::Result<PluginCode> {
         let code = find(wanted, self.dir.as_deref())?;
-        Ok(self.with_manifest(code))
+        self.with_manifest(code)
     }
 
     /// Every plugin there is (see [`discover`]), with their manifests.
     pub fn discover(&self) -> anyhow::Result<Vec<PluginCode>> {
         let found = discover(self.dir.as_deref())?;
-        Ok(found.into_iter().map(|c| self.with_manifest(c)).collect())
+        found.into_iter().map(|c| self.with_manifest(c)).collect()
     }
 
-    fn with_manifest(&self, mut code: PluginCode) -> PluginCode {
-        if code.manifest.is_none() {
-            code.manifest = self.manifests.get(&code.name).cloned();
+    /// Adds the operator's manifest. A plugin with a manifest beside its
+    /// file and a different one in the operator's file is refused: which
+    /// grants apply must never depend on which file wins, and a dropped-in
+    /// file must not widen what the operator allowed.
+    fn with_manifest(&self, mut code: PluginCode) -> anyhow::Result<PluginCode> {
+        let Some(operator) = self.manifests.get(&code.name) else {
+            return Ok(code);
+        };
+        let operator_origin = format!(
+            "[plugins.{}] in {}",
+            code.name,
+            self.manifests_file
+                .as_deref()
+                .map_or("wasq.toml".into(), |p| p.display().to_string())
+        );
+        match &code.manifest {
+            Some(beside) if beside != operator => anyhow::bail!(
+                "plugin `{}`: {} and {operator_origin} both give a manifest, and they differ; keep one of them",
+                code.name,
+                code.manifest_origin
+                    .as_deref()
+                    .unwrap_or("its own manifest"),
+            ),
+            Some(_) => {}
+            None => {
+                code.manifest = Some(operator.clone());
+                code.manifest_origin = Some(operator_origin);
+            }
         }
-        code
+        Ok(code)
     }
 
     /// The file a plugin comes from, or would once dropped in: `None` for
@@ -222,14 +277,14 @@ impl PluginSources {
     }
 }
 
-/// Reads the manifest beside a plugin file, if there is one.
-fn manifest_for(wasm_path: &Path) -> anyhow::Result<Option<Manifest>> {
+/// Reads the manifest beside a plugin file, if there is one, and names it.
+fn manifest_for(wasm_path: &Path) -> anyhow::Result<(Option<Manifest>, Option<String>)> {
     let path = wasm_path.with_extension("toml");
     match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text)
-            .map(Some)
+            .map(|m| (Some(m), Some(path.display().to_string())))
             .with_context(|| format!("{} is not a valid plugin manifest", path.display())),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok((None, None)),
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
 }
@@ -265,9 +320,11 @@ pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCo
             .and_then(|stem| stem.to_str())
             .unwrap_or("plugin")
             .to_string();
+        let (manifest, manifest_origin) = manifest_for(&path)?;
         return Ok(PluginCode {
             name,
-            manifest: manifest_for(&path)?,
+            manifest,
+            manifest_origin,
             source: PluginSource::File(path),
             wasm: Cow::Owned(wasm),
         });
@@ -277,9 +334,11 @@ pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCo
         let path = dir.join(format!("{wanted}.wasm"));
         match std::fs::read(&path) {
             Ok(wasm) => {
+                let (manifest, manifest_origin) = manifest_for(&path)?;
                 return Ok(PluginCode {
                     name: wanted.to_string(),
-                    manifest: manifest_for(&path)?,
+                    manifest,
+                    manifest_origin,
                     source: PluginSource::File(path),
                     wasm: Cow::Owned(wasm),
                 });
@@ -291,12 +350,21 @@ pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCo
         }
     }
     match BUILT_IN.iter().find(|(name, _)| *name == wanted) {
-        Some((name, wasm)) => Ok(PluginCode {
-            name: name.to_string(),
-            source: PluginSource::BuiltIn,
-            wasm: Cow::Borrowed(wasm),
-            manifest: None,
-        }),
+        Some((name, wasm)) => {
+            // A built-in's manifest may sit in the plugins folder as if its
+            // file were there.
+            let (manifest, manifest_origin) = match plugins_dir {
+                Some(dir) => manifest_for(&dir.join(format!("{wanted}.wasm")))?,
+                None => (None, None),
+            };
+            Ok(PluginCode {
+                name: name.to_string(),
+                source: PluginSource::BuiltIn,
+                wasm: Cow::Borrowed(wasm),
+                manifest,
+                manifest_origin,
+            })
+        }
         None => {
             let built_in: Vec<_> = BUILT_IN.iter().map(|(name, _)| *name).collect();
             let looked = match plugins_dir {
@@ -316,7 +384,7 @@ pub fn find(wanted: &str, plugins_dir: Option<&Path>) -> anyhow::Result<PluginCo
 pub fn discover(plugins_dir: Option<&Path>) -> anyhow::Result<Vec<PluginCode>> {
     let mut found: BTreeMap<String, PluginCode> = BTreeMap::new();
     for (name, _) in BUILT_IN {
-        found.insert(name.to_string(), find(name, None)?);
+        found.insert(name.to_string(), find(name, plugins_dir)?);
     }
     if let Some(dir) = plugins_dir {
         let entries =
@@ -366,9 +434,15 @@ mod tests {
         .unwrap();
         let code = find("p", Some(dir.path())).unwrap();
         let grants = code.grants().unwrap();
-        assert_eq!(grants.read, ["s3://docs/"]);
+        assert_eq!(
+            grants.read,
+            [super::super::grants::Prefix::parse("s3://docs/").unwrap()]
+        );
         assert!(grants.write.is_empty());
-        assert_eq!(grants.tables, Some(vec!["jobs".to_string()]));
+        assert_eq!(
+            grants.tables,
+            super::super::grants::Tables::Only(vec!["jobs".to_string()])
+        );
         let config = code.config(&BTreeMap::from([("mode".to_string(), "b".to_string())]));
         assert_eq!(
             config,
@@ -411,18 +485,54 @@ mod tests {
                     ..Manifest::default()
                 },
             )]),
+            manifests_file: None,
         };
         let code = sources.find("compress").unwrap();
         assert_eq!(code.source, PluginSource::BuiltIn);
         assert_eq!(code.config(&BTreeMap::new())["level"], "1");
         std::fs::write(dir.path().join("compress.wasm"), b"\0asm").unwrap();
+        let code = sources.find("compress").unwrap();
+        assert_eq!(code.config(&BTreeMap::new())["level"], "1");
+    }
+
+    /// A sidecar `NAME.toml` once silently replaced the operator's
+    /// `[plugins.NAME]`, wider or not.
+    #[test]
+    fn a_sidecar_manifest_that_differs_from_the_operators_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let operator = Manifest {
+            blobs: BlobsSection {
+                read: vec!["s3://docs/".into()],
+                ..BlobsSection::default()
+            },
+            ..Manifest::default()
+        };
+        let sources = PluginSources {
+            dir: Some(dir.path().to_path_buf()),
+            manifests: BTreeMap::from([("compress".to_string(), operator)]),
+            manifests_file: Some("ops/wasq.toml".into()),
+        };
+        std::fs::write(dir.path().join("compress.wasm"), b"\0asm").unwrap();
         std::fs::write(
             dir.path().join("compress.toml"),
-            "[config]\nlevel = \"9\"\n",
+            "[blobs]\nread = [\"s3://\"]\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", sources.find("compress").unwrap_err());
+        assert!(
+            err.contains(
+                "compress.toml and [plugins.compress] in ops/wasq.toml both give a manifest"
+            ),
+            "{err}"
+        );
+        // The same manifest in both places is no conflict.
+        std::fs::write(
+            dir.path().join("compress.toml"),
+            "[blobs]\nread = [\"s3://docs/\"]\n",
         )
         .unwrap();
         let code = sources.find("compress").unwrap();
-        assert_eq!(code.config(&BTreeMap::new())["level"], "9");
+        assert_eq!(code.grants().unwrap().read.len(), 1);
     }
 
     #[test]

@@ -159,8 +159,21 @@ impl Reloader {
         let config = watched.config.clone();
         let queue = watched.queue.clone();
         let visibility = watched.visibility_timeout;
+        let previous_manifest = watched
+            .slot
+            .current()
+            .and_then(|p| p.manifest_origin().map(str::to_string));
         let loaded = tokio::task::spawn_blocking(move || {
             let code = plugins.find(&wanted)?;
+            // Fail closed: a manifest that disappears while its plugin stays
+            // would leave the plugin with other grants than the operator
+            // last gave it. The running version keeps its grants until the
+            // manifest returns or wasq restarts.
+            if let (Some(previous), None) = (&previous_manifest, &code.manifest) {
+                anyhow::bail!(
+                    "its manifest {previous} was removed; restore it, or restart wasq to run the plugin without grants"
+                );
+            }
             let source = code.source.clone();
             let plugin = runtime.load_code(&code, &limits, &config)?;
             check_visibility(&queue, visibility, plugin.limits().timeout)?;

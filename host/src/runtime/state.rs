@@ -88,6 +88,13 @@ pub struct HostState {
     pub(super) usage: Usage,
     /// Readers and writers the processor holds now.
     pub(super) open_handles: usize,
+    /// Who writes this message's objects: `QUEUE/MESSAGE_ID`.
+    pub(super) owner: String,
+    /// The host memory this message may hold in blob buffers.
+    pub(super) budget: crate::blobs::Budget,
+    /// Objects this message finished writing, which it may sign links for
+    /// without a read grant.
+    pub(super) written: std::collections::HashSet<crate::blobs::BlobUri>,
     /// Set by a host import before it traps on a hard limit, so the trap can
     /// be reported as that limit.
     pub(super) fault: Option<Fault>,

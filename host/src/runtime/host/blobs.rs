@@ -2,7 +2,7 @@
 //! against the plugin's limits, then handed to the configured store.
 
 use super::HostBlobError;
-use crate::blobs::{BlobError, BlobReader, BlobUri, BlobWriter, ObjectInfo};
+use crate::blobs::{BlobError, BlobReader, BlobUri, BlobWriter, CreateOptions, ObjectInfo};
 use crate::runtime::bindings::blobs as wit;
 use crate::runtime::state::{Fault, HostState};
 use std::time::Duration;
@@ -60,7 +60,7 @@ impl wit::Host for HostState {
         let uri = BlobUri::parse(&uri)?;
         self.grants.check_read(&uri)?;
         self.take_handle()?;
-        match self.services.blobs.open(&uri).await {
+        match self.services.blobs.open(&uri, &self.budget).await {
             Ok(reader) => Ok(self.table.push(ReaderHandle(reader))?),
             Err(err) => {
                 self.release_handle();
@@ -77,12 +77,13 @@ impl wit::Host for HostState {
         let uri = BlobUri::parse(&uri)?;
         self.grants.check_write(&uri)?;
         self.take_handle()?;
-        match self
-            .services
-            .blobs
-            .create(&uri, content_type.as_deref())
-            .await
-        {
+        let options = CreateOptions {
+            content_type: content_type.as_deref(),
+            overwrite: self.grants.overwrite,
+            owner: &self.owner,
+            budget: &self.budget,
+        };
+        match self.services.blobs.create(&uri, options).await {
             Ok(writer) => Ok(self.table.push(WriterHandle {
                 uri,
                 writer: Some(writer),
@@ -100,7 +101,11 @@ impl wit::Host for HostState {
         expires_in_secs: u32,
     ) -> Result<String, HostBlobError> {
         let uri = BlobUri::parse(&uri)?;
-        self.grants.check_read(&uri)?;
+        // An object this message wrote may be signed without a read grant:
+        // making a link to one's own output is what a writer is for.
+        if !self.written.contains(&uri) {
+            self.grants.check_read(&uri)?;
+        }
         let expires_in = Duration::from_secs(u64::from(expires_in_secs));
         Ok(self.services.blobs.presign_get(&uri, expires_in).await?)
     }
@@ -183,7 +188,10 @@ impl wit::HostWriter for HostState {
             ))
             .into());
         };
-        Ok(info(inner.finish().await?))
+        let uri = handle.uri.clone();
+        let object = inner.finish().await?;
+        self.written.insert(uri);
+        Ok(info(object))
     }
 
     async fn drop(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<()> {
