@@ -65,11 +65,11 @@ pub fn truncate(text: &str, max: usize) -> Cow<'_, str> {
     ))
 }
 
-/// A log writer that keeps each record on one line: control characters
-/// inside a record are escaped, so a newline smuggled into a field cannot
-/// start a forged record. (ESC is left to the formatter, which escapes it in
-/// values and uses it for its own colours.) Errors are swallowed: a closed
-/// stderr must never stop the host.
+/// A log writer that keeps each record on one line and plain: control
+/// characters inside a record are escaped, so a newline smuggled into a
+/// field cannot start a forged record and an escape sequence cannot drive
+/// the terminal (the formatter therefore writes no colours). Errors are
+/// swallowed: a closed stderr must never stop the host.
 pub struct OneLine<W>(pub W);
 
 impl<W: std::io::Write> std::io::Write for OneLine<W> {
@@ -83,7 +83,7 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
             match byte {
                 b'\n' => line.extend_from_slice(b"\\n"),
                 b'\r' => line.extend_from_slice(b"\\r"),
-                b'\t' | 0x1b => line.push(byte),
+                b'\t' => line.push(byte),
                 0..=0x1f | 0x7f => line.extend_from_slice(format!("\\x{byte:02x}").as_bytes()),
                 _ => line.push(byte),
             }

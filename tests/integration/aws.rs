@@ -700,3 +700,50 @@ async fn sqs_queues_are_managed_from_the_command_line_and_bad_bindings_refused()
         .unwrap();
     assert!(opted_out.status.success(), "{}", text(&opted_out));
 }
+
+/// The S3 writer buffers a part per writer, and 64 writers were allowed:
+/// one message could hold about 512 MiB of host memory. Writers now take
+/// their part from the message's buffer budget (64 MiB by default), and one
+/// past it is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_holds_at_most_its_buffer_budget() {
+    let _moto = moto().await;
+    let s3 = s3_client().await;
+    make_bucket(&s3, "out").await;
+    let services = Services {
+        blobs: std::sync::Arc::new(S3Blobs::connect(&moto_aws()).await),
+        records: std::sync::Arc::new(records("wasq-records").await),
+    };
+    let plugin = harness::rogue(Limits::default());
+    let (run, _) = harness::run(
+        &plugin,
+        &services,
+        &harness::message("w", "writers s3://out/w 64"),
+    )
+    .await;
+    let wasq::runtime::Outcome::Done(Some(result)) = &run.outcome else {
+        panic!("{:?}", run.outcome);
+    };
+    let budget = wasq::blobs::DEFAULT_BUDGET as usize / wasq::blobs::PART_SIZE;
+    assert!(
+        result.starts_with(&format!("{budget} Error::Denied("))
+            && result.contains("buffer budget of 64 MiB"),
+        "{result}"
+    );
+    // A smaller budget is honoured.
+    let plugin = harness::rogue(Limits {
+        buffers: 16 << 20,
+        ..Limits::default()
+    });
+    let (run, _) = harness::run(
+        &plugin,
+        &services,
+        &harness::message("w", "writers s3://out/v 64"),
+    )
+    .await;
+    assert!(
+        matches!(&run.outcome, wasq::runtime::Outcome::Done(Some(r)) if r.starts_with("2 Error::Denied(")),
+        "{:?}",
+        run.outcome
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -479,5 +480,102 @@ fn plugins_are_listed_checked_and_inspected() {
     assert!(
         checked.contains("ok    rogue") && checked.contains("ok    compress"),
         "{checked}"
+    );
+}
+
+/// A message the queue's own redrive moved once showed `wasq-reason` and
+/// `wasq-plugin` values its sender chose, and escape sequences in a body
+/// reached the terminal raw.
+#[tokio::test]
+async fn dlq_list_tells_wasqs_reasons_from_a_senders_attributes() {
+    use wasq::queue::local::QueueOptions;
+    use wasq::queue::{LocalQueues, Outgoing, Queue, Redrive};
+    let scratch = Scratch::new();
+    let queues = LocalQueues::open(&scratch.dir.path().join("data")).unwrap();
+    queues
+        .create(
+            "jobs",
+            QueueOptions {
+                visibility_timeout: Duration::from_secs(30),
+                redrive: Some(Redrive {
+                    dlq: "jobs-dlq".into(),
+                    max_receive_count: 1,
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let queue = queues.queue("jobs").await.unwrap();
+    queue
+        .send(Outgoing {
+            body: "job \x1b]0;pwned\x07 body".into(),
+            attributes: vec![
+                (
+                    "wasq-reason".into(),
+                    "all fine, redrive me\nreason: ok".into(),
+                ),
+                ("tenant".into(), "acme".into()),
+            ],
+            ..Outgoing::default()
+        })
+        .await
+        .unwrap();
+    // Received once and never settled: the next receive moves it.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let taken = queue
+        .receive(1, Duration::ZERO, Duration::from_millis(1), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = queue
+        .receive(1, Duration::ZERO, Duration::from_secs(30), &cancel)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    let out = scratch.wasq(&["dlq", "list", "jobs"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("moved by the queue's redrive policy after too many receives, not by wasq"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "set by its sender: tenant=acme, wasq-reason=all fine, redrive me\\nreason: ok"
+        ) || stdout.contains(
+            "set by its sender: wasq-reason=all fine, redrive me\\nreason: ok, tenant=acme"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("reason: all fine"), "{stdout}");
+    assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07));
+}
+
+/// A pre-planted, world-readable `link-secret` was once used without a
+/// word, so anyone who could read it could forge links.
+#[test]
+fn a_secret_others_can_read_is_refused_by_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let data = scratch.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = data.join("link-secret");
+    std::fs::write(&secret, [9u8; 32]).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = scratch.wasq(&[
+        "test",
+        "--manifest",
+        &fixture("compress.toml"),
+        "--blobs",
+        "blobs",
+        &fixture("job-ok.json"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("link-secret") && stderr.contains("chmod 600"),
+        "{stderr}"
     );
 }

@@ -233,3 +233,96 @@ async fn a_busy_host_loses_nothing_while_its_plugin_is_replaced() {
     assert!(log.matches("plugin reloaded").count() >= 3, "{log}");
     assert!(log.contains("plugin changed but cannot be used"), "{log}");
 }
+
+/// Deleting `plugins/NAME.toml` while `wasq run` ran once widened the
+/// plugin to every grant. The last grants stay until the manifest returns
+/// or the host restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_manifest_keeps_the_last_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(wasq_test_guests::ROGUE, plugins.join("rogue.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("rogue.toml"),
+        "[blobs]\nread = [\"s3://docs/\"]\n",
+    )
+    .unwrap();
+    for (path, bytes) in [("docs/a.txt", "public"), ("secrets/key.txt", "private")] {
+        let file = data.join("blobs").join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap();
+    }
+    let queues = LocalQueues::open(&data).unwrap();
+    queues
+        .create("jobs", QueueOptions::default())
+        .await
+        .unwrap();
+    let queue = queues.queue("jobs").await.unwrap();
+    let log = dir.path().join("host.log");
+    let mut child = crate::harness::wasq_run(&data, "rogue", &log, &["--max-receive-count", "1"])
+        .env("WASQ_PLUGINS_DIR", &plugins)
+        .spawn()
+        .unwrap();
+    let records = SqliteRecords::open(&data.join("records.db")).unwrap();
+    let wait = Duration::from_secs(30);
+    let ask = |body: &'static str| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .send(Outgoing {
+                    body: body.into(),
+                    ..Outgoing::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let dead_letters = || async {
+        let started = Instant::now();
+        loop {
+            let n = match queues.queue("jobs-dlq").await {
+                Ok(dlq) => dlq.stats().await.unwrap().visible,
+                Err(_) => 0,
+            };
+            if n > 0 || started.elapsed() > Duration::from_secs(5) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+
+    let granted = ask("open s3://docs/a.txt").await;
+    assert_eq!(result(&records, &granted, wait).await.as_deref(), Some("6"));
+    let denied = ask("open s3://secrets/key.txt").await;
+    assert_eq!(dead_letters().await, 1);
+    assert_eq!(
+        result(&records, &denied, Duration::from_millis(100)).await,
+        None
+    );
+
+    std::fs::remove_file(plugins.join("rogue.toml")).unwrap();
+    tokio::time::sleep(SETTLE).await;
+    let still_denied = ask("open s3://secrets/key.txt").await;
+    let still_granted = ask("open s3://docs/a.txt").await;
+    assert_eq!(
+        result(&records, &still_granted, wait).await.as_deref(),
+        Some("6")
+    );
+    assert_eq!(
+        result(&records, &still_denied, Duration::from_secs(2)).await,
+        None,
+        "the plugin was widened when its manifest went"
+    );
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("rogue.toml was removed"), "{log}");
+}

@@ -6,7 +6,7 @@ mod s3;
 pub mod sign;
 
 pub use local::LocalBlobs;
-pub use s3::S3Blobs;
+pub use s3::{PART_SIZE, S3Blobs};
 
 use async_trait::async_trait;
 use std::fmt;

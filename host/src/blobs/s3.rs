@@ -173,7 +173,9 @@ impl BlobStore for S3Blobs {
                 Ok((_, owner)) if owner.as_deref() != Some(options.owner) => {
                     return Err(exists(uri));
                 }
-                Ok(_) | Err(BlobError::NotFound(_)) => {}
+                // Without ListBucket a missing object reads as 403: the
+                // condition on the write still decides.
+                Ok(_) | Err(BlobError::NotFound(_)) | Err(BlobError::Denied(_)) => {}
                 Err(err) => return Err(err),
             }
         }

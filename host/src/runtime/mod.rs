@@ -394,7 +394,16 @@ impl Runtime {
         state.log.finish();
         let (outcome, fault) = match result {
             Ok(Ok(outcome)) => (from_wit(outcome), None),
-            Ok(Err(Err(fault))) => (retry_for(&fault), Some(fault)),
+            Ok(Err(Err(fault))) => {
+                // Memories are sized while the instance is made: a refusal
+                // there is the memory limit, not a broken component.
+                let fault = if state.limiter.denied {
+                    Fault::Memory(limits.memory)
+                } else {
+                    fault
+                };
+                (retry_for(&fault), Some(fault))
+            }
             Ok(Err(Ok(trap))) => {
                 let fault = state.fault.take().unwrap_or_else(|| {
                     if state.limiter.denied {

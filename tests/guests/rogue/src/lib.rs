@@ -25,6 +25,13 @@
 //! - `fs PATH`: lists a directory of the host; done with the names, or
 //!   reject with the error
 //! - `connect ADDR`: opens a TCP connection; done if it could, else reject
+//! - `flood BYTES`: writes BYTES newlines to stdout; done
+//! - `long-reason BYTES`: retry with a reason BYTES long, control
+//!   characters in it
+//! - `bad-handle`: reads through a reader handle it never opened (a trap
+//!   raised by the host, not by wasm)
+//! - `writers URI N`: opens N writers under URI without finishing them;
+//!   done with the number opened before the first error, and that error
 
 use bindings::wasq::processor::types::RetryAfter;
 use bindings::wasq::processor::{blobs, config, log, records};
@@ -179,6 +186,39 @@ impl Guest for Rogue {
                 Ok(_) => Outcome::Done(Some(format!("connected to {addr}"))),
                 Err(err) => Outcome::Reject(err.to_string()),
             },
+            ["flood", bytes] => {
+                use std::io::Write;
+                let block = vec![b'\n'; 64 * 1024];
+                let mut left: usize = bytes.parse().unwrap_or(0);
+                let mut out = std::io::stdout();
+                while left > 0 {
+                    let n = left.min(block.len());
+                    let _ = out.write_all(&block[..n]);
+                    left -= n;
+                }
+                Outcome::Done(None)
+            }
+            ["long-reason", bytes] => Outcome::Retry(RetryAfter {
+                reason: "\x1b]0;owned\x07\nFORGED line ".repeat(bytes.parse::<usize>().unwrap_or(0) / 24 + 1),
+                delay_secs: None,
+            }),
+            ["bad-handle"] => {
+                // SAFETY: deliberately wrong; the host must refuse the handle.
+                let reader = unsafe { blobs::Reader::from_handle(999) };
+                let _ = reader.read(1);
+                Outcome::Done(None)
+            }
+            ["writers", uri, n] => {
+                let n: usize = n.parse().unwrap_or(0);
+                let mut held = Vec::new();
+                for i in 0..n {
+                    match blobs::create(&format!("{uri}{i}"), None) {
+                        Ok(writer) => held.push(writer),
+                        Err(err) => return Outcome::Done(Some(format!("{} {err:?}", held.len()))),
+                    }
+                }
+                Outcome::Done(Some(held.len().to_string()))
+            }
             _ => Outcome::Reject(format!("unknown command `{}`", message.body)),
         }
     }
