@@ -313,4 +313,64 @@ mod tests {
         assert!(!already_compressed("notes.txt", Some("text/plain")));
         assert!(!already_compressed("report.pdf", None));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn uri() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "s3://[a-z]{0,5}/?[a-z./\\\x00-\x1f]{0,12}",
+                Just("s3://docs/a.txt".to_string()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// Whatever a sender puts in a job, it is parsed or rejected
+            /// with a reason; a job that parses has every field checked.
+            #[test]
+            fn a_parsed_job_has_every_field_checked(
+                job_id in any::<String>(),
+                files in proptest::collection::vec(uri(), 0..5),
+                output in proptest::option::of(uri()),
+                expires_in in proptest::option::of(any::<u64>()),
+                prefix in proptest::option::of(Just("s3://archives/".to_string())),
+            ) {
+                let mut body = serde_json::json!({"job_id": job_id, "files": files});
+                if let Some(output) = &output { body["output"] = output.clone().into(); }
+                if let Some(secs) = expires_in { body["expires_in"] = secs.into(); }
+                match parse(&body.to_string(), prefix.as_deref()) {
+                    Ok(job) => {
+                        prop_assert!(!job.job_id.trim().is_empty() && job.job_id.len() <= 256);
+                        prop_assert!(!job.job_id.chars().any(char::is_control));
+                        prop_assert!(!job.files.is_empty());
+                        prop_assert!(job.files.iter().all(|f| f.starts_with("s3://")));
+                        prop_assert!(job.output.starts_with("s3://"));
+                        prop_assert!(!job.files.contains(&job.output));
+                        prop_assert!((1..=MAX_EXPIRES_IN).contains(&job.expires_in));
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            /// Entry names are unique and can never climb out of the
+            /// folder an archive is unpacked into.
+            #[test]
+            fn entry_names_are_unique_and_safe(files in proptest::collection::vec(uri(), 1..40)) {
+                let names = entry_names(&files);
+                prop_assert_eq!(names.len(), files.len());
+                let unique: HashSet<&String> = names.iter().collect();
+                prop_assert_eq!(unique.len(), names.len());
+                for name in &names {
+                    prop_assert!(!name.is_empty());
+                    prop_assert!(!name.contains('/') && !name.contains('\\'));
+                    prop_assert!(!name.chars().any(char::is_control));
+                    prop_assert!(name != "." && name != "..");
+                }
+            }
+        }
+    }
 }

@@ -354,4 +354,66 @@ mod tests {
         let unmet = expect.unmet(&Outcome::Reject("nope".into()));
         assert_eq!(unmet.len(), 2);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any file text is parsed or refused with an error; never a
+            /// panic.
+            #[test]
+            fn any_text_is_parsed_or_refused(text in any::<String>()) {
+                let _ = parse(&text, "f");
+            }
+
+            /// Any JSON-ish text too, closer to the shapes the parser
+            /// expects.
+            #[test]
+            fn any_json_shape_is_parsed_or_refused(text in r#"[\[\]{}":,0-9a-zA-Z ]{0,80}"#) {
+                let _ = parse(&text, "f");
+            }
+
+            /// A message in wasq's form comes through as written.
+            #[test]
+            fn a_wasq_fixture_keeps_its_message(
+                id in any::<String>(),
+                body in any::<String>(),
+                count in any::<u32>(),
+                attributes in proptest::collection::btree_map(any::<String>(), any::<String>(), 0..4),
+            ) {
+                let text = serde_json::json!({
+                    "id": id, "body": body, "receive_count": count, "attributes": attributes,
+                }).to_string();
+                let parsed = parse(&text, "f").unwrap();
+                prop_assert_eq!(parsed.len(), 1);
+                let message = &parsed[0].message;
+                prop_assert_eq!(&message.id, &id);
+                prop_assert_eq!(&message.body, &body);
+                prop_assert_eq!(message.receive_count, count.max(1));
+                prop_assert_eq!(message.attributes.clone(), attributes.into_iter().collect::<Vec<_>>());
+            }
+
+            /// A Lambda record keeps its body; counts outside a u32 are
+            /// clamped, never wrapped.
+            #[test]
+            fn a_lambda_record_keeps_its_body_and_a_sane_count(
+                body in any::<String>(),
+                count in any::<u64>(),
+                arn in "[a-z:0-9-]{0,40}",
+            ) {
+                let text = serde_json::json!({"Records": [{
+                    "messageId": "m", "body": body, "eventSourceARN": arn,
+                    "attributes": {"ApproximateReceiveCount": count.to_string()},
+                }]}).to_string();
+                let parsed = parse(&text, "f").unwrap();
+                let message = &parsed[0].message;
+                prop_assert_eq!(&message.body, &body);
+                prop_assert!(message.receive_count >= 1);
+                prop_assert_eq!(u64::from(message.receive_count), count.clamp(1, u64::from(u32::MAX)));
+            }
+        }
+    }
 }
