@@ -127,7 +127,14 @@ pub fn run<S: Store>(store: &S, body: &str, settings: &Settings) -> Result<Summa
     store
         .put_record(RESULTS_TABLE, &job.job_id, &record)
         .map_err(|err| {
-            Failure::Retry(format!("recording the result of `{}`: {err}", job.job_id))
+            let reason = format!("recording the result of `{}`: {err}", job.job_id);
+            // Another job's record, or a value the store refuses, will not
+            // change on a retry.
+            if err.starts_with("denied:") || err.starts_with("invalid:") {
+                Failure::Reject(reason)
+            } else {
+                Failure::Retry(reason)
+            }
         })?;
     Ok(summary)
 }

@@ -78,6 +78,7 @@ async fn throughput(
         data_dir: dir.path().join("data"),
         blobs_root: dir.path().join("blobs"),
         link_base: "http://127.0.0.1:8080".into(),
+        reserve: wasq::blobs::DEFAULT_RESERVE,
     };
     let (_, services) = env.open()?;
     let queues = LocalQueues::open(&env.data_dir)?;

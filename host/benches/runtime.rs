@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         data_dir: scratch.path().join("data"),
         blobs_root: scratch.path().join("blobs"),
         link_base: "http://127.0.0.1:8080".into(),
+        reserve: wasq::blobs::DEFAULT_RESERVE,
     };
     let (_blobs, services) = env.open()?;
 

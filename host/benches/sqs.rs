@@ -229,6 +229,7 @@ async fn dispatch(
         data_dir: dir.path().join("data"),
         blobs_root: dir.path().join("blobs"),
         link_base: "http://127.0.0.1:8080".into(),
+        reserve: wasq::blobs::DEFAULT_RESERVE,
     };
     let (_, services) = env.open()?;
     let metrics = Arc::new(Metrics::default());

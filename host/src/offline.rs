@@ -29,6 +29,8 @@ pub struct LocalEnv {
     pub blobs_root: PathBuf,
     /// Where signed links point: wasq's HTTP server.
     pub link_base: String,
+    /// Free space the local blob store leaves on its disk.
+    pub reserve: u64,
 }
 
 impl LocalEnv {
@@ -38,7 +40,7 @@ impl LocalEnv {
             .with_context(|| format!("opening data directory {}", self.data_dir.display()))?;
         let signer = LinkSigner::for_data_dir(&self.data_dir, &self.link_base)
             .with_context(|| format!("loading the link secret in {}", self.data_dir.display()))?;
-        let blobs = LocalBlobs::new(&self.blobs_root, signer)
+        let blobs = LocalBlobs::with_reserve(&self.blobs_root, signer, self.reserve)
             .with_context(|| format!("opening blob store {}", self.blobs_root.display()))?;
         let records = SqliteRecords::open(&self.data_dir.join("records.db"))?;
         let services = Services {
@@ -147,7 +149,7 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
             Some(_) => unmet += 1,
         }
         if options.json {
-            writeln!(out, "{}", report.to_json())?;
+            writeln!(out, "{}", crate::text::json_line(&report.to_json()))?;
         } else {
             print_human(out, &report)?;
         }

@@ -199,7 +199,13 @@ impl Host {
             if dlq.is_none() {
                 warn!(queue = %spec.queue, "no dead-letter queue: rejected and exhausted messages will be dropped");
             }
-            info!(queue = %spec.queue, plugin = %plugin.name(), source = %plugin.source(), "bound");
+            info!(
+                queue = %spec.queue,
+                plugin = %plugin.name(),
+                source = %plugin.source(),
+                grants = plugin.manifest_origin().unwrap_or("none"),
+                "bound"
+            );
             let slot = PluginSlot::new(plugin);
             watched.push(Watched {
                 wanted: spec.plugin.clone(),

@@ -11,22 +11,47 @@ use std::path::Path;
 
 pub const SECRET_LEN: usize = 32;
 
-/// Creates `dir` (and missing parents) owner-only, whatever the umask, and
-/// checks that an existing one is this user's and that nobody else can
-/// write in it.
+/// Creates `dir` (and missing parents) owner-only, whatever the umask. An
+/// existing one must be this user's and writable by nobody else (who could
+/// swap the files in it); one others can read is made owner-only, with a
+/// warning. For wasq's own directories: the data directory, the compile
+/// cache.
 pub fn private_dir(dir: &Path) -> io::Result<()> {
+    if !create_owner_only(dir)? {
+        check_private(dir, Kind::Dir)?;
+        let mode = fs::metadata(dir)?.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700))?;
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "made the directory owner-only: it holds records, links or secrets"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) owner-only, whatever the umask; an
+/// existing one is left as it is. Returns whether it was made. For
+/// directories the user may name (a blob store's root).
+pub fn own_dir(dir: &Path) -> io::Result<bool> {
+    create_owner_only(dir)
+}
+
+fn create_owner_only(dir: &Path) -> io::Result<bool> {
     match fs::symlink_metadata(dir) {
-        Ok(_) => {}
+        Ok(_) => Ok(false),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            Ok(true)
         }
-        Err(err) => return Err(err),
+        Err(err) => Err(err),
     }
-    check_private(dir, Kind::Dir)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +193,16 @@ mod tests {
             load_or_create(dir.path(), "link-secret").unwrap(),
             [7u8; SECRET_LEN]
         );
+    }
+
+    #[test]
+    fn a_directory_others_can_read_is_made_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("wasq-data");
+        fs::create_dir(&data).unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
     }
 
     #[test]

@@ -4,10 +4,15 @@
 //! The link origin serves bytes a queue sender chose, so every download is
 //! an attachment that no browser renders or sniffs (`Content-Disposition:
 //! attachment`, `nosniff`, a sandboxing `Content-Security-Policy`), and only
-//! the version of the object the link was made for is served. Each
-//! connection must send its request head within a timeout (hyper's
-//! `header_read_timeout`), and connections past a cap are closed at once,
-//! so idle or half-sent requests cannot hold the server.
+//! the version of the object the link was made for is served.
+//!
+//! No client can hold the server: a request head must arrive within a
+//! timeout (hyper's `header_read_timeout`); a connection that moves no byte
+//! either way for a while (a reader that stopped reading) is closed; every
+//! connection has a lifetime, after which it is closed once its request is
+//! answered; and connections past a cap in all, or past a smaller cap from
+//! one address, are closed as they arrive. (Neither hyper nor tower-http
+//! caps connections, so that count is kept here.)
 
 use crate::blobs::sign::{LINK_PREFIX, LinkError};
 use crate::blobs::{BlobError, LocalBlobs};
@@ -40,17 +45,84 @@ pub struct ServeState {
 pub struct Guards {
     /// Connections served at once; more are closed as they arrive.
     pub max_connections: usize,
+    /// Connections from one address at once.
+    pub max_per_address: usize,
     /// How long a client has to send a request head, the first one or the
     /// next on a kept-alive connection.
     pub header_timeout: Duration,
+    /// How long a connection may go without a byte read or written.
+    pub stall_timeout: Duration,
+    /// How long a connection lives; then it is closed once its request in
+    /// progress is answered.
+    pub lifetime: Duration,
 }
 
 impl Default for Guards {
     fn default() -> Self {
         Guards {
             max_connections: 512,
+            max_per_address: 64,
             header_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+            lifetime: Duration::from_secs(600),
         }
+    }
+}
+
+/// A connection's stream, noting when a byte last moved either way.
+struct Watched<S> {
+    inner: S,
+    last: Arc<std::sync::atomic::AtomicU64>,
+    started: tokio::time::Instant,
+}
+
+impl<S> Watched<S> {
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -73,6 +145,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let permits = Arc::new(tokio::sync::Semaphore::new(guards.max_connections));
+    let per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Default::default();
     let connections = tokio_util::task::TaskTracker::new();
     let service = hyper_util::service::TowerToHyperService::new(router);
     loop {
@@ -90,13 +164,24 @@ pub async fn serve(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "too many HTTP connections; closing a new one");
-            drop(stream);
+            continue;
+        };
+        let address = AddressSlot::take(&per_address, peer.ip(), guards.max_per_address);
+        let Some(address) = address else {
+            tracing::debug!(%peer, "too many HTTP connections from one address; closing a new one");
             continue;
         };
         let service = service.clone();
         let stop = stop.clone();
         connections.spawn(async move {
-            let _permit = permit;
+            let (_permit, _address) = (permit, address);
+            let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let started = tokio::time::Instant::now();
+            let stream = Watched {
+                inner: stream,
+                last: last.clone(),
+                started,
+            };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -104,11 +189,32 @@ pub async fn serve(
                 .keep_alive(true);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            let lifetime = tokio::time::sleep(guards.lifetime);
+            tokio::pin!(lifetime);
+            let mut checks =
+                tokio::time::interval(guards.stall_timeout.min(Duration::from_secs(1)));
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    _ = stop.cancelled(), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = &mut lifetime, if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = checks.tick() => {
+                        let idle = started.elapsed().as_millis() as u64
+                            - last.load(std::sync::atomic::Ordering::Relaxed);
+                        // Nothing moved for too long: a client that stopped
+                        // reading (or sending) loses the connection.
+                        if Duration::from_millis(idle) >= guards.stall_timeout {
+                            tracing::debug!(%peer, "closing a stalled HTTP connection");
+                            return;
+                        }
+                    }
                 }
             }
         });
@@ -116,6 +222,43 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// A connection counted against its address's cap until dropped.
+struct AddressSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<AddressSlot> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn readyz(State(state): State<ServeState>) -> Response {

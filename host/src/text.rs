@@ -75,21 +75,11 @@ pub struct OneLine<W>(pub W);
 impl<W: std::io::Write> std::io::Write for OneLine<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let (body, end) = match buf.strip_suffix(b"\n") {
-            Some(body) => (body, &b"\n"[..]),
-            None => (buf, &b""[..]),
+            Some(body) => (body, "\n"),
+            None => (buf, ""),
         };
-        let mut line = Vec::with_capacity(buf.len() + 8);
-        for &byte in body {
-            match byte {
-                b'\n' => line.extend_from_slice(b"\\n"),
-                b'\r' => line.extend_from_slice(b"\\r"),
-                b'\t' => line.push(byte),
-                0..=0x1f | 0x7f => line.extend_from_slice(format!("\\x{byte:02x}").as_bytes()),
-                _ => line.push(byte),
-            }
-        }
-        line.extend_from_slice(end);
-        let _ = self.0.write_all(&line);
+        let line = format!("{}{end}", Escaped(&String::from_utf8_lossy(body)));
+        let _ = self.0.write_all(line.as_bytes());
         Ok(buf.len())
     }
 
@@ -97,6 +87,27 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
         let _ = self.0.flush();
         Ok(())
     }
+}
+
+/// A line of JSON with the characters JSON leaves raw but a terminal acts
+/// on (DEL, C1 controls, bidirectional overrides) written as `\uXXXX`
+/// escapes, which any JSON reader turns back into the same text.
+pub fn json_line(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    if !text.contains(needs_escape) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if needs_escape(c) {
+            // Control characters below 0x20 are already escaped by
+            // serde_json; what is left fits in one UTF-16 unit.
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -126,9 +137,12 @@ mod tests {
     fn a_log_record_stays_one_line() {
         use std::io::Write as _;
         let mut out = OneLine(Vec::new());
-        out.write_all(b"reason=a\nFORGED INFO line\r\x07 end\n")
+        out.write_all("reason=a\nFORGED INFO line\r\x07\x1b]0;t \u{9b}2J end\n".as_bytes())
             .unwrap();
-        assert_eq!(out.0, b"reason=a\\nFORGED INFO line\\r\\x07 end\n");
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "reason=a\\nFORGED INFO line\\r\\u{7}\\u{1b}]0;t \\u{9b}2J end\n"
+        );
         // A writer that fails does not fail the log call.
         struct Broken;
         impl std::io::Write for Broken {
@@ -142,12 +156,41 @@ mod tests {
         assert!(OneLine(Broken).write_all(b"x\n").is_ok());
     }
 
+    #[test]
+    fn json_lines_escape_what_terminals_act_on_and_read_back_the_same() {
+        let value = serde_json::json!({"reason": "a\u{9b}31m\u{7f}\u{202e}b\n"});
+        let line = json_line(&value);
+        assert!(!line.contains(needs_escape), "{line}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&line).unwrap(),
+            value
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn escaped_text_has_no_controls(text in any::<String>()) {
             let escaped = escape(&text);
             prop_assert!(!escaped.contains(needs_escape));
+        }
+
+        #[test]
+        fn a_json_line_reads_back_as_its_value(text in any::<String>()) {
+            let value = serde_json::json!({ "t": text });
+            let line = json_line(&value);
+            prop_assert!(!line.contains(needs_escape));
+            prop_assert_eq!(serde_json::from_str::<serde_json::Value>(&line).unwrap(), value);
+        }
+
+        #[test]
+        fn a_log_record_never_holds_a_control_but_its_end(text in any::<String>()) {
+            use std::io::Write as _;
+            let mut out = OneLine(Vec::new());
+            out.write_all(format!("{text}\n").as_bytes()).unwrap();
+            let line = String::from_utf8(out.0).unwrap();
+            let body = line.strip_suffix('\n').unwrap();
+            prop_assert!(!body.contains(needs_escape));
         }
 
         #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use wasq::blobs::{BlobError, BlobStore, BlobUri, Budget, CreateOptions, S3Blobs};
 use wasq::queue::local::QueueOptions;
 use wasq::queue::{Outgoing, Queue, Redrive, SqsQueues};
-use wasq::records::{DynamoRecords, Records};
+use wasq::records::{DynamoRecords, PutOptions, Records};
 use wasq::runtime::{Limits, Services};
 
 const MB: usize = 1 << 20;
@@ -246,9 +246,36 @@ async fn dynamodb_records_read_back_and_a_missing_table_is_named() {
     let _moto = moto().await;
     let records = records("wasq-records").await;
     assert_eq!(records.get("jobs", "a").await.unwrap(), None);
-    records.put("jobs", "a", "one").await.unwrap();
-    records.put("jobs", "a", "two").await.unwrap();
-    records.put("other", "a", "three").await.unwrap();
+    let mine = PutOptions {
+        owner: "q/m1",
+        overwrite: false,
+    };
+    records.put("jobs", "a", "one", mine).await.unwrap();
+    records.put("jobs", "a", "two", mine).await.unwrap();
+    records.put("other", "a", "three", mine).await.unwrap();
+    // Another message may not replace the record; the same value stands,
+    // and a writer allowed to replace does.
+    let theirs = PutOptions {
+        owner: "q/m2",
+        overwrite: false,
+    };
+    assert!(matches!(
+        records.put("jobs", "a", "stolen", theirs).await,
+        Err(wasq::records::RecordsError::Denied(_))
+    ));
+    records.put("jobs", "a", "two", theirs).await.unwrap();
+    records
+        .put(
+            "jobs",
+            "b",
+            "x",
+            PutOptions {
+                overwrite: true,
+                ..theirs
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(
         records.get("jobs", "a").await.unwrap().as_deref(),
         Some("two")
@@ -257,7 +284,7 @@ async fn dynamodb_records_read_back_and_a_missing_table_is_named() {
         records.get("other", "a").await.unwrap().as_deref(),
         Some("three")
     );
-    assert!(records.put("bad table!", "a", "x").await.is_err());
+    assert!(records.put("bad table!", "a", "x", mine).await.is_err());
 
     let missing = DynamoRecords::connect(&moto_aws(), "no-such-table").await;
     let err = missing.check_table().await.unwrap_err().to_string();

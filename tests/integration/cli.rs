@@ -579,3 +579,45 @@ fn a_secret_others_can_read_is_refused_by_name() {
         "{stderr}"
     );
 }
+
+/// The data directory and what wasq writes in it are owner-only whatever
+/// the umask: records hold links, which are bearer tokens.
+#[test]
+fn the_data_directory_is_owner_only_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let wasq = |args: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "umask 000; exec {} {args}",
+                env!("CARGO_BIN_EXE_wasq")
+            ))
+            .current_dir(scratch.dir.path())
+            .env("WASQ_DATA_DIR", scratch.dir.path().join("data"))
+            .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
+            .env("WASQ_PLUGINS_DIR", scratch.dir.path().join("plugins"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args}: {}", text(&out.stderr));
+    };
+    wasq("queue create jobs");
+    wasq(&format!(
+        "test --manifest {} --blobs blobs {}",
+        fixture("compress.toml"),
+        fixture("job-ok.json")
+    ));
+    let mode = |path: &str| {
+        std::fs::metadata(scratch.dir.path().join(path))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("data"), 0o700);
+    for file in ["data/queues.db", "data/records.db", "data/link-secret"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    assert_eq!(mode("blobs/archives"), 0o700);
+    assert_eq!(mode("blobs/archives/ok.zip"), 0o600);
+}

@@ -12,7 +12,7 @@ use wasq::blobs::sign::LinkSigner;
 use wasq::blobs::{
     BlobError, BlobReader, BlobStore, BlobUri, BlobWriter, Budget, CreateOptions, ObjectInfo,
 };
-use wasq::records::{Records, RecordsError, SqliteRecords};
+use wasq::records::{PutOptions, Records, RecordsError, SqliteRecords};
 use wasq::runtime::{Limits, Outcome, Services};
 
 fn job(id: &str, files: &[&str], output: &str) -> String {
@@ -132,6 +132,24 @@ async fn a_redelivery_finishes_on_its_own_archive_and_another_job_cannot_replace
         other => panic!("{other:?}"),
     }
     assert!(std::fs::read(env.root().join("archives/j.zip")).unwrap() == archive);
+
+    // Nor can it replace the job's record by naming the same job id with
+    // an output of its own.
+    let records = SqliteRecords::open(&env.dir.path().join("data/records.db")).unwrap();
+    let before = records.get("archives", "j").await.unwrap().unwrap();
+    let other_output = message(
+        "m-3",
+        &job("j", &["s3://docs/b.txt"], "s3://archives/mine.zip"),
+    );
+    let (attacked, _) = run(&plugin, &env.services, &other_output).await;
+    match &attacked.outcome {
+        Outcome::Reject(reason) => assert!(
+            reason.contains("recording the result of `j`") && reason.contains("denied"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(records.get("archives", "j").await.unwrap().unwrap(), before);
 }
 
 /// 210 MB of input, under a 64 MiB memory cap: the processor streams and
@@ -218,7 +236,13 @@ struct DownRecords;
 
 #[async_trait]
 impl Records for DownRecords {
-    async fn put(&self, table: &str, _: &str, _: &str) -> Result<(), RecordsError> {
+    async fn put(
+        &self,
+        table: &str,
+        _: &str,
+        _: &str,
+        _: PutOptions<'_>,
+    ) -> Result<(), RecordsError> {
         Err(RecordsError::Unavailable(format!(
             "table `{table}`: database is locked"
         )))

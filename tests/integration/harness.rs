@@ -37,8 +37,9 @@ pub fn compress(limits: Limits, config: BTreeMap<String, String>) -> Plugin {
         .with_grants(Grants::everything())
 }
 
-/// `rogue`, granted every bucket and table, so that the limits and the
-/// store's own checks are what stops it.
+/// `rogue`, granted every bucket and table, and to replace records (its
+/// `seq` command appends to one record from many messages), so that the
+/// limits and the store's own checks are what stops it.
 pub fn rogue(limits: Limits) -> Plugin {
     let wasm = std::fs::read(wasq_test_guests::ROGUE).unwrap();
     RUNTIME
@@ -50,13 +51,15 @@ pub fn rogue(limits: Limits) -> Plugin {
             BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
         )
         .unwrap()
-        .with_grants(Grants::everything())
+        .with_grants(Grants {
+            overwrite_records: true,
+            ..Grants::everything()
+        })
 }
 
 /// A manifest granting every bucket and table, for tests that run `wasq`
 /// on a plugin whose grants are not what they test.
-pub const GRANT_ALL: &str =
-    "[blobs]\nread = [\"s3://\"]\nwrite = [\"s3://\"]\n[records]\ntables = [\"*\"]\n";
+pub const GRANT_ALL: &str = "[blobs]\nread = [\"s3://\"]\nwrite = [\"s3://\"]\n[records]\ntables = [\"*\"]\noverwrite = true\n";
 
 /// Writes `GRANT_ALL` as the manifest of plugin `name` in `plugins`.
 pub fn grant_all(plugins: &Path, name: &str) {
@@ -78,6 +81,7 @@ impl Env {
             data_dir: dir.path().join("data"),
             blobs_root: dir.path().join("blobs"),
             link_base: "http://127.0.0.1:9".into(),
+            reserve: wasq::blobs::DEFAULT_RESERVE,
         };
         let (blobs, services) = env.open().unwrap();
         Env {

@@ -333,3 +333,104 @@ async fn a_plugin_without_grants_touches_nothing_and_the_host_says_what_to_add()
         "{text}"
     );
 }
+
+/// The same, through `wasq run`'s own wiring: a binding whose 64 messages
+/// each hold an instance of four memories (256 memories: the whole pool of
+/// an engine sized as it once was) does not keep the other binding's
+/// message from starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_binding_keeps_the_instances_its_concurrency_needs() {
+    use wasq::cli::BindingArgs;
+    use wasq::run::{Host, HostConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let greedy = dir.path().join("greedy.wasm");
+    std::fs::write(&greedy, memories_component(3, 1, true)).unwrap();
+    let binding = |queue: &str, plugin: &Path, timeout: &str, concurrency: usize| {
+        BindingArgs {
+            queue: Some(queue.into()),
+            plugin: Some(plugin.display().to_string()),
+            max_concurrency: Some(concurrency),
+            timeout: Some(timeout.into()),
+            receive_wait: Some("1s".into()),
+            ..BindingArgs::default()
+        }
+        .spec()
+        .unwrap()
+    };
+    let env = wasq::offline::LocalEnv {
+        data_dir: dir.path().join("data"),
+        blobs_root: dir.path().join("data/blobs"),
+        link_base: "http://127.0.0.1:9".into(),
+        reserve: wasq::blobs::DEFAULT_RESERVE,
+    };
+    let config = HostConfig {
+        env: env.clone(),
+        aws: Default::default(),
+        blobs: Default::default(),
+        records: Default::default(),
+        engine: wasq::runtime::EngineOptions {
+            cache_dir: Some(harness::cache_dir()),
+            ..Default::default()
+        },
+        plugins: Default::default(),
+        listen: None,
+        links_follow_listen: false,
+        grace: Duration::from_secs(1),
+        bindings: vec![
+            binding("local://spin", &greedy, "5s", 64),
+            binding("local://work", Path::new(wasq_test_guests::ROGUE), "5s", 1),
+        ],
+    };
+    let host = Host::start(config).await.unwrap();
+    let queues = host.backends.local_queues().await.unwrap().clone();
+    let send = |queue: &'static str, body: &'static str| {
+        let queues = queues.clone();
+        async move {
+            queues
+                .queue(queue)
+                .await
+                .unwrap()
+                .send(Outgoing {
+                    body: body.into(),
+                    ..Outgoing::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(host.run(stop.clone().cancelled_owned(), None));
+    for _ in 0..64 {
+        send("spin", "x").await;
+    }
+    let spin = queues.queue("spin").await.unwrap();
+    let started = std::time::Instant::now();
+    while spin.stats().await.unwrap().in_flight < 64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the spinners never all started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Received is not yet instantiated: give every spinner time to hold its
+    // instance.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = send("work", "echo").await;
+    let records = wasq::records::SqliteRecords::open(&env.data_dir.join("records.db")).unwrap();
+    let started = std::time::Instant::now();
+    let mut served = None;
+    while started.elapsed() < Duration::from_secs(3) {
+        use wasq::records::Records;
+        served = records.get("results", &format!("work/{id}")).await.unwrap();
+        if served.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(
+        served.is_some(),
+        "the other binding's message did not run while the greedy one spun"
+    );
+}

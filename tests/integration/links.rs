@@ -238,10 +238,22 @@ async fn idle_and_half_sent_connections_cannot_hold_the_server() {
     let env = Env::new();
     let guards = Guards {
         max_connections: 4,
+        max_per_address: 3,
         header_timeout: Duration::from_secs(1),
+        ..Guards::default()
     };
     let (addr, _stop) = server(&env, guards).await;
     let link = put(&env, "s3://archives/ok.zip", "q/m", false, b"ok").await;
+    // Loopback holds a whole /8: other addresses stand for other clients.
+    let connect_from = move |ip: [u8; 4]| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::from((ip, 0)).into())
+            .unwrap();
+        socket.connect(&addr.into()).unwrap();
+        TcpStream::from(socket)
+    };
     tokio::task::spawn_blocking(move || {
         // A request head that never ends is cut off at the timeout.
         let mut half = TcpStream::connect(addr).unwrap();
@@ -250,12 +262,23 @@ async fn idle_and_half_sent_connections_cannot_hold_the_server() {
         let took = closed_within(&mut half, Duration::from_secs(10));
         assert!(took.is_some_and(|t| t < Duration::from_secs(5)), "{took:?}");
 
-        // Four idle connections fill the server; a fifth is closed at once.
-        let mut idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        // Three idle connections from one address are its share; a fourth
+        // from it is closed at once, while another address still gets in.
+        let mut idle: Vec<TcpStream> = (0..3).map(|_| connect_from([127, 0, 0, 1])).collect();
         std::thread::sleep(Duration::from_millis(200));
-        let mut fifth = TcpStream::connect(addr).unwrap();
-        let took = closed_within(&mut fifth, Duration::from_millis(900));
-        assert!(took.is_some(), "a fifth connection was held open");
+        let mut fourth = connect_from([127, 0, 0, 1]);
+        assert!(
+            closed_within(&mut fourth, Duration::from_millis(900)).is_some(),
+            "a fourth connection from one address was held open"
+        );
+        idle.push(connect_from([127, 0, 0, 2]));
+        std::thread::sleep(Duration::from_millis(200));
+        // Four in all fill the server: a fifth is closed at once.
+        let mut fifth = connect_from([127, 0, 0, 3]);
+        assert!(
+            closed_within(&mut fifth, Duration::from_millis(900)).is_some(),
+            "a fifth connection was held open"
+        );
         // The idle ones are closed at the header timeout, and the server
         // serves again.
         for stream in &mut idle {
@@ -266,4 +289,139 @@ async fn idle_and_half_sent_connections_cannot_hold_the_server() {
     })
     .await
     .unwrap();
+}
+
+/// A link holder who asks for a large archive and never reads it, or a
+/// client that keeps one connection alive with a request every few
+/// seconds, once held a connection for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_and_endless_keep_alive_lose_their_connection() {
+    let env = Env::new();
+    let guards = Guards {
+        stall_timeout: Duration::from_secs(1),
+        lifetime: Duration::from_secs(2),
+        ..Guards::default()
+    };
+    let (addr, _stop) = server(&env, guards).await;
+    let link = put(
+        &env,
+        "s3://archives/big.zip",
+        "q/m",
+        false,
+        &vec![7u8; 64 << 20],
+    )
+    .await;
+    tokio::task::spawn_blocking(move || {
+        let path = link.strip_prefix("http://127.0.0.1:9").unwrap().to_string();
+        let mut stalled = TcpStream::connect(addr).unwrap();
+        stalled
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        // Never read: the server's send buffer fills and nothing moves.
+        std::thread::sleep(Duration::from_secs(3));
+        let mut drained = 0usize;
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match stalled.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        assert!(
+            drained < 64 << 20,
+            "the stalled reader got the whole object"
+        );
+
+        let mut alive = TcpStream::connect(addr).unwrap();
+        alive
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = Instant::now();
+        let mut served = 0;
+        loop {
+            if alive
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .is_err()
+            {
+                break;
+            }
+            let mut answer = [0u8; 512];
+            match alive.read(&mut answer) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => served += 1,
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "the keep-alive connection outlived its lifetime"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(served >= 2, "{served}");
+    })
+    .await
+    .unwrap();
+}
+
+/// Swapping a directory for a symlink while links are being served once
+/// served files from outside the store (184 of 4,000 requests): the swap
+/// runs in a loop here, against many requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_symlink_under_load_never_leaks() {
+    let env = Env::new();
+    let (addr, _stop) = server(&env, Guards::default()).await;
+    let link = put(&env, "s3://archives/d/a.zip", "q/m", false, b"inside").await;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("a.zip"), b"outside").unwrap();
+    let dir = env.root().join("archives/d");
+    let real = env.root().join("archives/real");
+    let swapping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let swapper = {
+        let (dir, real, outside, swapping) = (
+            dir.clone(),
+            real.clone(),
+            outside.path().to_path_buf(),
+            swapping.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut swaps = 0;
+            while swapping.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::rename(&dir, &real).unwrap();
+                std::os::unix::fs::symlink(&outside, &dir).unwrap();
+                std::thread::yield_now();
+                std::fs::remove_file(&dir).unwrap();
+                std::fs::rename(&real, &dir).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (served, leaked) = tokio::task::spawn_blocking(move || {
+        let (mut served, mut leaked) = (0, 0);
+        for _ in 0..2_000 {
+            let answer = get(addr, &link, &[]);
+            if answer.status == 200 {
+                served += 1;
+            }
+            if answer.body.windows(7).any(|w| w == b"outside") {
+                leaked += 1;
+            }
+        }
+        (served, leaked)
+    })
+    .await
+    .unwrap();
+    swapping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert_eq!(
+        leaked, 0,
+        "{leaked} of 2000 answers came from outside the store"
+    );
+    assert!(
+        swaps > 100,
+        "only {swaps} swaps: the race was not exercised"
+    );
+    assert!(served > 0, "nothing was served between swaps");
 }

@@ -32,6 +32,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const TEMP_DIR: &str = ".wasq-tmp";
 /// The extended attribute naming the message that wrote an object.
 const OWNER_XATTR: &str = "user.wasq.owner";
+/// How old an unlocked temp file must be before the start-up sweep
+/// removes it.
+const ORPHAN_AGE: Duration = Duration::from_secs(60);
 /// Free space a write must leave by default.
 pub const DEFAULT_RESERVE: u64 = 512 << 20;
 
@@ -76,7 +79,7 @@ impl LocalBlobs {
 
     /// As [`LocalBlobs::new`], keeping `reserve` bytes free on the disk.
     pub fn with_reserve(root: &Path, signer: LinkSigner, reserve: u64) -> io::Result<Self> {
-        crate::secret::private_dir(root)?;
+        crate::secret::own_dir(root)?;
         crate::secret::private_dir(&root.join(TEMP_DIR))?;
         let root_path = root.canonicalize()?;
         let open_dir = |path: &Path| -> io::Result<OwnedFd> {
@@ -112,6 +115,8 @@ impl LocalBlobs {
 
     /// Removes temp files no writer holds: each writer holds a lock on its
     /// own, so a file nobody has locked was left by a process that died.
+    /// Files younger than a minute are left alone, since a writer in
+    /// another process may be between creating its file and locking it.
     fn sweep_orphans(&self) {
         let Ok(entries) = std::fs::read_dir(self.inner.root_path.join(TEMP_DIR)) else {
             return;
@@ -127,7 +132,14 @@ impl LocalBlobs {
             ) else {
                 continue;
             };
-            if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok()
+            let young = rustix::fs::fstat(&fd).is_ok_and(|st| {
+                let modified = UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+                SystemTime::now()
+                    .duration_since(modified)
+                    .is_ok_and(|age| age < ORPHAN_AGE)
+            });
+            if !young
+                && rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok()
                 && rustix::fs::unlinkat(&self.inner.temp, name.as_os_str(), AtFlags::empty())
                     .is_ok()
             {
@@ -211,20 +223,30 @@ impl LocalBlobs {
         String::from_utf8(value[..len].to_vec()).ok()
     }
 
-    /// Whether an existing object may be replaced by `owner`: when replacing
-    /// is granted, or when `owner` wrote it (its own output, met again on a
-    /// redelivery). Otherwise `denied`, naming the object.
-    fn check_existing(
-        uri: &BlobUri,
-        existing: &Opened,
-        options: &CreateOptions<'_>,
-    ) -> Result<(), BlobError> {
-        if options.overwrite
-            || LocalBlobs::owner_of(&existing.file).as_deref() == Some(options.owner)
-        {
-            Ok(())
-        } else {
-            Err(exists(uri))
+    /// Whether an object already at the URI is this writer's to finish on:
+    /// its owner wrote it (its own output, met again on a redelivery), or
+    /// it holds exactly the bytes just written (nothing would change, and
+    /// that holds where the filesystem keeps no owner, and for a job run
+    /// again under a new message id). Otherwise `denied`, naming it.
+    fn is_own(existing: &Opened, owner: &str, written: &mut File) -> io::Result<bool> {
+        if LocalBlobs::owner_of(&existing.file).as_deref() == Some(owner) {
+            return Ok(true);
+        }
+        let written_len = written.metadata()?.len();
+        if written_len != existing.info.size {
+            return Ok(false);
+        }
+        let mut existing_file = existing.file.try_clone()?;
+        let (mut a, mut b) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        loop {
+            let n = read_full(written, &mut a)?;
+            let m = read_full(&mut existing_file, &mut b)?;
+            if n != m || a[..n] != b[..m] {
+                return Ok(false);
+            }
+            if n == 0 {
+                return Ok(true);
+            }
         }
     }
 
@@ -254,6 +276,20 @@ impl LocalBlobs {
         }
         Ok(dir.expect("a bucket at least"))
     }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
 }
 
 /// The error for an object that exists and may not be replaced.
@@ -340,13 +376,8 @@ impl BlobStore for LocalBlobs {
         uri: &BlobUri,
         options: CreateOptions<'_>,
     ) -> Result<Box<dyn BlobWriter>, BlobError> {
-        // An object that may not be replaced is refused before the
-        // processor spends its time writing; `finish` checks again.
-        match self.open_object(uri) {
-            Ok(existing) => LocalBlobs::check_existing(uri, &existing, &options)?,
-            Err(BlobError::NotFound(_)) => {}
-            Err(err) => return Err(err),
-        }
+        // Whether an object already there may be replaced is decided when
+        // the writer finishes, by the rename and by what it wrote.
         let mut suffix = [0u8; 12];
         getrandom::fill(&mut suffix)
             .map_err(|err| BlobError::Unavailable(format!("`{uri}`: {err}")))?;
@@ -557,18 +588,22 @@ impl BlobWriter for LocalWriter {
                     Ok(info_of(&this.uri, &stat).0)
                 }
                 Err(Errno::EXIST) => {
-                    // Someone's object is there: this message's own, from an
-                    // earlier delivery, is its output; anyone else's is not
-                    // to be replaced.
+                    // Someone's object is there: this message's own (or the
+                    // very bytes it wrote) is its output; anything else is
+                    // not to be replaced.
                     let existing = this.store.open_object(&this.uri)?;
-                    let options = CreateOptions {
-                        content_type: None,
-                        overwrite: false,
-                        owner: &this.owner,
-                        budget: &Budget::new(0),
-                    };
-                    LocalBlobs::check_existing(&this.uri, &existing, &options)?;
-                    tracing::info!(uri = %this.uri, "the object is this message's output from an earlier delivery; keeping it");
+                    let mut written = rustix::fs::openat(
+                        &this.store.inner.temp,
+                        this.temp.name.as_str(),
+                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map(File::from)
+                    .map_err(|err| fail(err.into()))?;
+                    if !LocalBlobs::is_own(&existing, &this.owner, &mut written).map_err(fail)? {
+                        return Err(exists(&this.uri));
+                    }
+                    tracing::debug!(uri = %this.uri, "the object is already this output; keeping it");
                     Ok(existing.info)
                 }
                 Err(err) => Err(fail(err.into())),
@@ -776,9 +811,17 @@ mod tests {
         );
         assert_eq!(read_all(&blobs, &target).await, b"victim");
 
-        // The same message again (a redelivery): its own output stands.
-        let again = put(&blobs, &target, "jobs/m1", b"victim").await.unwrap();
+        // The same message again (a redelivery): its own output stands,
+        // whatever it wrote this time.
+        let again = put(&blobs, &target, "jobs/m1", b"victim, again")
+            .await
+            .unwrap();
         assert_eq!(again.etag, first.etag);
+        // Another message that wrote exactly the same bytes (the same job
+        // redriven under a new id) changes nothing, so it finishes too.
+        let same = put(&blobs, &target, "jobs/m9", b"victim").await.unwrap();
+        assert_eq!(same.etag, first.etag);
+        assert_eq!(read_all(&blobs, &target).await, b"victim");
 
         // Both writers racing past the early check: the rename decides.
         let budget = budget();
@@ -843,7 +886,17 @@ mod tests {
     async fn orphaned_parts_are_swept_at_start_and_live_ones_kept() {
         let (dir, blobs) = store();
         let root = dir.path().join("blobs");
-        fs::write(root.join(TEMP_DIR).join("dead.part"), vec![0u8; 4096]).unwrap();
+        let dead = root.join(TEMP_DIR).join("dead.part");
+        fs::write(&dead, vec![0u8; 4096]).unwrap();
+        let young = root.join(TEMP_DIR).join("young.part");
+        fs::write(&young, vec![0u8; 16]).unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&dead)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
         let budget = budget();
         let mut live = blobs
             .create(&uri("s3://docs/live"), options("q/1", &budget))
@@ -856,8 +909,10 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
-        assert_ne!(names[0], "dead.part");
+        // The dead one went; the live writer's and the one too young to
+        // judge stayed.
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(!dead.exists() && young.exists());
         live.finish().await.unwrap();
         assert_eq!(
             read_all(&blobs, &uri("s3://docs/live")).await,

@@ -5,7 +5,7 @@ mod local;
 mod s3;
 pub mod sign;
 
-pub use local::LocalBlobs;
+pub use local::{DEFAULT_RESERVE, LocalBlobs};
 pub use s3::{PART_SIZE, S3Blobs};
 
 use async_trait::async_trait;

@@ -97,7 +97,7 @@ impl S3Blobs {
     async fn own_existing(&self, uri: &BlobUri, owner: &str) -> Result<ObjectInfo, BlobError> {
         match self.head(uri).await? {
             (info, Some(found)) if found == owner => {
-                tracing::info!(%uri, "the object is this message's output from an earlier delivery; keeping it");
+                tracing::debug!(%uri, "the object is this message's output from an earlier delivery; keeping it");
                 Ok(info)
             }
             _ => Err(exists(uri)),
@@ -348,11 +348,17 @@ impl S3Writer {
 impl BlobWriter for S3Writer {
     async fn write(&mut self, chunk: Vec<u8>) -> Result<(), BlobError> {
         self.size += chunk.len() as u64;
-        self.buffer.extend_from_slice(&chunk);
-        while self.buffer.len() >= PART_SIZE {
-            let rest = self.buffer.split_off(PART_SIZE);
-            self.flush_part().await?;
-            self.buffer = rest;
+        // The buffer never holds more than one part, however large the
+        // chunk: it is taken a part's worth at a time.
+        let mut rest = chunk.as_slice();
+        while !rest.is_empty() {
+            let room = PART_SIZE - self.buffer.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.buffer.extend_from_slice(now);
+            rest = later;
+            if self.buffer.len() == PART_SIZE {
+                self.flush_part().await?;
+            }
         }
         Ok(())
     }

@@ -24,14 +24,19 @@ pub struct DemoArgs {
 }
 
 const QUEUE: &str = "demo-jobs";
-/// What the demo lets `compress` touch, as a manifest says it.
+/// What the demo lets `compress` touch, as a manifest says it. The demo
+/// runs the same jobs each time it is run, so it lets them replace their
+/// own archives and results from the last run; a real deployment leaves
+/// `overwrite` off, so no job can replace another's.
 const DEMO_GRANTS: &str = r#"
 [blobs]
 read = ["s3://docs/"]
 write = ["s3://archives/"]
+overwrite = true
 
 [records]
 tables = ["archives"]
+overwrite = true
 "#;
 const DLQ: &str = "demo-jobs-dlq";
 
@@ -78,10 +83,22 @@ fn jobs() -> Vec<(&'static str, String)> {
 
 pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     let env = global.env(None);
+    // The data directory first, owner-only, then the samples inside it.
+    crate::secret::private_dir(&env.data_dir)
+        .with_context(|| format!("opening data directory {}", env.data_dir.display()))?;
     let docs = env.blobs_root.join("docs");
-    std::fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;
+    crate::secret::own_dir(&docs).with_context(|| format!("creating {}", docs.display()))?;
     for (name, bytes) in SAMPLES {
-        std::fs::write(docs.join(name), bytes).with_context(|| format!("seeding {name}"))?;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(docs.join(name))
+            .and_then(|mut file| file.write_all(bytes))
+            .with_context(|| format!("seeding {name}"))?;
     }
     println!(
         "1. seeded {} sample documents into {}",
@@ -102,15 +119,6 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     let manifest: Manifest = toml::from_str(DEMO_GRANTS).expect("the demo's grants parse");
     let mut plugins = PluginSources::in_dir(global.plugins_dir());
     plugins.manifests.insert("compress".into(), manifest);
-    // A rerun writes the same archives: clear the last run's first, since
-    // an archive another message wrote is never replaced.
-    for (job_id, _) in jobs() {
-        let _ = std::fs::remove_file(
-            env.blobs_root
-                .join("archives")
-                .join(format!("{job_id}.zip")),
-        );
-    }
     let config = HostConfig {
         env: env.clone(),
         aws: Default::default(),
@@ -212,7 +220,11 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
                         .iter()
                         .find(|(name, _)| name == crate::dispatch::REASON_ATTRIBUTE)
                         .map_or("(no reason)", |(_, value)| value.as_str());
-                    println!("   {}: {reason}", letter.id);
+                    println!(
+                        "   {}: {}",
+                        crate::text::Escaped(&letter.id),
+                        crate::text::Escaped(reason)
+                    );
                 }
             }
             Err(err) => println!("5. could not list dead letters: {err}"),

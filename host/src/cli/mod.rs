@@ -6,6 +6,8 @@ mod demo;
 mod plugins;
 mod run;
 
+pub use run::BindingArgs;
+
 use crate::aws::AwsOptions;
 use crate::offline::{self, LocalEnv, TestOptions};
 use crate::runtime::plugins::PluginSources;
@@ -64,6 +66,10 @@ pub struct GlobalArgs {
     /// S3-compatible servers need.
     #[arg(long, global = true, env = "WASQ_S3_PATH_STYLE")]
     pub s3_path_style: bool,
+    /// Free space the local blob store leaves on its disk: a write that
+    /// would eat into it is refused as `unavailable` (a retry).
+    #[arg(long, global = true, env = "WASQ_BLOB_RESERVE", default_value = "512MiB", value_parser = parse_size)]
+    pub blob_reserve: u64,
     /// The address local signed links point at: wasq's HTTP server as
     /// clients reach it (default: the address `--listen` bound).
     #[arg(long, global = true, env = "WASQ_LINK_BASE")]
@@ -127,6 +133,10 @@ pub struct TestArgs {
     pub fixtures: Vec<PathBuf>,
 }
 
+fn parse_size(text: &str) -> Result<u64, String> {
+    runtime::limits::parse_bytes(text)
+}
+
 pub(crate) fn parse_config(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     pairs
         .iter()
@@ -161,6 +171,7 @@ impl GlobalArgs {
         LocalEnv {
             blobs_root: blobs.unwrap_or_else(|| self.data_dir.join("blobs")),
             data_dir: self.data_dir.clone(),
+            reserve: self.blob_reserve,
             link_base: self
                 .link_base
                 .clone()

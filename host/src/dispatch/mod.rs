@@ -10,6 +10,7 @@ pub use backoff::Backoff;
 pub use metrics::{BindingMetrics, Metrics};
 
 use crate::queue::{MAX_ATTRIBUTES, Outgoing, Queue, QueueError, Received, SOURCE_ATTRIBUTE};
+use crate::records::{PutOptions, RecordsError};
 use crate::runtime::{LogSink, Message, Outcome, Plugin, PluginSlot, Runtime, Services};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -486,18 +487,29 @@ impl BindingState {
             Outcome::Done(result) => {
                 if let Some(result) = result {
                     let key = format!("{}/{}", self.binding.queue.name(), received.id);
-                    if let Err(err) = self
+                    match self
                         .services
                         .records
-                        .put(RESULTS_TABLE, &key, &result)
+                        .put(RESULTS_TABLE, &key, &result, PutOptions::HOST)
                         .await
                     {
+                        Ok(()) => {}
+                        // Too large (or otherwise refused): running again
+                        // would give the same result. Dead-letter it now.
+                        Err(err @ (RecordsError::Invalid(_) | RecordsError::Denied(_))) => {
+                            let reason = format!("the result cannot be recorded: {err}");
+                            self.metrics.rejected.inc();
+                            self.dead_letter(received, plugin, &reason).await;
+                            return false;
+                        }
                         // The work is done but its result would be lost
                         // with the message: keep the message, and run it
                         // again once the records store is back.
-                        let reason = format!("could not record the result: {err}");
-                        self.retry(received, plugin, reason, None).await;
-                        return false;
+                        Err(err) => {
+                            let reason = format!("could not record the result: {err}");
+                            self.retry(received, plugin, reason, None).await;
+                            return false;
+                        }
                     }
                 }
                 debug!("done");
@@ -591,11 +603,19 @@ impl BindingState {
             group_id: received.group_id.clone(),
             dedup_id: received.group_id.as_ref().map(|_| received.id.clone()),
         };
-        if !fit_dead_letter(&mut letter, crate::queue::MAX_BODY) {
-            warn!(
+        if !fit_dead_letter(&mut letter, dlq.max_message_size()) {
+            // Its body alone is larger than the dead-letter queue takes: no
+            // send could ever succeed, so retrying would only loop. Keep
+            // the message where it is, hidden for the longest backoff, and
+            // say so; the operator decides (a larger DLQ limit, or a purge).
+            error!(
                 size = crate::queue::message_size(&letter),
-                "the dead letter does not fit the dead-letter queue's size limit even without its attributes"
+                limit = dlq.max_message_size(),
+                "the message is larger than its dead-letter queue takes; it stays in its queue"
             );
+            self.change_visibility(&[(received.receipt.clone(), self.config().backoff.cap)])
+                .await;
+            return;
         }
         match dlq.send(letter).await {
             Ok(_) => {

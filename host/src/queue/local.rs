@@ -97,8 +97,8 @@ impl LocalQueues {
     /// Opens (creating if needed) `DATA_DIR/queues.db`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        crate::secret::private_dir(data_dir)
+            .with_context(|| format!("opening data directory {}", data_dir.display()))?;
         let path = data_dir.join("queues.db");
         // Every commit survives a crash of the process (WAL, synchronous
         // NORMAL). Sends are also synced to disk before they return (see

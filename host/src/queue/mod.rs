@@ -105,6 +105,12 @@ pub trait Queue: Send + Sync + 'static {
     /// The queue's name.
     fn name(&self) -> &str;
 
+    /// The largest message it takes, body and attributes together (SQS:
+    /// the queue's `MaximumMessageSize`).
+    fn max_message_size(&self) -> usize {
+        MAX_BODY
+    }
+
     /// Up to `max` messages (1–10), waiting up to `wait` for the first one to
     /// arrive, or until `cancel` fires. Each is hidden from other receivers
     /// for `visibility`. Messages taken are always returned, even when

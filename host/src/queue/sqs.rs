@@ -170,11 +170,16 @@ impl SqsQueues {
             .get(&QueueAttributeName::FifoQueue)
             .is_some_and(|v| v == "true")
             || name.ends_with(".fifo");
+        let max_message_size = attributes
+            .get(&QueueAttributeName::MaximumMessageSize)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(super::MAX_BODY);
         Ok(SqsQueue {
             client: self.client.clone(),
             url,
             name,
             fifo,
+            max_message_size,
         })
     }
 
@@ -409,6 +414,8 @@ pub struct SqsQueue {
     url: String,
     name: String,
     fifo: bool,
+    /// The queue's own `MaximumMessageSize`, body and attributes together.
+    max_message_size: usize,
 }
 
 impl SqsQueue {
@@ -554,6 +561,10 @@ fn secs_up(duration: Duration) -> i32 {
 impl Queue for SqsQueue {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.max_message_size
     }
 
     async fn receive(

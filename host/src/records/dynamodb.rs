@@ -3,7 +3,7 @@
 //! consistent, so a producer that reads right after a processor wrote sees
 //! the write.
 
-use super::{Records, RecordsError, check};
+use super::{PutOptions, Records, RecordsError, check, taken};
 use crate::aws::{AwsOptions, Failure, classify};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -99,23 +99,52 @@ impl DynamoRecords {
 
 #[async_trait]
 impl Records for DynamoRecords {
-    async fn put(&self, table: &str, key: &str, value: &str) -> Result<(), RecordsError> {
+    async fn put(
+        &self,
+        table: &str,
+        key: &str,
+        value: &str,
+        options: PutOptions<'_>,
+    ) -> Result<(), RecordsError> {
         check(table, key, Some(value))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        self.client
+        let mut put = self
+            .client
             .put_item()
             .table_name(&self.table)
             .item("tbl", AttributeValue::S(table.to_string()))
             .item("key", AttributeValue::S(key.to_string()))
             .item("value", AttributeValue::S(value.to_string()))
-            .item("updated_ms", AttributeValue::N(now.to_string()))
-            .send()
-            .await
-            .map_err(|err| self.failure(format!("putting `{key}` in table `{table}`"), &err))?;
-        Ok(())
+            .item("owner", AttributeValue::S(options.owner.to_string()))
+            .item("updated_ms", AttributeValue::N(now.to_string()));
+        if !options.overwrite {
+            put = put
+                .condition_expression(
+                    "attribute_not_exists(#tbl) OR #owner = :owner OR #value = :value",
+                )
+                .expression_attribute_names("#tbl", "tbl")
+                .expression_attribute_names("#owner", "owner")
+                .expression_attribute_names("#value", "value")
+                .expression_attribute_values(":owner", AttributeValue::S(options.owner.to_string()))
+                .expression_attribute_values(":value", AttributeValue::S(value.to_string()));
+        }
+        match put.send().await {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(taken(table, key))
+            }
+            Err(err) => Err(self.failure(
+                format!("putting `{}` in table `{table}`", crate::text::escape(key)),
+                &err,
+            )),
+        }
     }
 
     async fn get(&self, table: &str, key: &str) -> Result<Option<String>, RecordsError> {

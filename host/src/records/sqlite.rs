@@ -1,6 +1,6 @@
 //! Records in a SQLite database in the data directory.
 
-use super::{Records, RecordsError, check};
+use super::{PutOptions, Records, RecordsError, check, taken};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -24,10 +24,33 @@ impl SqliteRecords {
                 key TEXT NOT NULL,
                 value TEXT NOT NULL,
                 updated_ms INTEGER NOT NULL,
+                owner TEXT,
                 PRIMARY KEY (tbl, key)
             ) WITHOUT ROWID;",
         )
         .with_context(|| format!("creating the records table in {}", path.display()))?;
+        // Records made before writers were recorded have no owner: only
+        // their own value, or a writer allowed to replace, may go over them.
+        let has_owner: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('records') WHERE name = 'owner')",
+                [],
+                |row| row.get(0),
+            )
+            .with_context(|| format!("reading the records table in {}", path.display()))?;
+        if !has_owner {
+            match conn.execute_batch("ALTER TABLE records ADD COLUMN owner TEXT") {
+                Ok(()) => {}
+                // Another process sharing the data directory upgraded it
+                // first.
+                Err(err) if err.to_string().contains("duplicate column name") => {}
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!("upgrading the records table in {}", path.display())
+                    });
+                }
+            }
+        }
         Ok(SqliteRecords {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -53,22 +76,37 @@ impl SqliteRecords {
 
 #[async_trait]
 impl Records for SqliteRecords {
-    async fn put(&self, table: &str, key: &str, value: &str) -> Result<(), RecordsError> {
+    async fn put(
+        &self,
+        table: &str,
+        key: &str,
+        value: &str,
+        options: PutOptions<'_>,
+    ) -> Result<(), RecordsError> {
         check(table, key, Some(value))?;
         let (table, key, value) = (table.to_string(), key.to_string(), value.to_string());
+        let (owner, overwrite) = (options.owner.to_string(), options.overwrite);
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as i64;
-        self.with_conn(format!("writing `{key}` to table `{table}`"), move |conn| {
-            conn.execute(
-                "INSERT INTO records (tbl, key, value, updated_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
-                params![table, key, value, now_ms],
-            )
-            .map(drop)
-        })
-        .await
+        let what = format!("writing `{}` to table `{table}`", crate::text::escape(&key));
+        let (t, k) = (table.clone(), key.clone());
+        let written = self
+            .with_conn(what, move |conn| {
+                conn.execute(
+                    "INSERT INTO records (tbl, key, value, updated_ms, owner) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (tbl, key) DO UPDATE
+                     SET value = excluded.value, updated_ms = excluded.updated_ms, owner = excluded.owner
+                     WHERE ?6 OR records.owner IS excluded.owner OR records.value = excluded.value",
+                    params![t, k, value, now_ms, owner, overwrite],
+                )
+            })
+            .await?;
+        if written == 0 {
+            return Err(taken(&table, &key));
+        }
+        Ok(())
     }
 
     async fn get(&self, table: &str, key: &str) -> Result<Option<String>, RecordsError> {
@@ -93,14 +131,23 @@ impl Records for SqliteRecords {
 mod tests {
     use super::*;
 
+    const M1: PutOptions = PutOptions {
+        owner: "q/m1",
+        overwrite: false,
+    };
+    const M2: PutOptions = PutOptions {
+        owner: "q/m2",
+        overwrite: false,
+    };
+
     #[tokio::test]
     async fn put_replaces_and_get_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let records = SqliteRecords::open(&dir.path().join("records.db")).unwrap();
         assert_eq!(records.get("archives", "j-1").await.unwrap(), None);
-        records.put("archives", "j-1", "first").await.unwrap();
-        records.put("archives", "j-1", "second").await.unwrap();
-        records.put("other", "j-1", "elsewhere").await.unwrap();
+        records.put("archives", "j-1", "first", M1).await.unwrap();
+        records.put("archives", "j-1", "second", M1).await.unwrap();
+        records.put("other", "j-1", "elsewhere", M1).await.unwrap();
         assert_eq!(
             records.get("archives", "j-1").await.unwrap().as_deref(),
             Some("second")
@@ -127,11 +174,42 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    records.put(table, key, value).await,
+                    records.put(table, key, value, M1).await,
                     Err(RecordsError::Invalid(_))
                 ),
                 "{table:?} {key:?}"
             );
         }
+    }
+
+    /// A job once replaced another job's result record: the job id, and so
+    /// the key, is the sender's to choose.
+    #[tokio::test]
+    async fn another_writers_record_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = SqliteRecords::open(&dir.path().join("records.db")).unwrap();
+        records.put("archives", "j", "victim", M1).await.unwrap();
+        let err = records
+            .put("archives", "j", "attacker", M2)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RecordsError::Denied(m) if m.contains("`j` in table `archives`")),
+            "{err:?}"
+        );
+        // The same value from another writer changes nothing, so it stands.
+        records.put("archives", "j", "victim", M2).await.unwrap();
+        let granted = PutOptions {
+            overwrite: true,
+            ..M2
+        };
+        records
+            .put("archives", "j", "replaced", granted)
+            .await
+            .unwrap();
+        assert_eq!(
+            records.get("archives", "j").await.unwrap().as_deref(),
+            Some("replaced")
+        );
     }
 }

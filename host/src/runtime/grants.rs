@@ -94,6 +94,9 @@ pub struct Grants {
     /// Whether an object that already exists may be replaced. Off by
     /// default: a job cannot clobber another job's output (or its inputs).
     pub overwrite: bool,
+    /// Whether a record another message wrote may be replaced. Off by
+    /// default, for the same reason.
+    pub overwrite_records: bool,
 }
 
 /// No grants: the plugin may touch nothing.
@@ -104,6 +107,7 @@ impl Default for Grants {
             write: Vec::new(),
             tables: Tables::Only(Vec::new()),
             overwrite: false,
+            overwrite_records: false,
         }
     }
 }
@@ -140,6 +144,7 @@ impl Grants {
             write: parse(write, "write")?,
             tables,
             overwrite,
+            overwrite_records: false,
         })
     }
 
@@ -150,6 +155,7 @@ impl Grants {
             write: vec![Prefix::Everything],
             tables: Tables::Every,
             overwrite: false,
+            overwrite_records: false,
         }
     }
 

@@ -152,6 +152,9 @@ pub struct RecordsSection {
     /// Tables it may read and write; `["*"]` for every table.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// Whether it may replace records another message wrote (default: no).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 impl PluginCode {
@@ -165,6 +168,10 @@ impl PluginCode {
                 &manifest.records.tables,
                 manifest.blobs.overwrite,
             )
+            .map(|grants| Grants {
+                overwrite_records: manifest.records.overwrite,
+                ..grants
+            })
             .with_context(|| {
                 format!(
                     "plugin `{}`: manifest {}",

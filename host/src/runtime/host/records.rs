@@ -14,10 +14,14 @@ impl wit::Host for HostState {
         if let Err(denied) = self.grants.check_table(&table) {
             return Ok(Err(denied));
         }
+        let options = crate::records::PutOptions {
+            owner: &self.owner,
+            overwrite: self.grants.overwrite_records,
+        };
         Ok(self
             .services
             .records
-            .put(&table, &key, &value)
+            .put(&table, &key, &value, options)
             .await
             .map_err(|err| err.to_string()))
     }
