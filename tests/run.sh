@@ -41,6 +41,18 @@ done
     exit 1
 }
 export WASQ_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
+
+# An S3 API that checks signatures, presigned links included: SeaweedFS,
+# from PyPI, on free loopback ports, with an identity of its own.
+weed_dir=$(mktemp -d)
+read -r WASQ_TEST_S3_ENDPOINT WASQ_TEST_S3_ACCESS_KEY WASQ_TEST_S3_SECRET_KEY weed_pid \
+    < <("$venv/bin/python" tests/seaweedfs.py "$venv/bin/weed" "$weed_dir") || {
+    echo "SeaweedFS did not start:" >&2
+    cat "$weed_dir/weed.log" >&2
+    exit 1
+}
+trap 'kill "$moto_pid" 2>/dev/null; kill -- -"$weed_pid" 2>/dev/null; rm -rf "$log" "$moto_log" "$weed_dir"' EXIT
+export WASQ_TEST_S3_ENDPOINT WASQ_TEST_S3_ACCESS_KEY WASQ_TEST_S3_SECRET_KEY
 export WASQ_TEST_PYTHON="$venv/bin/python"
 # Credentials and region for moto only; nothing here reaches AWS.
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing

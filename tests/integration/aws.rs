@@ -1,21 +1,18 @@
 //! The AWS backends against a real SQS/S3/DynamoDB API (moto on loopback,
-//! started by `tests/run.sh`): S3 streaming, multipart uploads and their
-//! aborts, presigned links fetched with a plain HTTP client, DynamoDB
-//! records, an independent producer (boto3), two hosts on one queue, and
-//! an endpoint outage in the middle of a run.
+//! started by `tests/run.sh`): DynamoDB records, an independent producer
+//! (boto3), two hosts on one queue, an endpoint outage in the middle of a
+//! run, and the buffer budget of S3 writers. (The S3 blob store's own
+//! tests, on moto and on a signature-checking server, are in `s3.rs`.)
 
-use crate::cli::http_get;
-use crate::harness::{self, moto, moto_aws, noise};
+use crate::harness::{self, moto, moto_aws};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use wasq::blobs::{BlobError, BlobStore, BlobUri, Budget, CreateOptions, S3Blobs};
+use wasq::blobs::{BlobUri, S3Blobs};
 use wasq::queue::local::QueueOptions;
 use wasq::queue::{Outgoing, Queue, Redrive, SqsQueues};
 use wasq::records::{DynamoRecords, PutOptions, Records};
 use wasq::runtime::{Limits, Services};
-
-const MB: usize = 1 << 20;
 
 async fn s3_client() -> aws_sdk_s3::Client {
     let config = moto_aws().load().await;
@@ -42,203 +39,10 @@ async fn put(client: &aws_sdk_s3::Client, uri: &str, bytes: Vec<u8>) {
         .unwrap();
 }
 
-async fn get(client: &aws_sdk_s3::Client, uri: &str) -> Vec<u8> {
-    let uri = BlobUri::parse(uri).unwrap();
-    let out = client
-        .get_object()
-        .bucket(uri.bucket())
-        .key(uri.key())
-        .send()
-        .await
-        .unwrap();
-    out.body.collect().await.unwrap().to_vec()
-}
-
-async fn open_uploads(client: &aws_sdk_s3::Client, bucket: &str) -> usize {
-    client
-        .list_multipart_uploads()
-        .bucket(bucket)
-        .send()
-        .await
-        .unwrap()
-        .uploads()
-        .len()
-}
-
 async fn records(table: &str) -> DynamoRecords {
     let records = DynamoRecords::connect(&moto_aws(), table).await;
     records.create_table().await.unwrap();
     records
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_archive_over_20_mib_goes_up_by_multipart_and_its_link_downloads_it() {
-    let _moto = moto().await;
-    let s3 = s3_client().await;
-    make_bucket(&s3, "docs").await;
-    make_bucket(&s3, "archives").await;
-    let inputs = [
-        ("s3://docs/video.mp4", noise(14 * MB, 1)),
-        ("s3://docs/scan.tiff", noise(9 * MB, 2)),
-        ("s3://docs/notes.txt", b"meeting notes\n".repeat(1000)),
-    ];
-    for (uri, bytes) in &inputs {
-        put(&s3, uri, bytes.clone()).await;
-    }
-    let blobs = S3Blobs::connect(&moto_aws()).await;
-    let services = Services {
-        blobs: std::sync::Arc::new(blobs),
-        records: std::sync::Arc::new(records("wasq-records").await),
-    };
-    let files: Vec<&str> = inputs.iter().map(|(uri, _)| *uri).collect();
-    let job =
-        serde_json::json!({"job_id": "big", "files": files, "output": "s3://archives/big.zip"});
-    let plugin = harness::compress(Limits::default(), Default::default());
-    let (run, _) = harness::run(&plugin, &services, &harness::message("m", &job.to_string())).await;
-    let wasq::runtime::Outcome::Done(Some(result)) = &run.outcome else {
-        panic!("{:?}", run.outcome);
-    };
-    let result: serde_json::Value = serde_json::from_str(result).unwrap();
-    assert_eq!(result["files"], 3);
-    assert!(
-        result["size"].as_u64().unwrap() > 20 * MB as u64,
-        "{result}"
-    );
-
-    // Stored whole, no upload left open.
-    let stored = get(&s3, "s3://archives/big.zip").await;
-    assert_eq!(stored.len() as u64, result["size"].as_u64().unwrap());
-    assert_eq!(open_uploads(&s3, "archives").await, 0);
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(stored.clone())).unwrap();
-    let mut video = Vec::new();
-    std::io::Read::read_to_end(&mut zip.by_name("video.mp4").unwrap(), &mut video).unwrap();
-    assert!(video == inputs[0].1, "the archived file differs");
-
-    // The presigned link fetches the same bytes with a plain HTTP GET.
-    let url = result["url"].as_str().unwrap();
-    assert!(url.contains("X-Amz-Signature="), "{url}");
-    let url = url.to_string();
-    let (status, body) = tokio::task::spawn_blocking(move || http_get(&url, &[]))
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
-    assert!(body == stored, "the link served other bytes");
-
-    // The processor's record is in DynamoDB.
-    let recorded = services
-        .records
-        .get("archives", "big")
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(recorded.contains("s3://archives/big.zip"), "{recorded}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_writes_are_all_or_nothing_and_errors_name_the_object() {
-    let _moto = moto().await;
-    let s3 = s3_client().await;
-    make_bucket(&s3, "out").await;
-    let blobs = S3Blobs::connect(&moto_aws()).await;
-
-    // A small object is one PutObject; it reads back in any chunk size.
-    let small = BlobUri::parse("s3://out/small.txt").unwrap();
-    let budget = Budget::default();
-    let options = |owner| CreateOptions {
-        content_type: None,
-        overwrite: false,
-        owner,
-        budget: &budget,
-    };
-    let mut writer = blobs.create(&small, options("q/m1")).await.unwrap();
-    writer.write(b"hello ".to_vec()).await.unwrap();
-    writer.write(b"world".to_vec()).await.unwrap();
-    let info = writer.finish().await.unwrap();
-    assert_eq!(info.size, 11);
-    let stat = blobs.stat(&small).await.unwrap();
-    assert_eq!(stat.size, 11);
-    assert_eq!(stat.content_type.as_deref(), Some("text/plain"));
-    let mut reader = blobs.open(&small, &budget).await.unwrap();
-    let mut read = Vec::new();
-    loop {
-        let chunk = reader.read(4).await.unwrap();
-        if chunk.is_empty() {
-            break;
-        }
-        assert!(chunk.len() <= 4);
-        read.extend(chunk);
-    }
-    assert_eq!(read, b"hello world");
-
-    // An object another message wrote is not replaced: refused at create,
-    // and, for writers racing past that check, by S3's If-None-Match. The
-    // writer's own output, met again on a redelivery, is kept.
-    match blobs.create(&small, options("q/m2")).await {
-        Err(BlobError::Denied(text)) => assert!(text.contains("already exists"), "{text}"),
-        other => panic!("{:?}", other.err()),
-    }
-    let racing = BlobUri::parse("s3://out/race.txt").unwrap();
-    let mut late = blobs.create(&racing, options("q/m3")).await.unwrap();
-    let mut early = blobs.create(&racing, options("q/m4")).await.unwrap();
-    early.write(b"first".to_vec()).await.unwrap();
-    early.finish().await.unwrap();
-    late.write(b"second".to_vec()).await.unwrap();
-    assert!(matches!(late.finish().await, Err(BlobError::Denied(_))));
-    let mut again = blobs.create(&small, options("q/m1")).await.unwrap();
-    again.write(b"hello world".to_vec()).await.unwrap();
-    assert_eq!(again.finish().await.unwrap().size, 11);
-
-    // A large object dropped before `finish` leaves neither the object nor
-    // its upload behind.
-    let dropped = BlobUri::parse("s3://out/dropped.bin").unwrap();
-    let mut writer = blobs.create(&dropped, options("q/m1")).await.unwrap();
-    writer.write(noise(9 * MB, 7)).await.unwrap();
-    assert_eq!(open_uploads(&s3, "out").await, 1, "a part went up");
-    drop(writer);
-    let started = Instant::now();
-    while open_uploads(&s3, "out").await != 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "upload never aborted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(matches!(
-        blobs.stat(&dropped).await,
-        Err(BlobError::NotFound(_))
-    ));
-
-    // Errors name what was wrong.
-    match blobs
-        .stat(&BlobUri::parse("s3://out/missing.txt").unwrap())
-        .await
-    {
-        Err(BlobError::NotFound(text)) => assert!(text.contains("s3://out/missing.txt"), "{text}"),
-        other => panic!("{other:?}"),
-    }
-    match blobs
-        .open(&BlobUri::parse("s3://nowhere/a.txt").unwrap(), &budget)
-        .await
-    {
-        Err(BlobError::NotFound(text)) => assert!(text.contains("s3://nowhere/a.txt"), "{text}"),
-        other => panic!("{}", other.err().map(|e| e.to_string()).unwrap_or_default()),
-    }
-    match blobs.check_bucket("nowhere").await {
-        Err(BlobError::NotFound(text)) => {
-            assert!(text.contains("bucket `nowhere` does not exist"), "{text}")
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(
-        BlobUri::parse("s3://out/a/../../secret"),
-        Err(BlobError::Invalid(_))
-    ));
-    assert!(matches!(
-        blobs
-            .presign_get(&small, Duration::from_secs(8 * 24 * 3600))
-            .await,
-        Err(BlobError::Invalid(_))
-    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,4 +14,5 @@ mod hostile;
 mod links;
 mod reliability;
 mod reload;
+mod s3;
 mod sandbox;

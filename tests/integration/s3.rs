@@ -1,0 +1,398 @@
+//! The S3 blob store against two real S3 APIs on loopback, both started by
+//! `tests/run.sh`: moto, and SeaweedFS, which checks every request's SigV4
+//! signature, presigned links included. The same tests run on both:
+//! streaming, multipart uploads and their aborts, writes that never
+//! replace another message's object, and the default processor's archives
+//! downloaded through their presigned links with plain HTTP. On SeaweedFS,
+//! links that were tampered with or have expired are refused, and wrong
+//! credentials fail with an error that names the bucket.
+
+use crate::cli::http_get;
+use crate::harness::{self, noise};
+use aws_sdk_s3::config::{Credentials, Region};
+use std::time::{Duration, Instant};
+use wasq::blobs::{BlobError, BlobStore, BlobUri, Budget, CreateOptions, S3Blobs};
+use wasq::records::SqliteRecords;
+use wasq::runtime::{Limits, Services};
+
+const MB: usize = 1 << 20;
+
+/// One S3 API, and the bucket names a test may use on it.
+struct Server {
+    config: aws_config::SdkConfig,
+    /// Moto is reset for each test; SeaweedFS keeps its buckets for the
+    /// whole run, so each test's buckets get a prefix of their own there.
+    prefix: String,
+    _moto: Option<tokio::sync::MutexGuard<'static, ()>>,
+}
+
+impl Server {
+    async fn moto() -> Server {
+        let guard = harness::moto().await;
+        Server {
+            config: harness::moto_aws().load().await,
+            prefix: String::new(),
+            _moto: Some(guard),
+        }
+    }
+
+    /// SeaweedFS with the identity `tests/run.sh` gave it, or `secret`
+    /// instead of its secret key.
+    async fn seaweedfs_with(secret: Option<&str>) -> Server {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: the S3 tests need the SeaweedFS server that `bash tests/run.sh` installs and starts")
+            })
+        };
+        let credentials = Credentials::new(
+            var("WASQ_TEST_S3_ACCESS_KEY"),
+            secret.map_or_else(|| var("WASQ_TEST_S3_SECRET_KEY"), str::to_string),
+            None,
+            None,
+            "tests",
+        );
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .credentials_provider(credentials)
+            .region(Region::new("us-east-1"))
+            .endpoint_url(var("WASQ_TEST_S3_ENDPOINT"))
+            .load()
+            .await;
+        let mut tag = [0u8; 4];
+        getrandom::fill(&mut tag).unwrap();
+        Server {
+            config,
+            prefix: format!("t{}-", hex::encode(tag)),
+            _moto: None,
+        }
+    }
+
+    async fn seaweedfs() -> Server {
+        Server::seaweedfs_with(None).await
+    }
+
+    fn bucket(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn client(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.config)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
+    fn blobs(&self) -> S3Blobs {
+        S3Blobs::new(&self.config, true)
+    }
+
+    async fn make_bucket(&self, name: &str) -> String {
+        let bucket = self.bucket(name);
+        self.client()
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        bucket
+    }
+
+    async fn put(&self, uri: &str, bytes: Vec<u8>) {
+        let uri = BlobUri::parse(uri).unwrap();
+        self.client()
+            .put_object()
+            .bucket(uri.bucket())
+            .key(uri.key())
+            .body(bytes.into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn get(&self, uri: &str) -> Vec<u8> {
+        let uri = BlobUri::parse(uri).unwrap();
+        let out = self
+            .client()
+            .get_object()
+            .bucket(uri.bucket())
+            .key(uri.key())
+            .send()
+            .await
+            .unwrap();
+        out.body.collect().await.unwrap().to_vec()
+    }
+
+    async fn open_uploads(&self, bucket: &str) -> usize {
+        self.client()
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .len()
+    }
+}
+
+/// Runs a test body on moto and on SeaweedFS.
+macro_rules! on_both_servers {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn moto() {
+                super::$name(super::Server::moto().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn seaweedfs() {
+                super::$name(super::Server::seaweedfs().await).await;
+            }
+        }
+    };
+}
+
+on_both_servers!(an_archive_over_20_mib_goes_up_by_multipart_and_its_link_downloads_it);
+async fn an_archive_over_20_mib_goes_up_by_multipart_and_its_link_downloads_it(server: Server) {
+    let docs = server.make_bucket("docs").await;
+    let archives = server.make_bucket("archives").await;
+    let inputs = [
+        (format!("s3://{docs}/video.mp4"), noise(14 * MB, 1)),
+        (format!("s3://{docs}/scan.tiff"), noise(9 * MB, 2)),
+        (
+            format!("s3://{docs}/notes.txt"),
+            b"meeting notes\n".repeat(1000),
+        ),
+    ];
+    for (uri, bytes) in &inputs {
+        server.put(uri, bytes.clone()).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let services = Services {
+        blobs: std::sync::Arc::new(server.blobs()),
+        records: std::sync::Arc::new(SqliteRecords::open(&dir.path().join("records.db")).unwrap()),
+    };
+    let files: Vec<&str> = inputs.iter().map(|(uri, _)| uri.as_str()).collect();
+    let output = format!("s3://{archives}/big.zip");
+    let job = serde_json::json!({"job_id": "big", "files": files, "output": output});
+    let plugin = harness::compress(Limits::default(), Default::default());
+    let (run, _) = harness::run(&plugin, &services, &harness::message("m", &job.to_string())).await;
+    let wasq::runtime::Outcome::Done(Some(result)) = &run.outcome else {
+        panic!("{:?}", run.outcome);
+    };
+    let result: serde_json::Value = serde_json::from_str(result).unwrap();
+    assert_eq!(result["files"], 3);
+    assert!(
+        result["size"].as_u64().unwrap() > 20 * MB as u64,
+        "{result}"
+    );
+
+    // Stored whole, no upload left open.
+    let stored = server.get(&output).await;
+    assert_eq!(stored.len() as u64, result["size"].as_u64().unwrap());
+    assert_eq!(server.open_uploads(&archives).await, 0);
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(stored.clone())).unwrap();
+    let mut video = Vec::new();
+    std::io::Read::read_to_end(&mut zip.by_name("video.mp4").unwrap(), &mut video).unwrap();
+    assert!(video == inputs[0].1, "the archived file differs");
+
+    // The presigned link fetches the same bytes with a plain HTTP GET.
+    let url = result["url"].as_str().unwrap().to_string();
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(&url, &[]))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(body == stored, "the link served other bytes");
+}
+
+on_both_servers!(s3_writes_are_all_or_nothing_and_errors_name_the_object);
+async fn s3_writes_are_all_or_nothing_and_errors_name_the_object(server: Server) {
+    let out = server.make_bucket("out").await;
+    let blobs = server.blobs();
+    let uri = |key: &str| BlobUri::parse(&format!("s3://{out}/{key}")).unwrap();
+
+    // A small object is one PutObject; it reads back in any chunk size.
+    let small = uri("small.txt");
+    let budget = Budget::default();
+    let options = |owner| CreateOptions {
+        content_type: None,
+        overwrite: false,
+        owner,
+        budget: &budget,
+    };
+    let mut writer = blobs.create(&small, options("q/m1")).await.unwrap();
+    writer.write(b"hello ".to_vec()).await.unwrap();
+    writer.write(b"world".to_vec()).await.unwrap();
+    let info = writer.finish().await.unwrap();
+    assert_eq!(info.size, 11);
+    let stat = blobs.stat(&small).await.unwrap();
+    assert_eq!(stat.size, 11);
+    assert_eq!(stat.content_type.as_deref(), Some("text/plain"));
+    let mut reader = blobs.open(&small, &budget).await.unwrap();
+    let mut read = Vec::new();
+    loop {
+        let chunk = reader.read(4).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        assert!(chunk.len() <= 4);
+        read.extend(chunk);
+    }
+    assert_eq!(read, b"hello world");
+
+    // An object another message wrote is not replaced: refused at create,
+    // and, for writers racing past that check, by S3's If-None-Match. The
+    // writer's own output, met again on a redelivery, is kept.
+    match blobs.create(&small, options("q/m2")).await {
+        Err(BlobError::Denied(text)) => assert!(text.contains("already exists"), "{text}"),
+        other => panic!("{:?}", other.err()),
+    }
+    let racing = uri("race.txt");
+    let mut late = blobs.create(&racing, options("q/m3")).await.unwrap();
+    let mut early = blobs.create(&racing, options("q/m4")).await.unwrap();
+    early.write(b"first".to_vec()).await.unwrap();
+    early.finish().await.unwrap();
+    late.write(b"second".to_vec()).await.unwrap();
+    assert!(matches!(late.finish().await, Err(BlobError::Denied(_))));
+    let mut again = blobs.create(&small, options("q/m1")).await.unwrap();
+    again.write(b"hello world".to_vec()).await.unwrap();
+    assert_eq!(again.finish().await.unwrap().size, 11);
+    assert_eq!(server.get(&small.to_string()).await, b"hello world");
+
+    // A multipart upload that loses the race is refused at completion too.
+    let large = uri("large.bin");
+    let mut loser = blobs.create(&large, options("q/m5")).await.unwrap();
+    loser.write(noise(9 * MB, 3)).await.unwrap();
+    let mut winner = blobs.create(&large, options("q/m6")).await.unwrap();
+    winner.write(noise(9 * MB, 4)).await.unwrap();
+    winner.finish().await.unwrap();
+    assert!(matches!(loser.finish().await, Err(BlobError::Denied(_))));
+    assert!(server.get(&large.to_string()).await == noise(9 * MB, 4));
+
+    // A large object dropped before `finish` leaves neither the object nor
+    // its upload behind.
+    let dropped = uri("dropped.bin");
+    let mut writer = blobs.create(&dropped, options("q/m1")).await.unwrap();
+    writer.write(noise(9 * MB, 7)).await.unwrap();
+    assert!(server.open_uploads(&out).await >= 1, "a part went up");
+    drop(writer);
+    let started = Instant::now();
+    while server.open_uploads(&out).await != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "upload never aborted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        blobs.stat(&dropped).await,
+        Err(BlobError::NotFound(_))
+    ));
+
+    // Errors name what was wrong.
+    let missing = uri("missing.txt");
+    match blobs.stat(&missing).await {
+        Err(BlobError::NotFound(text)) => assert!(text.contains(&missing.to_string()), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    let nowhere = server.bucket("nowhere");
+    let elsewhere = BlobUri::parse(&format!("s3://{nowhere}/a.txt")).unwrap();
+    match blobs.open(&elsewhere, &budget).await {
+        Err(BlobError::NotFound(text)) => assert!(text.contains(&elsewhere.to_string()), "{text}"),
+        other => panic!("{}", other.err().map(|e| e.to_string()).unwrap_or_default()),
+    }
+    match blobs.check_bucket(&nowhere).await {
+        Err(BlobError::NotFound(text)) => {
+            assert!(
+                text.contains(&format!("bucket `{nowhere}` does not exist")),
+                "{text}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        blobs
+            .presign_get(&small, Duration::from_secs(8 * 24 * 3600))
+            .await,
+        Err(BlobError::Invalid(_))
+    ));
+}
+
+/// moto accepts any signature; SeaweedFS checks them. A link wasq made
+/// downloads with plain HTTP; one whose key, expiry or signature was
+/// changed is refused, and so is one that has expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_links_are_checked_by_a_signature_checking_server() {
+    let server = Server::seaweedfs().await;
+    let bucket = server.make_bucket("archives").await;
+    server
+        .put(&format!("s3://{bucket}/a.zip"), b"the archive".to_vec())
+        .await;
+    server
+        .put(&format!("s3://{bucket}/b.zip"), b"another one".to_vec())
+        .await;
+    let blobs = server.blobs();
+    let a = BlobUri::parse(&format!("s3://{bucket}/a.zip")).unwrap();
+    let link = blobs
+        .presign_get(&a, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let short = blobs.presign_get(&a, Duration::from_secs(1)).await.unwrap();
+    let (link2, short2) = (link.clone(), short.clone());
+    let answers = tokio::task::spawn_blocking(move || {
+        let fetch = |url: &str| http_get(url, &[]);
+        let good = fetch(&link2);
+        let other_key = fetch(&link2.replace("/a.zip", "/b.zip"));
+        let longer = fetch(&link2.replace("X-Amz-Expires=600", "X-Amz-Expires=6000"));
+        let signature_at = link2.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+        let mut forged = link2.clone().into_bytes();
+        forged[signature_at] = if forged[signature_at] == b'0' {
+            b'1'
+        } else {
+            b'0'
+        };
+        let forged = fetch(&String::from_utf8(forged).unwrap());
+        std::thread::sleep(Duration::from_millis(2_500));
+        let expired = fetch(&short2);
+        (good, other_key, longer, forged, expired)
+    })
+    .await
+    .unwrap();
+    let (good, other_key, longer, forged, expired) = answers;
+    assert_eq!((good.0, good.1.as_slice()), (200, &b"the archive"[..]));
+    for (what, (status, body)) in [
+        ("another key", other_key),
+        ("a longer expiry", longer),
+        ("a changed signature", forged),
+        ("an expired link", expired),
+    ] {
+        assert_eq!(status, 403, "{what}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
+/// Wrong credentials fail every call with an error that names the bucket
+/// (and is `denied`, so a processor rejects rather than retries forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_naming_the_bucket() {
+    let server = Server::seaweedfs().await;
+    let bucket = server.make_bucket("docs").await;
+    server
+        .put(&format!("s3://{bucket}/a.txt"), b"hello".to_vec())
+        .await;
+    let wrong = Server::seaweedfs_with(Some("not-the-secret")).await.blobs();
+    let uri = BlobUri::parse(&format!("s3://{bucket}/a.txt")).unwrap();
+    match wrong.stat(&uri).await {
+        Err(BlobError::Denied(text)) => assert!(text.contains(&bucket), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    match wrong.open(&uri, &Budget::default()).await {
+        Err(BlobError::Denied(text)) => assert!(
+            text.contains(&bucket) && text.contains("SignatureDoesNotMatch"),
+            "{text}"
+        ),
+        other => panic!("{:?}", other.err()),
+    }
+    match wrong.check_bucket(&bucket).await {
+        Err(BlobError::Denied(text)) => assert!(text.contains(&bucket), "{text}"),
+        other => panic!("{other:?}"),
+    }
+}
