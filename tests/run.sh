@@ -51,7 +51,7 @@ read -r WASQ_TEST_S3_ENDPOINT WASQ_TEST_S3_ACCESS_KEY WASQ_TEST_S3_SECRET_KEY we
     cat "$weed_dir/weed.log" >&2
     exit 1
 }
-trap 'kill "$moto_pid" 2>/dev/null; kill -- -"$weed_pid" 2>/dev/null; rm -rf "$log" "$moto_log" "$weed_dir"' EXIT
+trap 'kill "$moto_pid" 2>/dev/null; kill -KILL -- -"$weed_pid" 2>/dev/null; rm -rf "$log" "$moto_log" "$weed_dir"' EXIT
 export WASQ_TEST_S3_ENDPOINT WASQ_TEST_S3_ACCESS_KEY WASQ_TEST_S3_SECRET_KEY
 export WASQ_TEST_PYTHON="$venv/bin/python"
 # Credentials and region for moto only; nothing here reaches AWS.

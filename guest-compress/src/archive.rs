@@ -70,6 +70,11 @@ pub trait Store {
     fn presign_get(&self, uri: &str, expires_in_secs: u32) -> Result<String, StoreError>;
     fn put_record(&self, table: &str, key: &str, value: &str) -> Result<(), String>;
     fn info(&self, message: &str);
+    /// Per-object detail, below `info`.
+    fn debug(&self, _message: &str) {}
+    /// Says which objects will be opened next, in order, so the store can
+    /// start reading them; a hint that changes nothing else.
+    fn prefetch(&self, _uris: &[String]) {}
 }
 
 /// Why a job did not complete, and so what should become of its message.
@@ -141,15 +146,10 @@ pub fn run<S: Store>(store: &S, body: &str, settings: &Settings) -> Result<Summa
 
 /// Writes the archive and signs its link.
 pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summary, Failure> {
-    // Every input is checked before anything is written, so a missing object
-    // rejects the job without leaving a partial archive behind.
-    let mut inputs = Vec::with_capacity(job.files.len());
-    for (index, uri) in job.files.iter().enumerate() {
-        let info = store
-            .stat(uri)
-            .map_err(|err| Failure::from_store(&format!("files[{index}] `{uri}`"), err))?;
-        inputs.push(info);
-    }
+    // The host opens the inputs ahead, so their round trips overlap. Each
+    // is still checked as it comes: a missing one rejects the job with the
+    // archive unfinished, and an unfinished archive is never visible.
+    store.prefetch(&job.files);
     let names = job::entry_names(&job.files);
 
     let output_what = format!("field `output` `{}`", job.output);
@@ -158,9 +158,13 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
         .map_err(|err| Failure::from_store(&output_what, err))?;
     let mut zip = ZipWriter::new_stream(BufWriter::with_capacity(CHUNK as usize, Sink(writer)));
 
-    for (index, (info, name)) in inputs.iter().zip(&names).enumerate() {
+    let mut read = 0u64;
+    for (index, name) in names.iter().enumerate() {
         let uri = &job.files[index];
         let what = format!("files[{index}] `{uri}`");
+        let info = store
+            .stat(uri)
+            .map_err(|err| Failure::from_store(&what, err))?;
         let method =
             if settings.level == 0 || job::already_compressed(name, info.content_type.as_deref()) {
                 CompressionMethod::Stored
@@ -187,7 +191,8 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
             zip.write_all(&chunk)
                 .map_err(|err| io_failure(&output_what, err))?;
         }
-        store.info(&format!(
+        read += info.size;
+        store.debug(&format!(
             "added {uri} as `{name}` ({} bytes, {method})",
             info.size
         ));
@@ -204,6 +209,12 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
     let url = store
         .presign_get(&job.output, job.expires_in)
         .map_err(|err| Failure::from_store(&output_what, err))?;
+    store.info(&format!(
+        "archived {} files ({read} bytes) into {} ({} bytes)",
+        job.files.len(),
+        archive.uri,
+        archive.size
+    ));
     Ok(Summary {
         archive: archive.uri,
         url,

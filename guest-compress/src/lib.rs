@@ -116,6 +116,12 @@ mod component {
         fn info(&self, message: &str) {
             log::log(log::Level::Info, message);
         }
+        fn debug(&self, message: &str) {
+            log::log(log::Level::Debug, message);
+        }
+        fn prefetch(&self, uris: &[String]) {
+            blobs::prefetch(uris);
+        }
     }
 
     bindings::export!(Compress with_types_in bindings);

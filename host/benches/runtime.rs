@@ -42,13 +42,16 @@ fn main() -> anyhow::Result<()> {
 
     // 1. No-op processor.
     let rogue = std::fs::read(wasq_test_guests::ROGUE)?;
-    let noop = runtime.load(
-        "rogue",
-        PluginSource::File(wasq_test_guests::ROGUE.into()),
-        &rogue,
-        Limits::default(),
-        BTreeMap::new(),
-    )?;
+    // It also reads through the blobs interface below: every bucket.
+    let noop = runtime
+        .load(
+            "rogue",
+            PluginSource::File(wasq_test_guests::ROGUE.into()),
+            &rogue,
+            Limits::default(),
+            BTreeMap::new(),
+        )?
+        .with_grants(wasq::runtime::Grants::everything());
     let noop_message = message("noop", "noop");
     let plugin_name = noop.name().clone();
     let sink = LogSink::new(plugin_name, "noop".into(), false);
@@ -106,13 +109,20 @@ fn main() -> anyhow::Result<()> {
         timeout: Duration::from_secs(600),
         ..Limits::default()
     };
-    let compress = runtime.load(
-        "compress",
-        compress_source.clone(),
-        &compress_wasm,
-        limits,
-        BTreeMap::new(),
-    )?;
+    // Every bucket, and the same archive replaced round after round.
+    let compress = runtime
+        .load(
+            "compress",
+            compress_source.clone(),
+            &compress_wasm,
+            limits,
+            BTreeMap::new(),
+        )?
+        .with_grants(wasq::runtime::Grants {
+            overwrite: true,
+            overwrite_records: true,
+            ..wasq::runtime::Grants::everything()
+        });
     let mut peak = 0;
     let mut archive_size = 0;
     let guest = best_of(rounds, || {

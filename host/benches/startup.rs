@@ -156,6 +156,19 @@ fn startup(case: &Case, cache: &Path) -> anyhow::Result<Duration> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    // Every processor here gets the grants the jobs need; a plugin named by
+    // its path is named by its file stem.
+    let name = Path::new(&case.plugin)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("compress");
+    let config = dir.path().join("wasq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins.{name}.blobs]\nread = [\"s3://docs/\"]\nwrite = [\"s3://archives/\"]\n[plugins.{name}.records]\ntables = [\"*\"]\n"
+        ),
+    )?;
     let started = Instant::now();
     let mut child = Command::new(wasq)
         .env("WASQ_DATA_DIR", &data)
@@ -170,6 +183,8 @@ fn startup(case: &Case, cache: &Path) -> anyhow::Result<Duration> {
             &case.plugin,
         ])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--until-empty"])
+        .arg("--config-file")
+        .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;

@@ -11,7 +11,9 @@ fn main() {
     );
     build_guest::build_guest(
         &here.join("rogue"),
-        &here.join("../../wit"),
+        // The 0.1.0 contract, frozen: every test that runs `rogue` also
+        // proves that processors built for 0.1.0 keep working.
+        &here.join("wit-0.1.0"),
         "rogue.wasm",
         &[],
     );

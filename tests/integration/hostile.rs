@@ -307,7 +307,7 @@ async fn a_plugin_without_grants_touches_nothing_and_the_host_says_what_to_add()
     assert!(text.contains("read = [\"s3://docs/\"]"), "{text}");
     assert!(text.contains("tables = [\"archives\"]"), "{text}");
     assert!(
-        text.contains("this processor may not read any object"),
+        text.contains("this processor may not write any object"),
         "{text}"
     );
     assert!(!data.join("blobs/secrets/key.zip").exists());

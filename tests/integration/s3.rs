@@ -396,3 +396,164 @@ async fn wrong_credentials_fail_naming_the_bucket() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Reads and writes keep several requests going at once within the
+/// message's buffer budget, and come out right whatever the budget: with
+/// room, ranges of a large object are fetched ahead and parts go up while
+/// the processor writes on; with none to spare, the rest of an object
+/// streams in one GET and parts go up one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_read_and_write_right_within_any_budget() {
+    let server = Server::seaweedfs().await;
+    let bucket = server.make_bucket("big").await;
+    let original = noise(40 * MB + 12_345, 9);
+    let source = format!("s3://{bucket}/source.bin");
+    server.put(&source, original.clone()).await;
+    let blobs = server.blobs();
+    let source = BlobUri::parse(&source).unwrap();
+    for budget_mib in [16u64, 64, 256] {
+        let budget = Budget::new(budget_mib << 20);
+        let mut reader = blobs.open(&source, &budget).await.unwrap();
+        assert_eq!(reader.info().size, original.len() as u64);
+        let mut read = Vec::with_capacity(original.len());
+        let mut most_held = 0;
+        loop {
+            let chunk = reader.read(1 << 20).await.unwrap();
+            most_held = most_held.max(budget.in_use());
+            if chunk.is_empty() {
+                break;
+            }
+            read.extend(chunk);
+        }
+        assert!(
+            read == original,
+            "the object read back differs at {budget_mib} MiB"
+        );
+        assert!(most_held <= budget.total(), "{most_held}");
+        if budget_mib >= 64 {
+            assert!(most_held > 8 << 20, "no ranges were fetched ahead");
+        }
+        drop(reader);
+
+        let copy = BlobUri::parse(&format!("s3://{bucket}/copy-{budget_mib}.bin")).unwrap();
+        let mut writer = blobs
+            .create(
+                &copy,
+                CreateOptions {
+                    content_type: None,
+                    overwrite: false,
+                    owner: "q/m",
+                    budget: &budget,
+                },
+            )
+            .await
+            .unwrap();
+        for chunk in original.chunks(3 << 20) {
+            writer.write(chunk.to_vec()).await.unwrap();
+            assert!(budget.in_use() <= budget.total());
+        }
+        writer.finish().await.unwrap();
+        assert!(
+            server.get(&copy.to_string()).await == original,
+            "the object written differs at {budget_mib} MiB"
+        );
+    }
+}
+
+/// An object read as ranges names its version: replaced while it is read,
+/// it fails instead of mixing two versions' bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_replaced_while_it_is_read_is_not_mixed() {
+    let server = Server::seaweedfs().await;
+    let bucket = server.make_bucket("big").await;
+    let uri = format!("s3://{bucket}/moving.bin");
+    server.put(&uri, noise(24 * MB, 1)).await;
+    let blobs = server.blobs();
+    // A budget with room for no ranges ahead: every later byte is asked for
+    // after the object changed.
+    let budget = Budget::new(16 << 20);
+    let held = budget.reserve(16 << 20, "test").unwrap();
+    let target = BlobUri::parse(&uri).unwrap();
+    let mut reader = blobs.open(&target, &budget).await.unwrap();
+    drop(held);
+    let first = reader.read(1 << 20).await.unwrap();
+    assert!(!first.is_empty() && first == noise(24 * MB, 1)[..first.len()]);
+    server.put(&uri, noise(24 * MB, 2)).await;
+    let mut outcome = Ok(());
+    loop {
+        match reader.read(4 << 20).await {
+            Ok(chunk) if chunk.is_empty() => break,
+            Ok(_) => {}
+            Err(err) => {
+                outcome = Err(err);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(
+            &outcome,
+            Err(BlobError::Unavailable(_)) | Err(BlobError::Invalid(_))
+        ),
+        "{outcome:?}"
+    );
+}
+
+/// S3 answers `503 SlowDown` when a prefix is pushed too hard; the client
+/// backs off and tries again (the SDK's adaptive retry mode) rather than
+/// failing the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_down_answers_are_backed_off_and_retried() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::seaweedfs().await;
+    let bucket = server.make_bucket("busy").await;
+    server
+        .put(&format!("s3://{bucket}/a.txt"), b"hello".to_vec())
+        .await;
+    // A front that answers the first three requests with SlowDown and
+    // passes the rest through.
+    let target: std::net::SocketAddr = std::env::var("WASQ_TEST_S3_ENDPOINT")
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
+                let mut head = [0u8; 4096];
+                let _ = client.read(&mut head).await;
+                let body = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                let answer = format!(
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = client.write_all(answer.as_bytes()).await;
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    let config = server
+        .config
+        .to_builder()
+        .endpoint_url(format!("http://{front}"))
+        .build();
+    let blobs = S3Blobs::new(&config, true);
+    let uri = BlobUri::parse(&format!("s3://{bucket}/a.txt")).unwrap();
+    let started = Instant::now();
+    let info = blobs.stat(&uri).await.unwrap();
+    assert_eq!(info.size, 5);
+    assert!(refused.load(std::sync::atomic::Ordering::SeqCst) > 3);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -366,7 +366,7 @@ impl BlobStore for LocalBlobs {
         let target = uri.clone();
         let opened = blocking(uri, move || store.open_object(&target)).await?;
         Ok(Box::new(LocalReader {
-            uri: uri.clone(),
+            info: opened.info,
             file: Some(opened.file),
         }))
     }
@@ -434,19 +434,23 @@ impl BlobStore for LocalBlobs {
 }
 
 struct LocalReader {
-    uri: BlobUri,
+    info: ObjectInfo,
     /// Taken while a read runs on the blocking pool; `None` after a failure.
     file: Option<File>,
 }
 
 #[async_trait]
 impl BlobReader for LocalReader {
+    fn info(&self) -> &ObjectInfo {
+        &self.info
+    }
+
     async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError> {
         let mut file = self.file.take().ok_or_else(|| {
-            BlobError::Unavailable(format!("`{}`: an earlier read failed", self.uri))
+            BlobError::Unavailable(format!("`{}`: an earlier read failed", self.info.uri))
         })?;
-        let uri = self.uri.clone();
-        let (file, chunk) = blocking(&self.uri, move || {
+        let uri = self.info.uri.clone();
+        let (file, chunk) = blocking(&self.info.uri, move || {
             let mut chunk = vec![0u8; max];
             let mut filled = 0;
             while filled < max {

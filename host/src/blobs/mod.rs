@@ -165,6 +165,10 @@ pub struct CreateOptions<'a> {
 #[derive(Debug, Clone)]
 pub struct Budget {
     permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Read-ahead may hold at most half of the budget, and parts being
+    /// uploaded at most half, so that neither starves the other.
+    reading: std::sync::Arc<tokio::sync::Semaphore>,
+    uploading: std::sync::Arc<tokio::sync::Semaphore>,
     total: u64,
 }
 
@@ -179,6 +183,8 @@ impl Budget {
         let units = (bytes / BUDGET_UNIT).min(u64::from(u32::MAX >> 3));
         Budget {
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(units as usize)),
+            reading: std::sync::Arc::new(tokio::sync::Semaphore::new(units as usize / 2)),
+            uploading: std::sync::Arc::new(tokio::sync::Semaphore::new(units as usize / 2)),
             total: units * BUDGET_UNIT,
         }
     }
@@ -193,12 +199,50 @@ impl Budget {
         self.total - self.permits.available_permits() as u64 * BUDGET_UNIT
     }
 
+    /// Reserves `bytes` of read-ahead, within the half of the budget
+    /// reading may hold; refused when there is no room (read-ahead is never
+    /// needed, only faster, so callers go on without it).
+    pub fn reserve_for_reading(&self, bytes: u64, what: &str) -> Result<Reservation, BlobError> {
+        self.reserve_within(&self.reading, bytes, what)
+    }
+
+    /// Reserves `bytes` for a part being uploaded while the writer goes on,
+    /// within the half of the budget uploads may hold; refused when there
+    /// is no room (the writer then waits for a part to finish).
+    pub fn reserve_for_upload(&self, bytes: u64, what: &str) -> Result<Reservation, BlobError> {
+        self.reserve_within(&self.uploading, bytes, what)
+    }
+
+    fn reserve_within(
+        &self,
+        share: &std::sync::Arc<tokio::sync::Semaphore>,
+        bytes: u64,
+        what: &str,
+    ) -> Result<Reservation, BlobError> {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+        let share = share
+            .clone()
+            .try_acquire_many_owned(units)
+            .map_err(|_| self.full(what))?;
+        let mut held = self.reserve(bytes, what)?;
+        held.1 = Some(share);
+        Ok(held)
+    }
+
+    fn full(&self, what: &str) -> BlobError {
+        BlobError::Denied(format!(
+            "{what}: the message's buffer budget of {} is in use ({} held); finish or drop a reader or writer first",
+            crate::runtime::limits::Bytes(self.total),
+            crate::runtime::limits::Bytes(self.in_use())
+        ))
+    }
+
     /// Reserves `bytes` for `what`, or refuses with an error naming the
     /// budget.
     pub fn reserve(&self, bytes: u64, what: &str) -> Result<Reservation, BlobError> {
         let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
         match self.permits.clone().try_acquire_many_owned(units) {
-            Ok(permit) => Ok(Reservation(permit)),
+            Ok(permit) => Ok(Reservation(permit, None)),
             Err(_) => Err(BlobError::Denied(format!(
                 "{what}: the message's buffer budget of {} is in use ({} held); finish or drop a reader or writer first",
                 crate::runtime::limits::Bytes(self.total),
@@ -214,10 +258,11 @@ impl Default for Budget {
     }
 }
 
-/// Budget held until dropped.
+/// Budget held until dropped (with its share of read-ahead, for a read).
 #[derive(Debug)]
 pub struct Reservation(
     #[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit,
+    #[allow(dead_code, reason = "held for its drop")] Option<tokio::sync::OwnedSemaphorePermit>,
 );
 
 /// An object store.
@@ -240,6 +285,8 @@ pub trait BlobStore: Send + Sync + 'static {
 /// A stream of one object's bytes.
 #[async_trait]
 pub trait BlobReader: Send + Sync {
+    /// What the store said of the object when it was opened.
+    fn info(&self) -> &ObjectInfo;
     /// Up to `max` bytes; empty at the end of the object.
     async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError>;
 }

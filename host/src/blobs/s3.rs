@@ -1,15 +1,30 @@
 //! Amazon S3 (or an S3-compatible server) behind the [`BlobStore`] trait.
 //!
-//! Reads stream the object's body. Writes collect up to one part (8 MiB,
-//! reserved from the message's buffer budget): an object that fits goes up
-//! in one PutObject at `finish`; a larger one becomes a multipart upload
-//! whose parts go up as they fill, completed at `finish` and aborted on any
-//! failure or when the writer is dropped, so nothing partial is ever
-//! visible. Unless replacing is granted, the PutObject or the completion
-//! carries `If-None-Match: *`, so S3 itself refuses to replace an object;
-//! each object records the message that wrote it (metadata `wasq-owner`),
-//! so a redelivered message recognises its own output. Links are presigned
-//! GETs.
+//! Every request waits a round trip for its first byte, so reads and writes
+//! keep several going at once, within the message's buffer budget:
+//!
+//! - `open` asks for the object's first 2 MiB. From the first read on, the
+//!   rest of a larger object is fetched as ranged GETs of 2 MiB, up to 16 in
+//!   flight ahead of the reader, each range's buffer reserved from the
+//!   budget (reading may hold at most half of it); when the budget has no
+//!   room, the next range streams on its own and ranges ahead are tried
+//!   again after it. Ranges after the first name the object's ETag, so an
+//!   object replaced while it is read fails instead of mixing versions.
+//! - Writes collect one part (5 MiB, reserved at `create`): an object that
+//!   fits goes up in one PutObject at `finish`; a larger one becomes a
+//!   multipart upload whose parts go up concurrently, up to 8 at once,
+//!   while the processor keeps writing, each part in flight reserved from
+//!   the budget (uploads may hold at most half of it); completed at
+//!   `finish`, and aborted on any failure or when the writer is dropped, so
+//!   nothing partial is ever visible. Parts of 5 MiB bound an object at
+//!   10,000 parts, about 48 GiB.
+//! - Requests are retried in the SDK's adaptive mode, which backs off and
+//!   slows its own rate when S3 answers `503 SlowDown`.
+//!
+//! Unless replacing is granted, the PutObject or the completion carries
+//! `If-None-Match: *`, so S3 itself refuses to replace an object; each
+//! object records the message that wrote it (metadata `wasq-owner`), so a
+//! redelivered message recognises its own output. Links are presigned GETs.
 
 use super::{
     BlobError, BlobReader, BlobStore, BlobUri, BlobWriter, Budget, CreateOptions, ObjectInfo,
@@ -28,7 +43,15 @@ use std::time::Duration;
 
 /// The size of each part of a multipart upload but the last; S3 needs at
 /// least 5 MiB.
-pub const PART_SIZE: usize = 8 << 20;
+pub const PART_SIZE: usize = 5 << 20;
+/// The size of each ranged GET of a large object.
+pub const RANGE_SIZE: u64 = 2 << 20;
+/// Ranged GETs one reader keeps in flight at most.
+const READ_WINDOW: usize = 16;
+/// Parts one writer keeps uploading at once at most.
+const UPLOAD_WINDOW: usize = 8;
+/// Attempts per request in the adaptive retry mode.
+const MAX_ATTEMPTS: u32 = 5;
 /// The metadata naming the message that wrote an object.
 const OWNER_METADATA: &str = "wasq-owner";
 
@@ -66,6 +89,9 @@ impl S3Blobs {
     pub fn new(config: &aws_config::SdkConfig, path_style: bool) -> Self {
         let config = aws_sdk_s3::config::Builder::from(config)
             .force_path_style(path_style)
+            .retry_config(
+                aws_sdk_s3::config::retry::RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS),
+            )
             .build();
         S3Blobs {
             client: Client::from_conf(config),
@@ -141,23 +167,54 @@ impl BlobStore for S3Blobs {
         Ok(self.head(uri).await?.0)
     }
 
-    async fn open(
-        &self,
-        uri: &BlobUri,
-        _budget: &Budget,
-    ) -> Result<Box<dyn BlobReader>, BlobError> {
-        let out = self
+    async fn open(&self, uri: &BlobUri, budget: &Budget) -> Result<Box<dyn BlobReader>, BlobError> {
+        let first = self
             .client
             .get_object()
             .bucket(uri.bucket())
             .key(uri.key())
+            .range(format!("bytes=0-{}", RANGE_SIZE - 1))
             .send()
-            .await
-            .map_err(|err| error(uri, &err))?;
-        Ok(Box::new(S3Reader {
+            .await;
+        let out = match first {
+            Ok(out) => out,
+            // An empty object has no byte 0: ask for it whole.
+            Err(err) if status(&err) == Some(416) => self
+                .client
+                .get_object()
+                .bucket(uri.bucket())
+                .key(uri.key())
+                .send()
+                .await
+                .map_err(|err| error(uri, &err))?,
+            Err(err) => return Err(error(uri, &err)),
+        };
+        let length = out.content_length().unwrap_or(0).max(0) as u64;
+        // `bytes 0-8388607/268435456`: the whole object's size follows the
+        // slash; a server that ignored the range sent it all.
+        let size = out
+            .content_range()
+            .and_then(|range| range.rsplit('/').next())
+            .and_then(|total| total.parse().ok())
+            .unwrap_or(length);
+        let info = ObjectInfo {
             uri: uri.clone(),
-            body: out.body,
+            size,
+            content_type: out.content_type().map(str::to_string),
+            etag: out.e_tag().map(str::to_string),
+        };
+        // Ranges ahead start at the first read, not here: a reader opened
+        // ahead of its turn (a prefetch) must not take the budget the
+        // reader being read needs.
+        Ok(Box::new(S3Reader {
+            store: self.clone(),
+            budget: budget.clone(),
+            info,
+            body: Some(out.body),
+            next_start: length,
+            ranges: std::collections::VecDeque::new(),
             pending: Bytes::new(),
+            _held: None,
         }))
     }
 
@@ -193,6 +250,7 @@ impl BlobStore for S3Blobs {
             content_type,
             overwrite: options.overwrite,
             owner: options.owner.to_string(),
+            budget: options.budget.clone(),
             buffer: Vec::new(),
             upload: None,
             size: 0,
@@ -216,26 +274,146 @@ impl BlobStore for S3Blobs {
     }
 }
 
+/// The HTTP status of a failed request, if it got an answer.
+fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    match err {
+        SdkError::ServiceError(service) => Some(service.raw().status().as_u16()),
+        _ => None,
+    }
+}
+
+type RangeTask = tokio::task::JoinHandle<Result<Bytes, BlobError>>;
+
 struct S3Reader {
-    uri: BlobUri,
-    body: ByteStream,
+    store: S3Blobs,
+    budget: Budget,
+    info: ObjectInfo,
+    /// The response being streamed: the first range, or the rest of the
+    /// object when the budget had no room for ranges.
+    body: Option<ByteStream>,
+    /// Where the next range starts.
+    next_start: u64,
+    /// Ranges being fetched, in order, each with its buffer's reservation.
+    ranges: std::collections::VecDeque<(RangeTask, Reservation)>,
     /// What the last chunk had beyond the last read's `max`.
     pending: Bytes,
+    /// The reservation of the range `pending` came from.
+    _held: Option<Reservation>,
+}
+
+impl S3Reader {
+    /// Starts ranged GETs ahead of the reader while the window and the
+    /// budget allow.
+    fn top_up(&mut self) {
+        while self.ranges.len() < READ_WINDOW && self.next_start < self.info.size {
+            let end = (self.next_start + RANGE_SIZE).min(self.info.size) - 1;
+            let Ok(reservation) = self
+                .budget
+                .reserve_for_reading(end - self.next_start + 1, &format!("`{}`", self.info.uri))
+            else {
+                break;
+            };
+            let client = self.store.client.clone();
+            let uri = self.info.uri.clone();
+            let etag = self.info.etag.clone();
+            let range = format!("bytes={}-{end}", self.next_start);
+            let task = tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let out = client
+                    .get_object()
+                    .bucket(uri.bucket())
+                    .key(uri.key())
+                    .range(range)
+                    .set_if_match(etag)
+                    .send()
+                    .await
+                    .map_err(|err| match status(&err) {
+                        Some(412) => BlobError::Unavailable(format!(
+                            "`{uri}` changed while it was being read"
+                        )),
+                        _ => error(&uri, &err),
+                    })?;
+                let bytes = out.body.collect().await.map_err(|err| {
+                    BlobError::Unavailable(format!("`{uri}`: reading the object: {err}"))
+                })?;
+                tracing::debug!(%uri, took = ?started.elapsed(), "range read ahead");
+                Ok(bytes.into_bytes())
+            });
+            self.ranges.push_back((task, reservation));
+            self.next_start = end + 1;
+        }
+    }
+
+    /// The next range as a streamed GET, when the budget has no room to
+    /// fetch it ahead: it needs no buffer of its own, and the next ranges
+    /// are tried ahead again once it is read.
+    async fn stream_next(&mut self) -> Result<(), BlobError> {
+        let uri = &self.info.uri;
+        tracing::debug!(%uri, at = self.next_start, "no budget to read ahead: streaming the next range");
+        let end = (self.next_start + RANGE_SIZE).min(self.info.size) - 1;
+        let out = self
+            .store
+            .client
+            .get_object()
+            .bucket(uri.bucket())
+            .key(uri.key())
+            .range(format!("bytes={}-{end}", self.next_start))
+            .set_if_match(self.info.etag.clone())
+            .send()
+            .await
+            .map_err(|err| match status(&err) {
+                Some(412) => {
+                    BlobError::Unavailable(format!("`{uri}` changed while it was being read"))
+                }
+                _ => error(uri, &err),
+            })?;
+        self.body = Some(out.body);
+        self.next_start = end + 1;
+        Ok(())
+    }
+}
+
+impl Drop for S3Reader {
+    fn drop(&mut self) {
+        for (task, _) in &self.ranges {
+            task.abort();
+        }
+    }
 }
 
 #[async_trait]
 impl BlobReader for S3Reader {
+    fn info(&self) -> &ObjectInfo {
+        &self.info
+    }
+
     async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError> {
-        if self.pending.is_empty() {
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.pending = chunk,
-                Some(Err(err)) => {
-                    return Err(BlobError::Unavailable(format!(
-                        "`{}`: reading the object: {err}",
-                        self.uri
-                    )));
+        self.top_up();
+        while self.pending.is_empty() {
+            if let Some(body) = &mut self.body {
+                match body.next().await {
+                    Some(Ok(chunk)) => self.pending = chunk,
+                    Some(Err(err)) => {
+                        return Err(BlobError::Unavailable(format!(
+                            "`{}`: reading the object: {err}",
+                            self.info.uri
+                        )));
+                    }
+                    None => self.body = None,
                 }
-                None => return Ok(Vec::new()),
+                continue;
+            }
+            self.top_up();
+            if let Some((task, reservation)) = self.ranges.pop_front() {
+                self.pending = task.await.map_err(|err| {
+                    BlobError::Unavailable(format!("`{}`: {err}", self.info.uri))
+                })??;
+                self._held = Some(reservation);
+                self.top_up();
+            } else if self.next_start < self.info.size {
+                self.stream_next().await?;
+            } else {
+                return Ok(Vec::new());
             }
         }
         let take = max.min(self.pending.len());
@@ -243,10 +421,17 @@ impl BlobReader for S3Reader {
     }
 }
 
+type PartTask = tokio::task::JoinHandle<Result<CompletedPart, BlobError>>;
+
 /// A multipart upload in progress.
 struct Upload {
     id: String,
+    /// Parts whose upload finished.
     parts: Vec<CompletedPart>,
+    /// Parts going up, oldest first, each with its buffer's reservation.
+    in_flight: std::collections::VecDeque<(PartTask, Option<Reservation>)>,
+    /// The number the next part gets.
+    next_number: i32,
     /// Set once completed; an upload dropped without it is aborted.
     done: bool,
 }
@@ -257,6 +442,7 @@ struct S3Writer {
     content_type: Option<String>,
     overwrite: bool,
     owner: String,
+    budget: Budget,
     buffer: Vec<u8>,
     upload: Option<Upload>,
     size: u64,
@@ -265,7 +451,10 @@ struct S3Writer {
 }
 
 impl S3Writer {
-    /// Uploads the buffer as the next part, starting the upload if needed.
+    /// Sends the buffer as the next part, starting the upload if needed. The
+    /// part goes up on its own while the processor writes on, as long as
+    /// the budget holds its buffer; otherwise the oldest part is waited for
+    /// first, and with none in flight this one is sent before returning.
     async fn flush_part(&mut self) -> Result<(), BlobError> {
         if self.upload.is_none() {
             let out = self
@@ -283,40 +472,79 @@ impl S3Writer {
             self.upload = Some(Upload {
                 id,
                 parts: Vec::new(),
+                in_flight: std::collections::VecDeque::new(),
+                next_number: 1,
                 done: false,
             });
         }
+        let what = format!("`{}`", self.uri);
+        let reservation = loop {
+            let upload = self.upload.as_mut().expect("started above");
+            if upload.in_flight.len() < UPLOAD_WINDOW
+                && let Ok(reservation) = self.budget.reserve_for_upload(PART_SIZE as u64, &what)
+            {
+                break Some(reservation);
+            }
+            match upload.in_flight.pop_front() {
+                Some((task, _)) => {
+                    let part = join_part(&self.uri, task).await?;
+                    upload.parts.push(part);
+                }
+                // Nothing in flight and no room: this part goes up now,
+                // in the buffer the writer already holds.
+                None => {
+                    tracing::debug!(uri = %self.uri, "no budget to upload ahead: sending the part now");
+                    break None;
+                }
+            }
+        };
         let upload = self.upload.as_mut().expect("started above");
-        let number = upload.parts.len() as i32 + 1;
+        let number = upload.next_number;
+        upload.next_number += 1;
         let body = std::mem::take(&mut self.buffer);
-        let out = self
-            .store
-            .client
-            .upload_part()
-            .bucket(self.uri.bucket())
-            .key(self.uri.key())
-            .upload_id(&upload.id)
-            .part_number(number)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|err| error(&self.uri, &err))?;
-        upload.parts.push(
-            CompletedPart::builder()
+        let client = self.store.client.clone();
+        let (uri, id) = (self.uri.clone(), upload.id.clone());
+        let send = async move {
+            let started = std::time::Instant::now();
+            let out = client
+                .upload_part()
+                .bucket(uri.bucket())
+                .key(uri.key())
+                .upload_id(id)
+                .part_number(number)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|err| error(&uri, &err))?;
+            tracing::debug!(%uri, part = number, took = ?started.elapsed(), "part sent");
+            Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
-                .build(),
-        );
+                .build())
+        };
+        if reservation.is_some() {
+            upload
+                .in_flight
+                .push_back((tokio::spawn(send), reservation));
+        } else {
+            let part = send.await?;
+            upload.parts.push(part);
+        }
         Ok(())
     }
 
     /// Completes the multipart upload; `Ok(None)` when S3 refused because
     /// an object is already there.
     async fn finish_upload(&mut self) -> Result<Option<Option<String>>, BlobError> {
-        if !self.buffer.is_empty() || self.upload.as_ref().is_some_and(|u| u.parts.is_empty()) {
+        if !self.buffer.is_empty() || self.upload.as_ref().is_some_and(|u| u.next_number == 1) {
             self.flush_part().await?;
         }
         let upload = self.upload.as_mut().expect("a multipart upload is open");
+        while let Some((task, _)) = upload.in_flight.pop_front() {
+            let part = join_part(&self.uri, task).await?;
+            upload.parts.push(part);
+        }
+        upload.parts.sort_by_key(|part| part.part_number());
         let completed = self
             .store
             .client
@@ -342,6 +570,12 @@ impl S3Writer {
             Err(err) => Err(error(&self.uri, &err)),
         }
     }
+}
+
+/// The outcome of one part's upload task.
+async fn join_part(uri: &BlobUri, task: PartTask) -> Result<CompletedPart, BlobError> {
+    task.await
+        .map_err(|err| BlobError::Unavailable(format!("`{uri}`: uploading a part: {err}")))?
 }
 
 #[async_trait]
@@ -405,6 +639,9 @@ impl Drop for S3Writer {
         let Some(upload) = self.upload.take().filter(|u| !u.done) else {
             return;
         };
+        for (task, _) in &upload.in_flight {
+            task.abort();
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(uri = %self.uri, upload = %upload.id, "no runtime to abort the multipart upload; a bucket lifecycle rule will have to");
             return;

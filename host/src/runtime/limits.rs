@@ -103,7 +103,7 @@ impl LimitSettings {
         ensure!(limits.fuel != Some(0), "limit fuel must be more than zero");
         ensure!(
             limits.buffers >= 16 << 20,
-            "limit buffers {} is below 16 MiB: one S3 part needs 8 MiB",
+            "limit buffers {} is below 16 MiB: S3 writers need a 5 MiB part each, and reads and uploads a share",
             Bytes(limits.buffers)
         );
         Ok(limits)

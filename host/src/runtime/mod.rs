@@ -8,6 +8,7 @@ pub mod host;
 pub mod limits;
 pub mod log;
 pub mod plugins;
+pub mod prefetch;
 pub mod reload;
 mod state;
 
@@ -345,6 +346,7 @@ impl Runtime {
             owner: format!("{}/{}", message.queue, message.id),
             budget: crate::blobs::Budget::new(limits.buffers),
             written: Default::default(),
+            prefetch: Default::default(),
             fault: None,
         };
         let mut store = Store::new(&self.engine, state);

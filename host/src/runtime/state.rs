@@ -95,6 +95,8 @@ pub struct HostState {
     /// Objects this message finished writing, which it may sign links for
     /// without a read grant.
     pub(super) written: std::collections::HashSet<crate::blobs::BlobUri>,
+    /// Objects the processor said it will open, opened ahead.
+    pub(super) prefetch: super::prefetch::Prefetcher,
     /// Set by a host import before it traps on a hard limit, so the trap can
     /// be reported as that limit.
     pub(super) fault: Option<Fault>,

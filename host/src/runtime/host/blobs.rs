@@ -53,6 +53,10 @@ impl wit::Host for HostState {
     async fn stat(&mut self, uri: String) -> Result<wit::ObjectInfo, HostBlobError> {
         let uri = BlobUri::parse(&uri)?;
         self.grants.check_read(&uri)?;
+        // An object opened ahead already knows itself.
+        if let Some(known) = self.prefetch.info(&uri).await {
+            return Ok(info(known?));
+        }
         Ok(info(self.services.blobs.stat(&uri).await?))
     }
 
@@ -60,7 +64,15 @@ impl wit::Host for HostState {
         let uri = BlobUri::parse(&uri)?;
         self.grants.check_read(&uri)?;
         self.take_handle()?;
-        match self.services.blobs.open(&uri, &self.budget).await {
+        let ahead = self
+            .prefetch
+            .take(&uri, &self.services.blobs, &self.budget)
+            .await;
+        let opened = match ahead {
+            Some(opened) => opened,
+            None => self.services.blobs.open(&uri, &self.budget).await,
+        };
+        match opened {
             Ok(reader) => Ok(self.table.push(ReaderHandle(reader))?),
             Err(err) => {
                 self.release_handle();
@@ -108,6 +120,19 @@ impl wit::Host for HostState {
         }
         let expires_in = Duration::from_secs(u64::from(expires_in_secs));
         Ok(self.services.blobs.presign_get(&uri, expires_in).await?)
+    }
+
+    async fn prefetch(&mut self, uris: Vec<String>) -> wasmtime::Result<()> {
+        // Invalid or ungranted URIs are skipped: `stat` and `open` report
+        // them as they always do.
+        let granted: Vec<BlobUri> = uris
+            .iter()
+            .filter_map(|uri| BlobUri::parse(uri).ok())
+            .filter(|uri| self.grants.check_read(uri).is_ok())
+            .collect();
+        self.prefetch
+            .hint(granted, &self.services.blobs, &self.budget);
+        Ok(())
     }
 
     fn convert_error(&mut self, err: HostBlobError) -> wasmtime::Result<wit::Error> {

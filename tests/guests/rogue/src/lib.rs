@@ -1,5 +1,8 @@
 //! A processor for tests. The message body is a command, and the processor
-//! does exactly that, however badly it behaves:
+//! does exactly that, however badly it behaves. It is built against the
+//! 0.1.0 contract, frozen in `tests/guests/wit-0.1.0`, so every test that
+//! runs it also proves that processors built for 0.1.0 keep working. The
+//! commands:
 //!
 //! - `noop`: done, no result
 //! - `echo`: done, with the message's fields as the result
@@ -39,7 +42,8 @@ use bindings::{Guest, Message, Outcome};
 
 mod bindings {
     #![allow(clippy::too_many_arguments, reason = "generated code")]
-    wit_bindgen::generate!({ path: "../../../wit", world: "processor" });
+    // The 0.1.0 contract, frozen (see `tests/guests/wit-0.1.0`).
+    wit_bindgen::generate!({ path: "../wit-0.1.0", world: "processor" });
 }
 
 struct Rogue;
