@@ -16,6 +16,18 @@ cargo clippy --manifest-path guest-compress/Cargo.toml --all-targets -- -D warni
 export WASQ_EXAMPLES_DIR="${CARGO_TARGET_DIR:-$PWD/target}/examples"
 OUT="$WASQ_EXAMPLES_DIR" bash examples/build.sh
 
+# Prometheus (Debian's package) checks the shipped alerting rules, and a
+# test runs the real server against a host.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    fi
+fi
+promtool check rules deploy/prometheus/wasq-rules.yml
+export WASQ_TEST_PROMETHEUS="$(command -v prometheus)"
+
 # A real SQS, S3 and DynamoDB API on loopback: moto server, pinned, in the
 # project's virtualenv; cfn-lint checks the CloudFormation template.
 venv="$PWD/.venv"

@@ -100,6 +100,7 @@ async fn throughput(
         services,
         metrics: metrics.clone(),
         grace: Duration::from_secs(10),
+        alarm_webhook: None,
     };
     let binding = Binding {
         config: BindingConfig {

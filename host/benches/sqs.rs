@@ -238,6 +238,7 @@ async fn dispatch(
         services,
         metrics: metrics.clone(),
         grace: Duration::from_secs(10),
+        alarm_webhook: None,
     };
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let binding = Binding {

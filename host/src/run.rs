@@ -97,6 +97,8 @@ pub struct HostConfig {
     /// rather than at the link base given.
     pub links_follow_listen: bool,
     pub grace: Duration,
+    /// Where dead-letter alarms are POSTed, if anywhere.
+    pub alarm_webhook: Option<crate::dispatch::Webhook>,
     pub bindings: Vec<BindingSpec>,
 }
 
@@ -247,6 +249,7 @@ impl Host {
                 services,
                 metrics: metrics.clone(),
                 grace: config.grace,
+                alarm_webhook: config.alarm_webhook.clone(),
             },
             metrics,
             readiness,

@@ -158,6 +158,7 @@ impl Rig {
             services: self.env.services.clone(),
             metrics: self.metrics.clone(),
             grace,
+            alarm_webhook: None,
         }
     }
 

@@ -154,7 +154,8 @@ pub fn text(len: usize) -> Vec<u8> {
     out
 }
 
-/// `wasq run --queue local://jobs --plugin PLUGIN --listen 127.0.0.1:0 EXTRA…`
+/// `wasq run --queue local://jobs --plugin PLUGIN EXTRA… --listen 127.0.0.1:0`
+/// (unless EXTRA names its own `--listen`)
 /// on `data`, logging at info into the file `log` (a pipe nobody reads would
 /// fill and stall the host). Port 0 lets parallel tests never race for a
 /// port. Not yet spawned, so callers can add to it.
@@ -164,18 +165,13 @@ pub fn wasq_run(data: &Path, plugin: &str, log: &Path, extra: &[&str]) -> std::p
         .env("WASQ_DATA_DIR", data)
         .env("WASQ_CACHE_DIR", cache_dir())
         .env("WASQ_LOG", "info")
-        .args([
-            "run",
-            "--queue",
-            "local://jobs",
-            "--plugin",
-            plugin,
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["run", "--queue", "local://jobs", "--plugin", plugin])
         .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
+    if !extra.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
     // A plugin named by its path gets every grant from a config file of the
     // test's own (the tests this serves are about dispatch, not grants).
     if let Some(stem) = plugin

@@ -3,6 +3,7 @@
 //! run by the real runtime against the real local backends, and the `wasq`
 //! binary run as a user would.
 
+mod alerts;
 mod aws;
 mod cli;
 mod compress;

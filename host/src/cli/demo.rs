@@ -129,6 +129,7 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
         listen: Some(args.listen),
         links_follow_listen: global.link_base.is_none(),
         grace: Duration::from_secs(10),
+        alarm_webhook: None,
         bindings: vec![binding],
     };
     let host = Host::start(config).await?;

@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Stop once every bound queue is empty, instead of at a signal.
     #[arg(long)]
     pub until_empty: bool,
+    /// POST a JSON notification here when a binding's dead-letter alarm
+    /// fires or clears (http:// or https://).
+    #[arg(long)]
+    pub alarm_webhook: Option<String>,
     /// Where processors' objects live: `local` (DATA_DIR/blobs) or `s3`.
     #[arg(long)]
     pub blob_store: Option<BlobBackend>,
@@ -129,6 +133,7 @@ pub struct BindingArgs {
 struct ConfigFile {
     listen: Option<SocketAddr>,
     grace: Option<String>,
+    alarm_webhook: Option<String>,
     /// `local` or `s3`.
     blob_store: Option<String>,
     /// `sqlite` or `dynamodb://TABLE`.
@@ -377,6 +382,10 @@ impl RunArgs {
                 listen: Some(listen),
                 links_follow_listen: global.link_base.is_none(),
                 grace,
+                alarm_webhook: match self.alarm_webhook.as_ref().or(file.alarm_webhook.as_ref()) {
+                    Some(url) => Some(crate::dispatch::Webhook::new(url)?),
+                    None => None,
+                },
                 bindings,
             },
             self.until_empty,

@@ -1,4 +1,7 @@
 //! What the dispatcher counts, per binding, in Prometheus's data model.
+//! Each metric is declared once, in the table at the bottom of this file;
+//! the registry, the per-binding handles and the list of names all come
+//! from it.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,116 +22,112 @@ fn duration_histogram() -> Histogram {
     ])
 }
 
-/// Every metric of every binding, and the registry that renders them.
-pub struct Metrics {
-    registry: Mutex<Registry>,
-    received: Family<BindingLabel, Counter>,
-    done: Family<BindingLabel, Counter>,
-    retried: Family<BindingLabel, Counter>,
-    rejected: Family<BindingLabel, Counter>,
-    dead_lettered: Family<BindingLabel, Counter>,
-    deleted: Family<BindingLabel, Counter>,
-    in_flight: Family<BindingLabel, Gauge>,
-    pollers: Family<BindingLabel, Gauge>,
-    queue_depth: Family<BindingLabel, Gauge>,
-    dlq_depth: Family<BindingLabel, Gauge>,
-    handle_seconds: Family<BindingLabel, Histogram, fn() -> Histogram>,
+macro_rules! family {
+    (counter) => { Family<BindingLabel, Counter> };
+    (gauge) => { Family<BindingLabel, Gauge> };
+    (histogram) => { Family<BindingLabel, Histogram, fn() -> Histogram> };
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let metrics = Metrics {
-            registry: Mutex::new(Registry::with_prefix("wasq")),
-            received: Family::default(),
-            done: Family::default(),
-            retried: Family::default(),
-            rejected: Family::default(),
-            dead_lettered: Family::default(),
-            deleted: Family::default(),
-            in_flight: Family::default(),
-            pollers: Family::default(),
-            queue_depth: Family::default(),
-            dlq_depth: Family::default(),
-            handle_seconds: Family::new_with_constructor(duration_histogram),
-        };
-        {
-            let mut registry = metrics.registry.lock().unwrap_or_else(|p| p.into_inner());
-            registry.register(
-                "messages_received",
-                "Messages received from the queue",
-                metrics.received.clone(),
-            );
-            registry.register(
-                "messages_done",
-                "Messages processed and deleted",
-                metrics.done.clone(),
-            );
-            registry.register(
-                "messages_retried",
-                "Messages set to be redelivered after a backoff",
-                metrics.retried.clone(),
-            );
-            registry.register(
-                "messages_rejected",
-                "Messages the processor rejected",
-                metrics.rejected.clone(),
-            );
-            registry.register(
-                "messages_dead_lettered",
-                "Messages sent to the dead-letter queue (rejected or out of receives)",
-                metrics.dead_lettered.clone(),
-            );
-            registry.register(
-                "messages_deleted",
-                "Messages deleted from the queue (done, dead-lettered or dropped)",
-                metrics.deleted.clone(),
-            );
-            registry.register(
-                "messages_in_flight",
-                "Messages being processed now",
-                metrics.in_flight.clone(),
-            );
-            registry.register(
-                "queue_depth",
-                "Messages visible in the queue",
-                metrics.queue_depth.clone(),
-            );
-            registry.register(
-                "dlq_depth",
-                "Messages in the dead-letter queue",
-                metrics.dlq_depth.clone(),
-            );
-            registry.register(
-                "handle_duration_seconds",
-                "Time to instantiate and run the processor on one message",
-                metrics.handle_seconds.clone(),
-            );
+macro_rules! new_family {
+    (counter) => {
+        Family::default()
+    };
+    (gauge) => {
+        Family::default()
+    };
+    (histogram) => {
+        Family::new_with_constructor(duration_histogram)
+    };
+}
+
+macro_rules! handle {
+    (counter) => {
+        Counter
+    };
+    (gauge) => {
+        Gauge
+    };
+    (histogram) => {
+        Histogram
+    };
+}
+
+/// How a metric's name appears in the exposition: counters get `_total`.
+macro_rules! exposed {
+    (counter, $name:literal) => {
+        concat!("wasq_", $name, "_total")
+    };
+    (gauge, $name:literal) => {
+        concat!("wasq_", $name)
+    };
+    (histogram, $name:literal) => {
+        concat!("wasq_", $name)
+    };
+}
+
+macro_rules! metrics {
+    ($($field:ident: $kind:ident, $name:literal, $help:literal;)*) => {
+        /// Every metric of every binding, and the registry that renders them.
+        pub struct Metrics {
+            registry: Mutex<Registry>,
+            $($field: family!($kind),)*
         }
-        metrics
-    }
+
+        impl Default for Metrics {
+            fn default() -> Self {
+                let metrics = Metrics {
+                    registry: Mutex::new(Registry::with_prefix("wasq")),
+                    $($field: new_family!($kind),)*
+                };
+                {
+                    let mut registry = metrics.registry.lock().unwrap_or_else(|p| p.into_inner());
+                    $(registry.register($name, $help, metrics.$field.clone());)*
+                }
+                metrics
+            }
+        }
+
+        /// One binding's handles on its metrics; cheap to clone.
+        #[derive(Clone)]
+        pub struct BindingMetrics {
+            $(pub $field: handle!($kind),)*
+        }
+
+        impl Metrics {
+            /// The metrics of one binding.
+            pub fn binding(&self, name: &str) -> BindingMetrics {
+                let label = BindingLabel {
+                    binding: name.to_string(),
+                };
+                BindingMetrics {
+                    $($field: self.$field.get_or_create(&label).clone(),)*
+                }
+            }
+        }
+
+        /// Every metric's name as `/metrics` serves it, and its help text.
+        pub const NAMES: &[(&str, &str)] = &[$((exposed!($kind, $name), $help),)*];
+    };
+}
+
+metrics! {
+    received: counter, "messages_received", "Messages received from the queue";
+    done: counter, "messages_done", "Messages processed and deleted";
+    retried: counter, "messages_retried", "Messages set to be redelivered after a backoff";
+    rejected: counter, "messages_rejected", "Messages the processor rejected";
+    dead_lettered: counter, "messages_dead_lettered", "Messages sent to the dead-letter queue (rejected or out of receives)";
+    deleted: counter, "messages_deleted", "Messages deleted from the queue (done, dead-lettered or dropped)";
+    in_flight: gauge, "messages_in_flight", "Messages being processed now";
+    pollers: gauge, "pollers", "Pollers receiving for the binding now";
+    queue_depth: gauge, "queue_depth", "Messages visible or delayed in the queue";
+    dlq_depth: gauge, "dlq_depth", "Messages in the dead-letter queue";
+    dlq_alarm: gauge, "dlq_alarm", "1 while the dead-letter queue holds more than the binding's dlq-alarm threshold";
+    last_receive: gauge, "last_receive_timestamp_seconds", "When the binding last finished a receive (Unix seconds), messages or not";
+    oldest_received_age: gauge, "oldest_received_age_seconds", "Age, since it was sent, of the oldest message received since the last stats tick";
+    handle_seconds: histogram, "handle_duration_seconds", "Time to instantiate and run the processor on one message";
 }
 
 impl Metrics {
-    /// The metrics of one binding.
-    pub fn binding(&self, name: &str) -> BindingMetrics {
-        let label = BindingLabel {
-            binding: name.to_string(),
-        };
-        BindingMetrics {
-            received: self.received.get_or_create(&label).clone(),
-            done: self.done.get_or_create(&label).clone(),
-            retried: self.retried.get_or_create(&label).clone(),
-            rejected: self.rejected.get_or_create(&label).clone(),
-            dead_lettered: self.dead_lettered.get_or_create(&label).clone(),
-            deleted: self.deleted.get_or_create(&label).clone(),
-            in_flight: self.in_flight.get_or_create(&label).clone(),
-            pollers: self.pollers.get_or_create(&label).clone(),
-            queue_depth: self.queue_depth.get_or_create(&label).clone(),
-            dlq_depth: self.dlq_depth.get_or_create(&label).clone(),
-            handle_seconds: self.handle_seconds.get_or_create(&label).clone(),
-        }
-    }
-
     /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,18 +138,22 @@ impl Metrics {
     }
 }
 
-/// One binding's handles on its metrics; cheap to clone.
-#[derive(Clone)]
-pub struct BindingMetrics {
-    pub received: Counter,
-    pub done: Counter,
-    pub retried: Counter,
-    pub rejected: Counter,
-    pub dead_lettered: Counter,
-    pub deleted: Counter,
-    pub in_flight: Gauge,
-    pub pollers: Gauge,
-    pub queue_depth: Gauge,
-    pub dlq_depth: Gauge,
-    pub handle_seconds: Histogram,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pollers` was once declared and never registered.
+    #[test]
+    fn every_declared_metric_is_served() {
+        let metrics = Metrics::default();
+        metrics.binding("b");
+        let text = metrics.render();
+        for (name, help) in NAMES {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} is not served"
+            );
+            assert!(text.contains(help), "{help}");
+        }
+    }
 }

@@ -3,9 +3,11 @@
 //! fresh instance, and each ends in exactly one of delete, retry with
 //! backoff, or dead-letter. Nothing here ends the loop but shutdown.
 
+pub mod alarm;
 pub mod backoff;
 pub mod metrics;
 
+pub use alarm::Webhook;
 pub use backoff::Backoff;
 pub use metrics::{BindingMetrics, Metrics};
 
@@ -100,6 +102,8 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     /// How long in-flight messages may take to finish after shutdown.
     pub grace: Duration,
+    /// Where dead-letter alarms are POSTed, if anywhere.
+    pub alarm_webhook: Option<Webhook>,
 }
 
 /// Whether every binding has polled at least once.
@@ -132,8 +136,19 @@ impl Dispatcher {
         let first_done = Arc::new(AtomicBool::new(false));
         for binding in bindings {
             let (deletes, delete_rx) = mpsc::channel(1024);
+            let metrics = self.metrics.binding(&binding.config.name);
+            let alarm = binding.config.dlq_alarm.map(|threshold| {
+                std::sync::Mutex::new(alarm::Alarm::new(
+                    threshold,
+                    metrics.dlq_alarm.clone(),
+                    self.alarm_webhook.clone(),
+                ))
+            });
             let state = Arc::new(BindingState {
-                metrics: self.metrics.binding(&binding.config.name),
+                metrics,
+                alarm,
+                newest_reason: std::sync::Mutex::new(None),
+                oldest_received_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
                 permits: Arc::new(Semaphore::new(binding.config.max_concurrency)),
                 max_pollers: binding
                     .config
@@ -195,6 +210,13 @@ struct BindingState {
     runtime: Arc<Runtime>,
     services: Services,
     metrics: BindingMetrics,
+    /// The alarm on the dead-letter queue's depth, if the binding has one.
+    alarm: Option<std::sync::Mutex<alarm::Alarm>>,
+    /// The reason this host last dead-lettered a message with.
+    newest_reason: std::sync::Mutex<Option<String>>,
+    /// When the oldest message received since the last stats tick was sent
+    /// (Unix ms; `u64::MAX` for none).
+    oldest_received_ms: std::sync::atomic::AtomicU64,
     permits: Arc<Semaphore>,
     max_pollers: usize,
     pollers: AtomicUsize,
@@ -343,6 +365,10 @@ impl BindingState {
             {
                 Ok(messages) => {
                     self.receive_failures.store(0, Ordering::Release);
+                    self.metrics.last_receive.set(unix_now().as_secs() as i64);
+                    if let Some(oldest) = messages.iter().map(|m| m.sent_at_ms).min() {
+                        self.oldest_received_ms.fetch_min(oldest, Ordering::AcqRel);
+                    }
                     if messages.is_empty() {
                         break;
                     }
@@ -619,6 +645,8 @@ impl BindingState {
         }
         match dlq.send(letter).await {
             Ok(_) => {
+                *self.newest_reason.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(reason.clone());
                 warn!(%reason, dlq = dlq.name(), "dead-lettered");
                 self.metrics.dead_lettered.inc();
                 self.delete(received.receipt.clone()).await;
@@ -671,10 +699,29 @@ impl BindingState {
             if let Some(dlq) = &self.binding.dlq
                 && let Ok(stats) = dlq.stats().await
             {
-                self.metrics
-                    .dlq_depth
-                    .set((stats.visible + stats.in_flight + stats.delayed) as i64);
+                let depth = stats.visible + stats.in_flight + stats.delayed;
+                self.metrics.dlq_depth.set(depth as i64);
+                if let Some(alarm) = &self.alarm {
+                    let newest = self
+                        .newest_reason
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    alarm.lock().unwrap_or_else(|p| p.into_inner()).observe(
+                        &self.config().name,
+                        dlq.name(),
+                        depth,
+                        newest.as_deref(),
+                    );
+                }
             }
+            let oldest = self.oldest_received_ms.swap(u64::MAX, Ordering::AcqRel);
+            let age = if oldest == u64::MAX {
+                0
+            } else {
+                (unix_now().as_millis() as u64).saturating_sub(oldest) / 1000
+            };
+            self.metrics.oldest_received_age.set(age as i64);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 _ = self.stop.cancelled() => break,
@@ -687,6 +734,13 @@ impl Binding {
     fn queue_is_fifo(&self) -> bool {
         self.queue.name().ends_with(".fifo")
     }
+}
+
+/// The time since the Unix epoch.
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Shrinks a dead letter until it fits a queue's size limit: the reason is
