@@ -119,8 +119,7 @@ fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
             let mut request = Vec::new();
             let mut buf = [0u8; 4096];
             // Head and body: read until the body's length is in.
-            loop {
-                let Ok(n) = stream.read(&mut buf) else { break };
+            while let Ok(n) = stream.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
