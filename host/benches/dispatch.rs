@@ -101,6 +101,7 @@ async fn throughput(
         metrics: metrics.clone(),
         grace: Duration::from_secs(10),
         alarm_webhook: None,
+        hurry: Default::default(),
     };
     let binding = Binding {
         config: BindingConfig {

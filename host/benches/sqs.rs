@@ -239,6 +239,7 @@ async fn dispatch(
         metrics: metrics.clone(),
         grace: Duration::from_secs(10),
         alarm_webhook: None,
+        hurry: Default::default(),
     };
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let binding = Binding {

@@ -250,6 +250,7 @@ impl Host {
                 metrics: metrics.clone(),
                 grace: config.grace,
                 alarm_webhook: config.alarm_webhook.clone(),
+                hurry: tokio_util::sync::CancellationToken::new(),
             },
             metrics,
             readiness,
@@ -259,6 +260,12 @@ impl Host {
             advice,
             serve,
         })
+    }
+
+    /// Cancelling this cuts the shutdown's grace period short: messages
+    /// still running are released at once.
+    pub fn hurry(&self) -> tokio_util::sync::CancellationToken {
+        self.dispatcher.hurry.clone()
     }
 
     /// Where the local store's links point, when blobs are local.

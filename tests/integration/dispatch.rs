@@ -159,6 +159,7 @@ impl Rig {
             metrics: self.metrics.clone(),
             grace,
             alarm_webhook: None,
+            hurry: Default::default(),
         }
     }
 
@@ -553,4 +554,91 @@ async fn shutdown_lets_in_flight_messages_finish_within_the_grace_period(rig: Ri
     assert_eq!(rig.result_of(&id).await.as_deref(), Some("1"));
     let stats = rig.queue.stats().await.unwrap();
     assert_eq!((stats.visible, stats.in_flight), (1, 0));
+}
+
+/// A blob store that panics on one URI, as a host bug would.
+struct Panicking(Arc<dyn wasq::blobs::BlobStore>);
+
+#[async_trait::async_trait]
+impl wasq::blobs::BlobStore for Panicking {
+    async fn stat(
+        &self,
+        uri: &wasq::blobs::BlobUri,
+    ) -> Result<wasq::blobs::ObjectInfo, wasq::blobs::BlobError> {
+        self.0.stat(uri).await
+    }
+    async fn open(
+        &self,
+        uri: &wasq::blobs::BlobUri,
+        budget: &wasq::blobs::Budget,
+    ) -> Result<Box<dyn wasq::blobs::BlobReader>, wasq::blobs::BlobError> {
+        if uri.key() == "panic" {
+            panic!("an injected host bug");
+        }
+        self.0.open(uri, budget).await
+    }
+    async fn create(
+        &self,
+        uri: &wasq::blobs::BlobUri,
+        options: wasq::blobs::CreateOptions<'_>,
+    ) -> Result<Box<dyn wasq::blobs::BlobWriter>, wasq::blobs::BlobError> {
+        self.0.create(uri, options).await
+    }
+    async fn presign_get(
+        &self,
+        uri: &wasq::blobs::BlobUri,
+        expires_in: Duration,
+    ) -> Result<String, wasq::blobs::BlobError> {
+        self.0.presign_get(uri, expires_in).await
+    }
+}
+
+on_both_backends!(
+    a_panic_while_a_message_runs_is_a_retry_and_hangs_nothing,
+    "jobs"
+);
+/// A panic while a message ran once left its heartbeat renewing the lease
+/// forever, so shutdown never finished.
+async fn a_panic_while_a_message_runs_is_a_retry_and_hangs_nothing(rig: Rig) {
+    rig.send("open s3://docs/panic", None).await;
+    let fine = rig.send("echo", None).await;
+    let config = BindingConfig {
+        max_receive_count: 2,
+        ..rig.config()
+    };
+    let mut dispatcher = rig.dispatcher(Duration::from_secs(2));
+    dispatcher.services.blobs = Arc::new(Panicking(rig.env.services.blobs.clone()));
+    let queue = rig.queue.clone();
+    let started = Instant::now();
+    dispatcher
+        .run(
+            vec![rig.binding(config, Limits::default(), true)],
+            Readiness::default(),
+            async move {
+                tokio::select! {
+                    _ = wasq::run::drained(vec![queue]) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+            },
+        )
+        .await;
+    // Shutdown finished, within the grace period after draining.
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(
+        rig.result_of(&fine).await.is_some(),
+        "the other message did not run"
+    );
+    let letters = rig.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    let reason = letters[0]
+        .attributes
+        .iter()
+        .find(|(n, _)| n == "wasq-reason")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("the host panicked while running the message: an injected host bug"),
+        "{reason}"
+    );
+    assert_eq!(rig.metrics.binding("jobs").retried.get(), 1);
 }

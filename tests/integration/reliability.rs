@@ -251,3 +251,58 @@ async fn sigterm_releases_unfinished_messages_and_exits_cleanly() {
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.visible, stats.in_flight), (3, 0), "{log}");
 }
+
+/// A second SIGTERM was once ignored without a word: the host sat out the
+/// whole grace period. Now it releases what still runs and exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_cuts_the_grace_period_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (queues, _ids) = setup(&data, 2, "sleep 60000").await;
+    let log = dir.path().join("host.log");
+    let mut child = wasq_run(
+        &data,
+        wasq_test_guests::ROGUE,
+        &log,
+        &[
+            "--max-concurrency",
+            "1",
+            "--grace",
+            "60s",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let queue = queues.queue("jobs").await.unwrap();
+    let started = Instant::now();
+    while queue.stats().await.unwrap().in_flight == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing was received"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let term = || {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(term().success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(term().success());
+    let stopping = Instant::now();
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(log.contains("asked again to stop"), "{log}");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (2, 0), "{log}");
+}

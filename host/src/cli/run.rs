@@ -336,12 +336,23 @@ impl RunArgs {
             plugin: self.queue.as_ref().map(|_| self.plugin.clone()),
             ..self.binding.clone()
         };
+        // Flags set on the command line apply over every binding of the
+        // file (flags > file > manifest > defaults); the queue and plugin
+        // stay the file's.
         let bindings = if self.queue.is_some() {
             vec![flags.spec()?]
         } else {
             file.binding
                 .iter()
-                .map(|binding| binding.clone().or(&BindingArgs::default()).spec())
+                .map(|binding| {
+                    BindingArgs {
+                        queue: None,
+                        plugin: None,
+                        ..self.binding.clone()
+                    }
+                    .or(binding)
+                    .spec()
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?
         };
         if bindings.is_empty() {
@@ -415,12 +426,25 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     for advice in &host.advice {
         eprintln!("\n{advice}");
     }
+    // The first SIGINT or SIGTERM starts the graceful shutdown; a second
+    // one cuts it short, as service managers expect.
+    let (first, first_signal) = tokio::sync::oneshot::channel();
+    let hurry = host.hurry();
+    tokio::spawn(async move {
+        signal().await;
+        let _ = first.send(());
+        signal().await;
+        hurry.cancel();
+    });
+    let signalled = async move {
+        let _ = first_signal.await;
+    };
     if until_empty {
         let queues = host.bound.clone();
         host.run(
             async move {
                 tokio::select! {
-                    _ = signal() => {}
+                    _ = signalled => {}
                     _ = drained(queues) => {}
                 }
             },
@@ -428,7 +452,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
         )
         .await?;
     } else {
-        host.run(signal(), None).await?;
+        host.run(signalled, None).await?;
     }
     Ok(true)
 }
@@ -576,6 +600,57 @@ mod store_tests {
             unreachable!("a run command")
         };
         Ok(run.host_config(&cli.global)?.0)
+    }
+
+    /// Binding flags were once dropped without a word when the bindings came
+    /// from the file.
+    #[test]
+    fn binding_flags_apply_over_every_file_binding() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wasq.toml");
+        std::fs::write(
+            &file,
+            "[[binding]]\nqueue = \"local://a\"\ntimeout = \"10s\"\nmax-concurrency = 4\n[[binding]]\nqueue = \"local://b\"\n",
+        )
+        .unwrap();
+        let file = file.display().to_string();
+        let config = host_config(&[
+            "wasq",
+            "run",
+            "--config-file",
+            &file,
+            "--timeout",
+            "5s",
+            "--visibility-timeout",
+            "40s",
+        ])
+        .unwrap();
+        assert_eq!(config.bindings.len(), 2);
+        for spec in &config.bindings {
+            assert_eq!(spec.limits.timeout.as_deref(), Some("5s"));
+            assert_eq!(
+                spec.visibility_timeout,
+                Some(std::time::Duration::from_secs(40))
+            );
+        }
+        assert_eq!(config.bindings[0].config.max_concurrency, 4);
+        assert_eq!(config.bindings[1].queue, QueueRef::Local("b".into()));
+        // A flag that cannot apply is refused, naming the binding.
+        let err = host_config(&[
+            "wasq",
+            "run",
+            "--config-file",
+            &file,
+            "--visibility-timeout",
+            "5s",
+            "--timeout",
+            "30s",
+        ])
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("binding local://a: the visibility timeout (5s) must exceed the processor timeout (30s)"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub use metrics::{BindingMetrics, Metrics};
 use crate::queue::{MAX_ATTRIBUTES, Outgoing, Queue, QueueError, Received, SOURCE_ATTRIBUTE};
 use crate::records::{PutOptions, RecordsError};
 use crate::runtime::{LogSink, Message, Outcome, Plugin, PluginSlot, Runtime, Services};
+use futures_util::FutureExt as _;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -104,6 +105,8 @@ pub struct Dispatcher {
     pub grace: Duration,
     /// Where dead-letter alarms are POSTed, if anywhere.
     pub alarm_webhook: Option<Webhook>,
+    /// Cancelled to cut the grace period short (a second SIGTERM).
+    pub hurry: CancellationToken,
 }
 
 /// Whether every binding has polled at least once.
@@ -181,13 +184,20 @@ impl Dispatcher {
         info!("shutting down: no more receives; waiting for messages in flight");
         stop.cancel();
         tracker.close();
-        if tokio::time::timeout(self.grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(grace = ?self.grace, "grace period over: releasing unfinished messages");
-            abort.cancel();
-            tracker.wait().await;
+        tokio::select! {
+            finished = tokio::time::timeout(self.grace, tracker.wait()) => {
+                if finished.is_err() {
+                    warn!(grace = ?self.grace, "grace period over: releasing unfinished messages");
+                    abort.cancel();
+                    tracker.wait().await;
+                }
+            }
+            // A second signal: no more waiting.
+            _ = self.hurry.cancelled() => {
+                warn!("asked again to stop: releasing unfinished messages now");
+                abort.cancel();
+                tracker.wait().await;
+            }
         }
         for name in names {
             let m = self.metrics.binding(&name);
@@ -456,18 +466,47 @@ impl BindingState {
                 queue: self.binding.queue.name().to_string(),
             };
             let log = LogSink::new(plugin.name().clone(), received.id.as_str().into(), false);
-            let heartbeat = self.heartbeat(received.receipt.clone());
+            // The lease is renewed until this guard drops: at the end of
+            // the run, or while a panic unwinds.
+            let heartbeat = self.heartbeat(received.receipt.clone()).drop_guard();
+            let started = Instant::now();
+            // A panic anywhere in the run (the host's side of an import, a
+            // backend) ends this message as a retry naming it, as the Lambda
+            // runtime's CatchPanicService does; other messages go on.
+            let running = std::panic::AssertUnwindSafe(self.runtime.run(
+                &plugin,
+                &self.services,
+                &message,
+                log,
+            ))
+            .catch_unwind();
             let run = tokio::select! {
-                run = self.runtime.run(&plugin, &self.services, &message, log) => Some(run),
+                run = running => Some(run),
                 _ = self.abort.cancelled() => None,
             };
-            heartbeat.cancel();
+            drop(heartbeat);
             self.metrics.in_flight.dec();
-            let Some(run) = run else {
-                info!("released unfinished at shutdown");
-                self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)])
-                    .await;
-                return false;
+            let run = match run {
+                Some(Ok(run)) => run,
+                Some(Err(panic)) => {
+                    let what = panic_text(panic.as_ref());
+                    error!(panic = %what, "the host panicked while running the message");
+                    crate::runtime::Run {
+                        outcome: Outcome::Retry {
+                            reason: format!("the host panicked while running the message: {what}"),
+                            delay: None,
+                        },
+                        fault: None,
+                        usage: Default::default(),
+                        elapsed: started.elapsed(),
+                    }
+                }
+                None => {
+                    info!("released unfinished at shutdown");
+                    self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)])
+                        .await;
+                    return false;
+                }
             };
             self.metrics
                 .handle_seconds
@@ -488,21 +527,28 @@ impl BindingState {
         let token = done.clone();
         let state = self.clone();
         let every = (self.config().visibility_timeout / 3).max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => {
-                        if state.renew(&receipt).await {
-                            debug!("visibility renewed");
-                        } else {
-                            warn!("could not renew visibility: the lease may lapse");
+        // Under the tracker, so shutdown waits for it, and in the message's
+        // span, so its log lines say which message.
+        let span = tracing::Span::current();
+        self.tracker.spawn(
+            async move {
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => {
+                            if state.renew(&receipt).await {
+                                debug!("visibility renewed");
+                            } else {
+                                warn!("could not renew visibility: the lease may lapse");
+                            }
                         }
+                        _ = token.cancelled() => break,
                     }
-                    _ = token.cancelled() => break,
                 }
             }
-        });
+            .instrument(span),
+        );
         done
     }
 
@@ -734,6 +780,16 @@ impl Binding {
     fn queue_is_fifo(&self) -> bool {
         self.queue.name().ends_with(".fifo")
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    crate::text::truncate(&text, 1024).into_owned()
 }
 
 /// The time since the Unix epoch.
