@@ -34,8 +34,14 @@ pub struct Job {
 /// `output_prefix` supplies the archive location when the job names none:
 /// `{output_prefix}{job_id}.zip`.
 pub fn parse(body: &str, output_prefix: Option<&str>) -> Result<Job, String> {
-    let raw: RawJob =
-        serde_json::from_str(body).map_err(|err| format!("job is not valid JSON: {err}"))?;
+    let raw: RawJob = serde_json::from_str(body).map_err(|err| match err.classify() {
+        // Well-formed JSON of another shape is told apart from text that
+        // is not JSON at all.
+        serde_json::error::Category::Data => format!(
+            "job is JSON but not a job (an object with `job_id`, `files`, `output`, `expires_in`): {err}"
+        ),
+        _ => format!("job is not valid JSON: {err}"),
+    })?;
 
     let job_id = match raw.job_id {
         Some(id) if !id.trim().is_empty() => id,
@@ -254,6 +260,8 @@ mod tests {
                 r#"{"job_id":"j","files":["s3://a/b"],"output":"s3://o/p","extra":1}"#,
                 "unknown field `extra`",
             ),
+            (r#"["s3://a/b"]"#, "job is JSON but not a job"),
+            (r#"{"job_id":7,"files":["s3://a/b"]}"#, "job is JSON but not a job"),
         ];
         for (body, expected) in cases {
             let err = parse(body, None).unwrap_err();

@@ -304,12 +304,20 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
         DlqCommand::List { queue, max } => {
             let queue = QueueRef::parse(&queue)?;
             let dlq = dlq_of(&backends, &queue).await?;
-            backends.queue(&dlq).await?;
+            let stats = backends.queue(&dlq).await?.stats().await?;
+            let total = stats.visible + stats.in_flight + stats.delayed;
             let letters = match &dlq {
                 QueueRef::Local(name) => backends.local_queues().await?.peek(name, max).await?,
                 QueueRef::Sqs(_) => backends.sqs().await.peek(dlq.address(), max).await?,
             };
-            println!("{} dead letters in {dlq}", letters.len());
+            if (letters.len() as u64) < total {
+                println!(
+                    "{total} dead letters in {dlq}; showing {} (--max {max})",
+                    letters.len()
+                );
+            } else {
+                println!("{} dead letters in {dlq}", letters.len());
+            }
             for letter in letters {
                 print_dead_letter(&letter);
             }

@@ -661,10 +661,18 @@ impl BindingState {
             .cloned()
             .collect();
         if original.len() > room {
+            // SQS takes ten attributes; wasq's own come first. The reason
+            // names what did not fit, so nobody wonders where it went.
+            let dropped: Vec<&str> = original[room..].iter().map(|(n, _)| n.as_str()).collect();
             warn!(
                 kept = room,
-                dropped = original.len() - room,
-                "dead letter keeps only the first attributes"
+                dropped = %dropped.join(", "),
+                "dead letter keeps only the attributes that fit beside wasq's"
+            );
+            attributes[0].1 = format!(
+                "{} [attributes not kept, past SQS's ten: {}]",
+                attributes[0].1,
+                dropped.join(", ")
             );
         }
         attributes.extend(original.into_iter().take(room));
