@@ -261,7 +261,10 @@ mod tests {
                 "unknown field `extra`",
             ),
             (r#"["s3://a/b"]"#, "job is JSON but not a job"),
-            (r#"{"job_id":7,"files":["s3://a/b"]}"#, "job is JSON but not a job"),
+            (
+                r#"{"job_id":7,"files":["s3://a/b"]}"#,
+                "job is JSON but not a job",
+            ),
         ];
         for (body, expected) in cases {
             let err = parse(body, None).unwrap_err();

@@ -131,7 +131,8 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
     })?;
     let plugin = runtime.load_code(&code, &options.limits, &options.config)?;
     if plugin.grants().is_empty() {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "{}\n(or give this run a manifest with --manifest FILE)\n",
             crate::run::grant_advice(&plugin, None)
         );

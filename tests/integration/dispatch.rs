@@ -643,7 +643,10 @@ async fn a_panic_while_a_message_runs_is_a_retry_and_hangs_nothing(rig: Rig) {
     assert_eq!(rig.metrics.binding("jobs").retried.get(), 1);
 }
 
-on_both_backends!(a_dead_letter_keeps_what_fits_and_names_what_does_not, "jobs");
+on_both_backends!(
+    a_dead_letter_keeps_what_fits_and_names_what_does_not,
+    "jobs"
+);
 /// A dead letter once kept only five of a message's attributes, silently.
 async fn a_dead_letter_keeps_what_fits_and_names_what_does_not(rig: Rig) {
     let attributes: Vec<(String, String)> = (0..8)
@@ -664,7 +667,11 @@ async fn a_dead_letter_keeps_what_fits_and_names_what_does_not(rig: Rig) {
     .await;
     let letters = rig.dead_letters().await;
     assert_eq!(letters.len(), 1);
-    let names: Vec<&str> = letters[0].attributes.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = letters[0]
+        .attributes
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
     assert_eq!(names.len(), 10, "{names:?}");
     let reason = &letters[0]
         .attributes
@@ -678,7 +685,10 @@ async fn a_dead_letter_keeps_what_fits_and_names_what_does_not(rig: Rig) {
         .collect();
     assert_eq!(dropped.len(), 3, "{names:?}");
     assert!(
-        reason.contains(&format!("attributes not kept, past SQS's ten: {}", dropped.join(", "))),
+        reason.contains(&format!(
+            "attributes not kept, past SQS's ten: {}",
+            dropped.join(", ")
+        )),
         "{reason}"
     );
 }

@@ -306,3 +306,66 @@ async fn a_second_signal_cuts_the_grace_period_short() {
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.visible, stats.in_flight), (2, 0), "{log}");
 }
+
+/// `/readyz` once stayed 503 for a whole long poll (up to 20 s) on an
+/// empty queue, though the queue had answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_as_soon_as_the_queue_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_queues, _ids) = setup(&data, 0, "noop").await;
+    let port = crate::cli::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = dir.path().join("host.log");
+    let mut child = wasq_run(
+        &data,
+        wasq_test_guests::ROGUE,
+        &log,
+        &["--receive-wait", "20s", "--listen", &listen],
+    )
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    let ready = loop {
+        let status = std::net::TcpStream::connect(&listen)
+            .ok()
+            .and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).ok()?;
+                out.split_whitespace().nth(1).map(str::to_string)
+            });
+        if status.as_deref() == Some("200") {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready < Duration::from_secs(10), "{ready:?}");
+}
+
+/// With its stderr pipe closed, `wasq run` once aborted (exit 134) and left
+/// the message in flight. Logging must never stop the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_never_stops_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (queues, ids) = setup(&data, 3, "echo").await;
+    let log = dir.path().join("unused.log");
+    let mut child = wasq_run(&data, wasq_test_guests::ROGUE, &log, &["--until-empty"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads the host's log: close the pipe at once.
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let records = SqliteRecords::open(&data.join("records.db")).unwrap();
+    assert_eq!(results(&records, &ids).await.len(), 3);
+    let queue = queues.queue("jobs").await.unwrap();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 0));
+}

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Args;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -424,7 +425,8 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     let (config, until_empty) = args.host_config(global)?;
     let host = Host::start(config).await?;
     for advice in &host.advice {
-        eprintln!("\n{advice}");
+        // Written, not printed: a closed stderr must not stop the host.
+        let _ = writeln!(std::io::stderr(), "\n{advice}");
     }
     // The first SIGINT or SIGTERM starts the graceful shutdown; a second
     // one cuts it short, as service managers expect.

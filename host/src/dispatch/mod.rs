@@ -109,7 +109,7 @@ pub struct Dispatcher {
     pub hurry: CancellationToken,
 }
 
-/// Whether every binding has polled at least once.
+/// Whether every binding's queue has answered at least once.
 #[derive(Clone, Default)]
 pub struct Readiness {
     pending: Arc<AtomicUsize>,
@@ -283,9 +283,7 @@ impl BindingState {
                 }
             }
             let batch = self.receive_batch(permits.num_permits()).await;
-            if !self.polled.swap(true, Ordering::AcqRel) {
-                self.readiness.pending.fetch_sub(1, Ordering::AcqRel);
-            }
+            self.mark_ready();
             // A receive that was under way at shutdown still returns what it
             // took: give it straight back rather than start it now.
             if self.stop.is_cancelled() && !batch.is_empty() {
@@ -743,9 +741,20 @@ impl BindingState {
     }
 
     /// Refreshes the queue and DLQ depth gauges until shutdown.
+    /// The binding's queue has answered: the host is ready as far as this
+    /// binding goes.
+    fn mark_ready(&self) {
+        if !self.polled.swap(true, Ordering::AcqRel) {
+            self.readiness.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     async fn depth_loop(self: Arc<Self>) {
         loop {
             if let Ok(stats) = self.binding.queue.stats().await {
+                // The queue answered (a long poll on an empty queue would
+                // not for up to 20 s).
+                self.mark_ready();
                 self.metrics
                     .queue_depth
                     .set((stats.visible + stats.delayed) as i64);
