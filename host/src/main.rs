@@ -7,14 +7,21 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = wasq::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WASQ_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_filter())),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WASQ_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_filter()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(|| wasq::text::OneLine(std::io::stderr()))
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    if cli.global.log_format == "json" {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

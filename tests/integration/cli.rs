@@ -621,3 +621,115 @@ fn the_data_directory_is_owner_only_whatever_the_umask() {
     assert_eq!(mode("blobs/archives"), 0o700);
     assert_eq!(mode("blobs/archives/ok.zip"), 0o600);
 }
+
+/// Amazon SQS takes messages of up to 1 MiB since August 2025; the
+/// embedded queue and `wasq send` took 256 KiB.
+#[test]
+fn messages_of_up_to_one_mib_are_sent_and_one_byte_more_refused() {
+    let scratch = Scratch::new();
+    let out = scratch.wasq(&["queue", "create", "jobs"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let big = scratch.dir.path().join("big.txt");
+    std::fs::write(&big, "x".repeat(1024 * 1024)).unwrap();
+    let out = scratch.wasq(&["send", "local://jobs", "--file", big.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(&big, "x".repeat(1024 * 1024 + 1)).unwrap();
+    let out = scratch.wasq(&["send", "local://jobs", "--file", big.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("the queue takes at most 1048576"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `wasq send` one message per process managed about 120 messages a
+/// second; producers expect a bulk form. And scripts read JSON, not text.
+#[test]
+fn bulk_sends_and_json_output_for_scripts() {
+    let scratch = Scratch::new();
+    assert!(scratch.wasq(&["queue", "create", "jobs"]).status.success());
+    let lines = scratch.dir.path().join("jobs.txt");
+    let bodies: Vec<String> = (0..25).map(|i| format!("job {i}")).collect();
+    std::fs::write(&lines, format!("{}\n\n", bodies.join("\n"))).unwrap();
+    let out = scratch.wasq(&["send", "local://jobs", "--lines", lines.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 25);
+    let out = scratch.wasq(&[
+        "send",
+        "local://jobs",
+        "--json",
+        "--lines",
+        lines.to_str().unwrap(),
+    ]);
+    let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sent["sent"], 25);
+    assert_eq!(sent["ids"].as_array().unwrap().len(), 25);
+    let out = scratch.wasq(&["send", "local://jobs", "--json", "--body", "one more"]);
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(one["id"].is_string());
+
+    let out = scratch.wasq(&["queue", "stats", "local://jobs", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["visible"], 51);
+    assert_eq!(stats["dlq"], "jobs-dlq");
+    let out = scratch.wasq(&["queue", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .contains(&serde_json::json!("local://jobs")),
+        "{list}"
+    );
+    let out = scratch.wasq(&["dlq", "list", "jobs", "--json"]);
+    let dlq: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dlq["total"], 0);
+    assert_eq!(dlq["letters"], serde_json::json!([]));
+}
+
+/// Log pipelines (CloudWatch, Loki) want one JSON object per line, with the
+/// message's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_can_be_json_lines_with_the_message_span() {
+    use wasq::queue::Queue;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let queues = wasq::queue::LocalQueues::open(&data).unwrap();
+    queues
+        .create("jobs", wasq::queue::local::QueueOptions::default())
+        .await
+        .unwrap();
+    let id = queues
+        .queue("jobs")
+        .await
+        .unwrap()
+        .send(wasq::queue::Outgoing {
+            body: "reject".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let log = dir.path().join("host.log");
+    let status = crate::harness::wasq_run(
+        &data,
+        wasq_test_guests::ROGUE,
+        &log,
+        &["--until-empty", "--log-format", "json"],
+    )
+    .status()
+    .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let dead = records
+        .iter()
+        .find(|r| r["fields"]["message"] == "dead-lettered")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(dead["level"], "WARN");
+    assert_eq!(dead["span"]["message_id"], id);
+    assert_eq!(dead["span"]["queue"], "jobs");
+    assert_eq!(dead["fields"]["reason"], "rejected on request");
+}

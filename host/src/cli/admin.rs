@@ -14,11 +14,18 @@ pub struct SendArgs {
     /// The queue: `local://NAME`, `sqs://NAME` or an SQS queue URL.
     pub queue: String,
     /// The message body.
-    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    #[arg(long, conflicts_with_all = ["file", "lines"], required_unless_present_any = ["file", "lines"])]
     pub body: Option<String>,
     /// Read the message body from a file (`-` for stdin).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lines")]
     pub file: Option<PathBuf>,
+    /// Send many messages: one body per line of FILE (`-` for stdin; empty
+    /// lines are skipped), in batches of ten. Prints each message's id.
+    #[arg(long, value_name = "FILE")]
+    pub lines: Option<PathBuf>,
+    /// Print JSON: `{"id"}`, or `{"sent", "ids"}` with --lines.
+    #[arg(long)]
+    pub json: bool,
     /// The message group (FIFO queues).
     #[arg(long)]
     pub group_id: Option<String>,
@@ -55,9 +62,17 @@ pub enum QueueCommand {
     List {
         #[arg(long)]
         sqs: bool,
+        /// Print a JSON list of addresses.
+        #[arg(long)]
+        json: bool,
     },
     /// Counts and settings of a queue.
-    Stats { queue: String },
+    Stats {
+        queue: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete every message in a queue.
     Purge { queue: String },
 }
@@ -70,6 +85,9 @@ pub enum DlqCommand {
         queue: String,
         #[arg(long, default_value_t = 100)]
         max: usize,
+        /// Print a JSON object: `{"dlq", "total", "letters": [...]}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Move a queue's dead letters back to it.
     Redrive { queue: String },
@@ -84,18 +102,16 @@ fn backends(global: &GlobalArgs) -> Backends {
     )
 }
 
+fn read_input(path: &std::path::Path) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
 pub async fn send(args: SendArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     let queue_ref = QueueRef::parse(&args.queue)?;
-    let body = match (&args.body, &args.file) {
-        (Some(body), _) => body.clone(),
-        (None, Some(path)) if path.as_os_str() == "-" => {
-            std::io::read_to_string(std::io::stdin()).context("reading the body from stdin")?
-        }
-        (None, Some(path)) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        }
-        (None, None) => bail!("give --body or --file"),
-    };
     let attributes = args
         .attributes
         .iter()
@@ -105,16 +121,64 @@ pub async fn send(args: SendArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let queue = backends(global).queue(&queue_ref).await?;
-    let id = queue
-        .send(Outgoing {
-            body,
-            attributes,
-            delay: args.delay.unwrap_or_default(),
-            group_id: args.group_id,
-            dedup_id: args.dedup_id,
-        })
-        .await?;
-    println!("{id}");
+    let outgoing = |body: String| Outgoing {
+        body,
+        attributes: attributes.clone(),
+        delay: args.delay.unwrap_or_default(),
+        group_id: args.group_id.clone(),
+        dedup_id: args.dedup_id.clone(),
+    };
+    if let Some(path) = &args.lines {
+        let text = read_input(path)?;
+        let bodies: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let progress = indicatif::ProgressBar::new(bodies.len() as u64)
+            .with_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sent, {per_sec}")
+                    .expect("the template is valid"),
+            )
+            .with_finish(indicatif::ProgressFinish::AndLeave);
+        // Hidden unless stderr is a terminal.
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let mut ids = Vec::with_capacity(bodies.len());
+        for (n, batch) in bodies.chunks(crate::queue::MAX_BATCH).enumerate() {
+            let sent = queue
+                .send_batch(batch.iter().map(|b| outgoing(b.to_string())).collect())
+                .await
+                .with_context(|| {
+                    format!(
+                        "sending lines {}-{} to {queue_ref} ({} sent before them)",
+                        n * crate::queue::MAX_BATCH + 1,
+                        n * crate::queue::MAX_BATCH + batch.len(),
+                        ids.len()
+                    )
+                })?;
+            progress.inc(sent.len() as u64);
+            if !args.json {
+                for id in &sent {
+                    println!("{id}");
+                }
+            }
+            ids.extend(sent);
+        }
+        progress.finish();
+        if args.json {
+            println!("{}", serde_json::json!({ "sent": ids.len(), "ids": ids }));
+        }
+        return Ok(true);
+    }
+    let body = match (&args.body, &args.file) {
+        (Some(body), _) => body.clone(),
+        (None, Some(path)) => read_input(path)?,
+        (None, None) => bail!("give --body, --file or --lines"),
+    };
+    let id = queue.send(outgoing(body)).await?;
+    if args.json {
+        println!("{}", serde_json::json!({ "id": id }));
+    } else {
+        println!("{id}");
+    }
     Ok(true)
 }
 
@@ -167,20 +231,46 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
                 None => println!("{queue} (no dead-letter queue)"),
             }
         }
-        QueueCommand::List { sqs } => {
-            if sqs {
-                for url in backends.sqs().await.list().await? {
-                    println!("{url}");
-                }
+        QueueCommand::List { sqs, json } => {
+            let addresses: Vec<String> = if sqs {
+                backends.sqs().await.list().await?
             } else {
-                for name in backends.local_queues().await?.list().await? {
-                    println!("local://{name}");
+                backends
+                    .local_queues()
+                    .await?
+                    .list()
+                    .await?
+                    .into_iter()
+                    .map(|name| format!("local://{name}"))
+                    .collect()
+            };
+            if json {
+                println!("{}", serde_json::json!(addresses));
+            } else {
+                for address in addresses {
+                    println!("{address}");
                 }
             }
         }
-        QueueCommand::Stats { queue } => {
+        QueueCommand::Stats { queue, json } => {
             let queue = QueueRef::parse(&queue)?;
             let stats = backends.queue(&queue).await?.stats().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "queue": queue.to_string(),
+                        "fifo": stats.fifo,
+                        "visible": stats.visible,
+                        "in_flight": stats.in_flight,
+                        "delayed": stats.delayed,
+                        "visibility_timeout_secs": stats.visibility_timeout.as_secs(),
+                        "dlq": stats.redrive.as_ref().map(|r| r.dlq.clone()),
+                        "max_receive_count": stats.redrive.as_ref().map(|r| r.max_receive_count),
+                    })
+                );
+                return Ok(true);
+            }
             println!("queue:              {queue}");
             println!(
                 "kind:               {}",
@@ -230,6 +320,36 @@ async fn dlq_of(backends: &Backends, queue: &QueueRef) -> anyhow::Result<QueueRe
             }
         }
     }
+}
+
+/// One dead letter as `dlq list --json` shows it: what wasq wrote (the
+/// reason, plugin, origin; null for a letter the queue's own redrive
+/// moved) apart from what its sender set.
+fn dead_letter_json(letter: &crate::queue::local::Peeked) -> serde_json::Value {
+    let by_wasq = |name: &str| {
+        (!letter.moved_by_queue)
+            .then(|| letter.attributes.iter().find(|(n, _)| n == name))
+            .flatten()
+            .map(|(_, v)| v.clone())
+    };
+    let sender: serde_json::Map<String, serde_json::Value> = letter
+        .attributes
+        .iter()
+        .filter(|(name, _)| letter.moved_by_queue || !name.starts_with("wasq-"))
+        .map(|(name, value)| (name.clone(), value.clone().into()))
+        .collect();
+    serde_json::json!({
+        "id": letter.id,
+        "receive_count": letter.receive_count,
+        "sent_at_ms": letter.sent_at_ms,
+        "moved_by_queue": letter.moved_by_queue,
+        "source_queue": letter.source_queue,
+        "reason": by_wasq(crate::dispatch::REASON_ATTRIBUTE),
+        "plugin": by_wasq(crate::dispatch::PLUGIN_ATTRIBUTE),
+        "message_id": by_wasq(crate::dispatch::MESSAGE_ID_ATTRIBUTE),
+        "sender_attributes": sender,
+        "body": letter.body,
+    })
 }
 
 /// One dead letter, every attacker-chosen byte escaped. The reason, plugin
@@ -301,7 +421,7 @@ fn print_dead_letter(letter: &crate::queue::local::Peeked) {
 pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<bool> {
     let backends = backends(global);
     match command {
-        DlqCommand::List { queue, max } => {
+        DlqCommand::List { queue, max, json } => {
             let queue = QueueRef::parse(&queue)?;
             let dlq = dlq_of(&backends, &queue).await?;
             let stats = backends.queue(&dlq).await?.stats().await?;
@@ -310,6 +430,19 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
                 QueueRef::Local(name) => backends.local_queues().await?.peek(name, max).await?,
                 QueueRef::Sqs(_) => backends.sqs().await.peek(dlq.address(), max).await?,
             };
+            if json {
+                let letters: Vec<serde_json::Value> =
+                    letters.iter().map(dead_letter_json).collect();
+                println!(
+                    "{}",
+                    crate::text::json_line(&serde_json::json!({
+                        "dlq": dlq.to_string(),
+                        "total": total,
+                        "letters": letters,
+                    }))
+                );
+                return Ok(true);
+            }
             if (letters.len() as u64) < total {
                 println!(
                     "{total} dead letters in {dlq}; showing {} (--max {max})",

@@ -66,6 +66,10 @@ pub struct GlobalArgs {
     /// S3-compatible servers need.
     #[arg(long, global = true, env = "WASQ_S3_PATH_STYLE")]
     pub s3_path_style: bool,
+    /// How log lines are written: `text`, or `json` (one object per line,
+    /// with the message's span fields), as log pipelines expect.
+    #[arg(long, global = true, env = "WASQ_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// Free space the local blob store leaves on its disk: a write that
     /// would eat into it is refused as `unavailable` (a retry).
     #[arg(long, global = true, env = "WASQ_BLOB_RESERVE", default_value = "512MiB", value_parser = parse_size)]

@@ -978,7 +978,7 @@ mod tests {
             ],
             ..Outgoing::default()
         };
-        let limit = crate::queue::MAX_BODY;
+        let limit = 256 * 1024;
         assert!(fit_dead_letter(&mut letter, limit));
         assert!(crate::queue::message_size(&letter) <= limit);
         assert_eq!(letter.body, body);

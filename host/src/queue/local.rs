@@ -731,7 +731,7 @@ impl Queue for LocalQueue {
             )));
         }
         for message in &messages {
-            check_outgoing(&self.name, self.fifo, message)?;
+            check_outgoing(&self.name, self.fifo, super::MAX_BODY, message)?;
         }
         let name = self.name.clone();
         let fifo = self.fifo;

@@ -18,7 +18,9 @@ pub const MAX_BATCH: usize = 10;
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
-pub const MAX_BODY: usize = 256 * 1024;
+/// The largest message, body and attributes together: 1 MiB, as SQS takes
+/// since August 2025 (an SQS queue's own `MaximumMessageSize` may be less).
+pub const MAX_BODY: usize = 1024 * 1024;
 pub const MAX_ATTRIBUTES: usize = 10;
 /// The attribute that names the queue a dead letter came from.
 pub const SOURCE_ATTRIBUTE: &str = "wasq-source-queue";
@@ -157,20 +159,27 @@ pub fn message_size(message: &Outgoing) -> usize {
             .sum::<usize>()
 }
 
-pub fn check_outgoing(queue: &str, fifo: bool, message: &Outgoing) -> Result<(), QueueError> {
+/// Checks a message before it is sent to a queue that takes messages of at
+/// most `limit` bytes.
+pub fn check_outgoing(
+    queue: &str,
+    fifo: bool,
+    limit: usize,
+    message: &Outgoing,
+) -> Result<(), QueueError> {
     let invalid = |why: String| Err(QueueError::Invalid(format!("queue `{queue}`: {why}")));
     if message.body.is_empty() {
         return invalid("the message body is empty".into());
     }
-    if message.body.len() > MAX_BODY {
+    if message.body.len() > limit {
         return invalid(format!(
-            "the message body is {} bytes; the limit is {MAX_BODY}",
+            "the message body is {} bytes; the queue takes at most {limit}",
             message.body.len()
         ));
     }
-    if message_size(message) > MAX_BODY {
+    if message_size(message) > limit {
         return invalid(format!(
-            "the message is {} bytes with its attributes; the limit is {MAX_BODY}",
+            "the message is {} bytes with its attributes; the queue takes at most {limit}",
             message_size(message)
         ));
     }
@@ -266,7 +275,7 @@ mod tests {
             body: "x".into(),
             ..Outgoing::default()
         };
-        assert!(check_outgoing("q", false, &ok).is_ok());
+        assert!(check_outgoing("q", false, MAX_BODY, &ok).is_ok());
         let cases = [
             (
                 false,
@@ -320,7 +329,9 @@ mod tests {
             ),
         ];
         for (fifo, message, expected) in cases {
-            let err = check_outgoing("q", fifo, &message).unwrap_err().to_string();
+            let err = check_outgoing("q", fifo, MAX_BODY, &message)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected) && err.contains("queue `q`"), "{err}");
         }
     }

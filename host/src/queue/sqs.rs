@@ -468,7 +468,7 @@ impl SqsQueue {
         index: usize,
         message: &Outgoing,
     ) -> Result<SendMessageBatchRequestEntry, QueueError> {
-        check_outgoing(&self.name, self.fifo, message)?;
+        check_outgoing(&self.name, self.fifo, self.max_message_size, message)?;
         SendMessageBatchRequestEntry::builder()
             .id(index.to_string())
             .message_body(&message.body)
@@ -652,7 +652,7 @@ impl Queue for SqsQueue {
     }
 
     async fn send(&self, message: Outgoing) -> Result<String, QueueError> {
-        check_outgoing(&self.name, self.fifo, &message)?;
+        check_outgoing(&self.name, self.fifo, self.max_message_size, &message)?;
         let out = self
             .client
             .send_message()
