@@ -102,6 +102,7 @@ async fn throughput(
         grace: Duration::from_secs(10),
         alarm_webhook: None,
         hurry: Default::default(),
+        seal: wasq::dispatch::IdSeal::random()?,
     };
     let binding = Binding {
         config: BindingConfig {

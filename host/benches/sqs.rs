@@ -240,6 +240,7 @@ async fn dispatch(
         grace: Duration::from_secs(10),
         alarm_webhook: None,
         hurry: Default::default(),
+        seal: wasq::dispatch::IdSeal::random()?,
     };
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let binding = Binding {

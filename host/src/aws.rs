@@ -7,7 +7,7 @@ use aws_config::BehaviorVersion;
 // The smithy types are shared by every AWS SDK crate; these paths are
 // SQS's re-exports of them.
 use aws_sdk_sqs::config::http::HttpResponse;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 
 /// How to reach AWS (or a compatible server).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -111,6 +111,68 @@ where
                 Failure::Invalid(text)
             }
         }
-        other => Failure::Unavailable(format!("{what}: {}", DisplayErrorContext(other))),
+        other => Failure::Unavailable(format!("{what}: {}", causes(other))),
+    }
+}
+
+/// An error and its causes on one line, each told once: "dispatch failure:
+/// io error: tcp connect error: Connection refused (os error 111)". The
+/// SDK's own `DisplayErrorContext` adds a `Debug` dump of the whole error,
+/// which is not for people to read.
+pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        // Wrappers often repeat their cause's text in their own.
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        cause: Option<Box<Layer>>,
+    }
+
+    fn layers(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |cause, text| {
+                Some(Layer {
+                    text,
+                    cause: cause.map(Box::new),
+                })
+            })
+            .expect("at least one layer")
+    }
+
+    #[test]
+    fn causes_are_told_once_and_never_as_debug() {
+        let err = layers(&[
+            "dispatch failure",
+            "io error",
+            "client error (Connect)",
+            "tcp connect error",
+            "Connection refused (os error 111)",
+            "Connection refused (os error 111)",
+        ]);
+        assert_eq!(
+            causes(&err),
+            "dispatch failure: io error: client error (Connect): tcp connect error: Connection refused (os error 111)"
+        );
+        assert!(!causes(&err).contains("Layer"));
     }
 }

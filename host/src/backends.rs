@@ -231,7 +231,7 @@ impl Backends {
                 records
                     .check_table()
                     .await
-                    .with_context(|| format!("records in DynamoDB table `{table}`"))?;
+                    .context("opening the records store")?;
                 Arc::new(records)
             }
         };

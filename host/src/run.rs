@@ -150,6 +150,8 @@ impl Host {
             config.records.clone(),
         ));
         let (links, services) = backends.services().await?;
+        let seal = crate::dispatch::IdSeal::for_data_dir(&backends.env.data_dir)
+            .context("loading the message id secret")?;
         let mut codes = Vec::new();
         // Fuel is counted only when some plugin has a fuel limit: counting
         // slows every plugin.
@@ -251,6 +253,7 @@ impl Host {
                 grace: config.grace,
                 alarm_webhook: config.alarm_webhook.clone(),
                 hurry: tokio_util::sync::CancellationToken::new(),
+                seal,
             },
             metrics,
             readiness,

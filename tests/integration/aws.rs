@@ -92,7 +92,175 @@ async fn dynamodb_records_read_back_and_a_missing_table_is_named() {
 
     let missing = DynamoRecords::connect(&moto_aws(), "no-such-table").await;
     let err = missing.check_table().await.unwrap_err().to_string();
-    assert!(err.contains("`no-such-table` does not exist"), "{err}");
+    assert!(
+        err.contains("DynamoDB table `no-such-table`: the table does not exist"),
+        "{err}"
+    );
+
+    // Through `wasq run`, the table is named once in one readable line.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", dir.path().join("data"))
+        .env("WASQ_CACHE_DIR", harness::cache_dir())
+        .args(["--endpoint-url", &harness::moto_endpoint()])
+        .args(["run", "--queue", "local://jobs", "--records"])
+        .arg("dynamodb://no-such-table")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let told = text(&out);
+    let line = told
+        .lines()
+        .find(|line| line.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{told}"));
+    assert_eq!(line.matches("no-such-table").count(), 1, "{line}");
+    assert!(line.contains("does not exist"), "{line}");
+}
+
+/// With the endpoint down, `wasq run` fails with one readable line: the
+/// causes in words, no `Debug` dump of the SDK's error.
+#[test]
+fn an_unreachable_endpoint_is_one_readable_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", dir.path().join("data"))
+        .env("WASQ_CACHE_DIR", harness::cache_dir())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .args(["--endpoint-url", &format!("http://127.0.0.1:{port}")])
+        .args(["run", "--queue", "sqs://jobs"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let told = text(&out);
+    let line = told
+        .lines()
+        .find(|line| line.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{told}"));
+    assert!(
+        line.contains("queue `jobs`") && line.contains("Connection refused"),
+        "{line}"
+    );
+    for dump in ["DispatchFailure(", "ConnectorError", "{ ", "Os {"] {
+        assert!(
+            !told.contains(dump),
+            "a Debug dump reached the user: {told}"
+        );
+    }
+}
+
+/// A dead letter sent twice (a host killed between sending it and deleting
+/// its message) is moved back once by a redrive; a letter with another id,
+/// or none, is moved as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_moves_each_dead_letter_once() {
+    let _moto = moto().await;
+    let sqs = SqsQueues::connect(&moto_aws()).await;
+    for name in ["again", "again-dlq"] {
+        sqs.create(name, QueueOptions::default()).await.unwrap();
+    }
+    let dlq = sqs.queue("again-dlq").await.unwrap();
+    let letter = |id: &str| Outgoing {
+        body: format!("job {id}"),
+        attributes: vec![("wasq-message-id".into(), format!("{id}/seal"))],
+        ..Outgoing::default()
+    };
+    for message in [
+        letter("a"),
+        letter("a"),
+        letter("b"),
+        Outgoing {
+            body: "plain".into(),
+            ..Outgoing::default()
+        },
+    ] {
+        dlq.send(message).await.unwrap();
+    }
+    // SQS stamps whole milliseconds: let the letters be older than the move.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let moved = sqs
+        .redrive_settled("again-dlq", "again", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(moved, Some(3));
+    let back = sqs.peek("again", 10).await.unwrap();
+    let mut bodies: Vec<&str> = back.iter().map(|m| m.body.as_str()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["job a", "job b", "plain"]);
+    assert_eq!(dlq.stats().await.unwrap().visible, 0);
+
+    // A letter younger than the settling time is never taken for a repeat.
+    dlq.send(letter("c")).await.unwrap();
+    dlq.send(letter("c")).await.unwrap();
+    let moved = sqs.redrive("again-dlq", "again").await.unwrap();
+    assert_eq!(moved, Some(2));
+}
+
+/// A cancelled SQS receive returns at once, and what its abandoned poll
+/// takes afterwards is made visible again, not hidden for the visibility
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_sqs_receive_returns_at_once_and_loses_nothing() {
+    let _moto = moto().await;
+    let sqs = SqsQueues::connect(&moto_aws()).await;
+    sqs.create("cancelled", QueueOptions::default())
+        .await
+        .unwrap();
+    let queue = sqs.queue("cancelled").await.unwrap();
+    // Empty batches do nothing, as on the embedded queue.
+    assert!(queue.send_batch(Vec::new()).await.unwrap().is_empty());
+    assert!(queue.delete_batch(&[]).await.unwrap().is_empty());
+    assert!(queue.change_visibility_batch(&[]).await.unwrap().is_empty());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        trigger.cancel();
+    });
+    let started = Instant::now();
+    let visibility = Duration::from_secs(60);
+    let got = queue
+        .receive(10, Duration::from_secs(20), visibility, &cancel)
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the receive ran {:?} past its cancel",
+        started.elapsed()
+    );
+
+    // The abandoned poll is still open: a message sent now may go to it.
+    queue
+        .send(Outgoing {
+            body: "late".into(),
+            ..Outgoing::default()
+        })
+        .await
+        .unwrap();
+    let fresh = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    loop {
+        let got = queue
+            .receive(1, Duration::from_secs(2), visibility, &fresh)
+            .await
+            .unwrap();
+        if let Some(message) = got.first() {
+            assert_eq!(message.body, "late");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the message taken by the abandoned poll stayed hidden"
+        );
+    }
 }
 
 /// Starts `wasq run` against moto's SQS, S3 and DynamoDB. `compress` gets

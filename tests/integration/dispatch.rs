@@ -31,6 +31,7 @@ struct Rig {
     dlq: Arc<dyn Queue>,
     dlq_name: String,
     metrics: Arc<Metrics>,
+    seal: wasq::dispatch::IdSeal,
 }
 
 fn fast_config(name: &str) -> BindingConfig {
@@ -78,6 +79,7 @@ impl Rig {
             store: Store::Local(queues),
             dlq_name,
             metrics: Arc::new(Metrics::default()),
+            seal: wasq::dispatch::IdSeal::random().unwrap(),
         }
     }
 
@@ -96,6 +98,7 @@ impl Rig {
             },
             dlq_name,
             metrics: Arc::new(Metrics::default()),
+            seal: wasq::dispatch::IdSeal::random().unwrap(),
         }
     }
 
@@ -160,6 +163,7 @@ impl Rig {
             grace,
             alarm_webhook: None,
             hurry: Default::default(),
+            seal: self.seal.clone(),
         }
     }
 
@@ -330,7 +334,10 @@ async fn a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason(rig: Rig
     assert_eq!(attribute(attrs, "wasq-plugin"), Some("rogue"));
     assert_eq!(attribute(attrs, "wasq-receive-count"), Some("1"));
     assert_eq!(attribute(attrs, "tenant"), Some("acme"));
-    assert_eq!(attribute(attrs, "wasq-message-id"), Some(id.as_str()));
+    assert_eq!(
+        attribute(attrs, "wasq-message-id").map(wasq::dispatch::seal::shown),
+        Some(id.as_str())
+    );
     let m = rig.metrics.binding("jobs");
     assert_eq!(
         (m.rejected.get(), m.dead_lettered.get(), m.retried.get()),
@@ -344,6 +351,59 @@ async fn a_reject_goes_to_the_dead_letter_queue_at_once_with_its_reason(rig: Rig
         assert!(back.elapsed() < Duration::from_secs(10), "not redriven");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+on_both_backends!(a_redriven_message_keeps_the_id_it_was_sent_with, "jobs");
+/// Dead-lettered on its first receive, redriven (on SQS that is a new
+/// message with a new id), then done: the result is recorded under the id
+/// the sender was given.
+async fn a_redriven_message_keeps_the_id_it_was_sent_with(rig: Rig) {
+    let id = rig.send("fail-until 2", None).await;
+    let once = BindingConfig {
+        max_receive_count: 1,
+        ..rig.config()
+    };
+    rig.drain(
+        rig.binding(once, Limits::default(), true),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(rig.dead_letters().await.len(), 1);
+    rig.redrive().await;
+    let back = Instant::now();
+    while rig.queue.stats().await.unwrap().visible != 1 {
+        assert!(back.elapsed() < Duration::from_secs(10), "not redriven");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rig.drain(
+        rig.binding(rig.config(), Limits::default(), true),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(rig.result_of(&id).await.as_deref(), Some("2"), "{id}");
+}
+
+/// A sender cannot choose the id its message runs under: a
+/// `wasq-message-id` this host did not seal is ignored.
+#[tokio::test]
+async fn a_forged_message_id_is_not_believed() {
+    let rig = Rig::local("jobs").await;
+    let id = rig
+        .queue
+        .send(Outgoing {
+            body: "echo".into(),
+            attributes: vec![("wasq-message-id".into(), "victim".into())],
+            ..Outgoing::default()
+        })
+        .await
+        .unwrap();
+    rig.drain(
+        rig.binding(rig.config(), Limits::default(), true),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(rig.result_of(&id).await.is_some(), "{id}");
+    assert_eq!(rig.result_of("victim").await, None);
 }
 
 on_both_backends!(

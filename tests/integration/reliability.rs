@@ -205,6 +205,99 @@ async fn ten_thousand_messages_through_two_hosts_on_one_directory_lose_none() {
     );
 }
 
+/// Rejected messages, with the host killed (SIGKILL) again and again while
+/// it dead-letters them: each message is one dead letter, under the id it
+/// was sent with, and a redrive brings each back under that id once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_survive_kills_once_each_under_their_ids() {
+    const COUNT: usize = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (queues, ids) = setup(&data, COUNT, "reject").await;
+    let dlq = queues.queue("jobs-dlq").await.unwrap();
+    let jobs = queues.queue("jobs").await.unwrap();
+    let settings = [
+        "--max-concurrency",
+        "8",
+        "--timeout",
+        "1s",
+        "--visibility-timeout",
+        "2s",
+    ];
+    let mut kills = 0;
+    let mut last_log = String::new();
+    while kills < 5 {
+        let (mut child, log) = host(&data, &settings);
+        last_log = log.display().to_string();
+        // Let it dead-letter a while, then kill it mid-stream.
+        let before = dlq.stats().await.unwrap().visible;
+        let started = Instant::now();
+        while dlq.stats().await.unwrap().visible < before + 100 {
+            if started.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break; // it finished: nothing left to kill it over
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} kills landed mid-stream:\n{}",
+        std::fs::read_to_string(&last_log).unwrap_or_default()
+    );
+    // Visibility lapses, then a last host finishes the rest.
+    finished(host(&data, &settings), Duration::from_secs(120));
+    assert_eq!(jobs.stats().await.unwrap().visible, 0);
+
+    let letters = queues.peek("jobs-dlq", 100_000).await.unwrap();
+    // Which message each letter was: the id it names, or (moved by the
+    // queue's own redrive policy) its own.
+    let dead: Vec<&str> = letters
+        .iter()
+        .map(|m| {
+            m.attributes
+                .iter()
+                .find(|(name, _)| name == "wasq-message-id" && !m.moved_by_queue)
+                .map_or(m.id.as_str(), |(_, sealed)| {
+                    wasq::dispatch::seal::shown(sealed)
+                })
+        })
+        .collect();
+    let unique: HashSet<&str> = dead.iter().copied().collect();
+    assert_eq!(
+        dead.len(),
+        unique.len(),
+        "{} duplicate dead letters after {kills} kills",
+        dead.len() - unique.len()
+    );
+    let sent: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    assert!(unique == sent, "the dead letters are not the messages sent");
+    let own: HashSet<&str> = letters.iter().map(|m| m.id.as_str()).collect();
+    assert!(
+        own == sent,
+        "the dead letters do not keep their messages' ids"
+    );
+
+    // Redriven, each runs again under the id it was sent with.
+    assert_eq!(
+        queues.redrive("jobs-dlq", None).await.unwrap(),
+        COUNT as u64
+    );
+    let again: HashSet<String> = queues
+        .peek("jobs", 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(again, ids.iter().cloned().collect::<HashSet<_>>());
+}
+
 /// SIGTERM: receiving stops, the running message gets the grace period,
 /// then is released; the process exits 0 and every message is still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -346,7 +346,8 @@ fn dead_letter_json(letter: &crate::queue::local::Peeked) -> serde_json::Value {
         "source_queue": letter.source_queue,
         "reason": by_wasq(crate::dispatch::REASON_ATTRIBUTE),
         "plugin": by_wasq(crate::dispatch::PLUGIN_ATTRIBUTE),
-        "message_id": by_wasq(crate::dispatch::MESSAGE_ID_ATTRIBUTE),
+        "message_id": by_wasq(crate::dispatch::MESSAGE_ID_ATTRIBUTE)
+            .map(|sealed| crate::dispatch::seal::shown(&sealed).to_string()),
         "sender_attributes": sender,
         "body": letter.body,
     })
@@ -392,7 +393,7 @@ fn print_dead_letter(letter: &crate::queue::local::Peeked) {
         if let Some(original) = by_wasq(crate::dispatch::MESSAGE_ID_ATTRIBUTE) {
             println!(
                 "  was:    {} in {}",
-                Escaped(original),
+                Escaped(crate::dispatch::seal::shown(original)),
                 Escaped(by_wasq(crate::queue::SOURCE_ATTRIBUTE).unwrap_or("?"))
             );
         }

@@ -6,12 +6,16 @@
 pub mod alarm;
 pub mod backoff;
 pub mod metrics;
+pub mod seal;
 
 pub use alarm::Webhook;
 pub use backoff::Backoff;
 pub use metrics::{BindingMetrics, Metrics};
+pub use seal::IdSeal;
 
-use crate::queue::{MAX_ATTRIBUTES, Outgoing, Queue, QueueError, Received, SOURCE_ATTRIBUTE};
+use crate::queue::{
+    MAX_ATTRIBUTES, Moved, Outgoing, Queue, QueueError, Received, SOURCE_ATTRIBUTE,
+};
 use crate::records::{PutOptions, RecordsError};
 use crate::runtime::{LogSink, Message, Outcome, Plugin, PluginSlot, Runtime, Services};
 use futures_util::FutureExt as _;
@@ -32,8 +36,7 @@ pub const RESULTS_TABLE: &str = "results";
 pub const REASON_ATTRIBUTE: &str = "wasq-reason";
 pub const PLUGIN_ATTRIBUTE: &str = "wasq-plugin";
 pub const RECEIVE_COUNT_ATTRIBUTE: &str = "wasq-receive-count";
-/// The dead letter's id in the queue it came from.
-pub const MESSAGE_ID_ATTRIBUTE: &str = "wasq-message-id";
+pub use crate::queue::MESSAGE_ID_ATTRIBUTE;
 /// Longest reason kept on a dead letter.
 const MAX_REASON: usize = 1024;
 /// The longest wait after a failed receive.
@@ -107,6 +110,9 @@ pub struct Dispatcher {
     pub alarm_webhook: Option<Webhook>,
     /// Cancelled to cut the grace period short (a second SIGTERM).
     pub hurry: CancellationToken,
+    /// Seals the id a dead letter carries, and opens it when the letter
+    /// comes back redriven.
+    pub seal: IdSeal,
 }
 
 /// Whether every binding's queue has answered at least once.
@@ -165,6 +171,7 @@ impl Dispatcher {
                 binding,
                 runtime: self.runtime.clone(),
                 services: self.services.clone(),
+                seal: self.seal.clone(),
                 deletes,
                 first_done: first_done.clone(),
                 stop: stop.clone(),
@@ -219,6 +226,7 @@ struct BindingState {
     binding: Binding,
     runtime: Arc<Runtime>,
     services: Services,
+    seal: IdSeal,
     metrics: BindingMetrics,
     /// The alarm on the dead-letter queue's depth, if the binding has one.
     alarm: Option<std::sync::Mutex<alarm::Alarm>>,
@@ -445,9 +453,10 @@ impl BindingState {
                 .await;
             return false;
         };
+        let id = self.job_id(&received);
         let span = error_span!(
             "message",
-            message_id = %received.id,
+            message_id = %id,
             queue = self.binding.queue.name(),
             plugin = %plugin.name(),
             receive_count = received.receive_count,
@@ -455,7 +464,7 @@ impl BindingState {
         async {
             self.metrics.in_flight.inc();
             let message = Message {
-                id: received.id.clone(),
+                id: id.clone(),
                 body: received.body.clone(),
                 attributes: received.attributes.clone(),
                 receive_count: received.receive_count,
@@ -463,7 +472,7 @@ impl BindingState {
                 group_id: received.group_id.clone(),
                 queue: self.binding.queue.name().to_string(),
             };
-            let log = LogSink::new(plugin.name().clone(), received.id.as_str().into(), false);
+            let log = LogSink::new(plugin.name().clone(), id.as_str().into(), false);
             // The lease is renewed until this guard drops: at the end of
             // the run, or while a panic unwinds.
             let heartbeat = self.heartbeat(received.receipt.clone()).drop_guard();
@@ -556,7 +565,7 @@ impl BindingState {
         match outcome {
             Outcome::Done(result) => {
                 if let Some(result) = result {
-                    let key = format!("{}/{}", self.binding.queue.name(), received.id);
+                    let key = format!("{}/{}", self.binding.queue.name(), self.job_id(received));
                     match self
                         .services
                         .records
@@ -627,9 +636,21 @@ impl BindingState {
         }
     }
 
-    /// Sends a message to the dead-letter queue with its reason, then
-    /// deletes it. If the send fails, the message stays (it will be
-    /// received again): nothing is lost.
+    /// The id a processor sees and results are recorded under: the queue's
+    /// own, or for a redriven dead letter the id it had when it was sent,
+    /// if this host sealed it.
+    fn job_id(&self, received: &Received) -> String {
+        received
+            .attributes
+            .iter()
+            .find(|(name, _)| name == MESSAGE_ID_ATTRIBUTE)
+            .and_then(|(_, sealed)| self.seal.open(sealed))
+            .map_or_else(|| received.id.clone(), str::to_string)
+    }
+
+    /// Sends a message to the dead-letter queue with its reason, and
+    /// deletes it (in one step where the backend can). If the send fails,
+    /// the message stays (it will be received again): nothing is lost.
     async fn dead_letter(&self, received: &Received, plugin: &Plugin, reason: &str) {
         let reason: String = reason.chars().take(MAX_REASON).collect();
         let Some(dlq) = &self.binding.dlq else {
@@ -649,7 +670,10 @@ impl BindingState {
                 SOURCE_ATTRIBUTE.to_string(),
                 self.binding.queue.name().to_string(),
             ),
-            (MESSAGE_ID_ATTRIBUTE.to_string(), received.id.clone()),
+            (
+                MESSAGE_ID_ATTRIBUTE.to_string(),
+                self.seal.seal(&self.job_id(received)),
+            ),
         ];
         let room = MAX_ATTRIBUTES - attributes.len();
         let original: Vec<_> = received
@@ -679,6 +703,9 @@ impl BindingState {
             attributes,
             delay: Duration::ZERO,
             group_id: received.group_id.clone(),
+            // The queue's own id: the same message dead-lettered twice (a
+            // crash between the send and the delete) is one dead letter on
+            // a FIFO queue, while a redriven one that fails again is new.
             dedup_id: received.group_id.as_ref().map(|_| received.id.clone()),
         };
         if !fit_dead_letter(&mut letter, dlq.max_message_size()) {
@@ -695,13 +722,23 @@ impl BindingState {
                 .await;
             return;
         }
-        match dlq.send(letter).await {
-            Ok(_) => {
+        match self
+            .binding
+            .queue
+            .dead_letter(&received.receipt, dlq.as_ref(), letter)
+            .await
+        {
+            Ok(moved @ (Moved::Moved | Moved::Sent)) => {
                 *self.newest_reason.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(reason.clone());
                 warn!(%reason, dlq = dlq.name(), "dead-lettered");
                 self.metrics.dead_lettered.inc();
-                self.delete(received.receipt.clone()).await;
+                if moved == Moved::Sent {
+                    self.delete(received.receipt.clone()).await;
+                }
+            }
+            Ok(Moved::Stale) => {
+                warn!("not dead-lettered: the message was received again or deleted meanwhile");
             }
             Err(err) => {
                 error!(error = %err, "could not send to the dead-letter queue; the message will be received again");

@@ -5,8 +5,8 @@
 //! process makes a message visible.
 
 use super::{
-    BatchFailure, DEDUP_WINDOW, MAX_BATCH, MAX_VISIBILITY, MAX_WAIT, Outgoing, Queue, QueueError,
-    QueueStats, Received, Redrive, SOURCE_ATTRIBUTE, check_name, check_outgoing,
+    BatchFailure, DEDUP_WINDOW, MAX_BATCH, MAX_VISIBILITY, MAX_WAIT, Moved, Outgoing, Queue,
+    QueueError, QueueStats, Received, Redrive, SOURCE_ATTRIBUTE, check_name, check_outgoing,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -345,8 +345,14 @@ fn insert_queue(
     Ok(())
 }
 
+/// A refused value is invalid for good; anything else about the database
+/// (busy, locked, full) passes.
 fn db_err(err: rusqlite::Error) -> QueueError {
-    QueueError::Unavailable(format!("queue database: {err}"))
+    if crate::sqlite::is_permanent(&err) {
+        QueueError::Invalid(format!("queue database: {err}"))
+    } else {
+        QueueError::Unavailable(format!("queue database: {err}"))
+    }
 }
 
 fn now_ms() -> i64 {
@@ -387,19 +393,21 @@ fn insert_all(
     let now = now_ms();
     let mut ids = Vec::with_capacity(messages.len());
     for message in messages {
-        ids.push(insert_message(&tx, queue, fifo, message, now)?);
+        ids.push(insert_message(&tx, queue, fifo, message, None, now)?);
     }
     tx.commit().map_err(db_err)?;
     Ok(ids)
 }
 
-/// Inserts one message, or on a FIFO queue returns the id of the duplicate
-/// it repeats within the deduplication window.
+/// Inserts one message, under `id` if given (a dead letter keeps its
+/// message's id), or on a FIFO queue returns the id of the duplicate it
+/// repeats within the deduplication window.
 fn insert_message(
     tx: &rusqlite::Transaction<'_>,
     queue: &str,
     fifo: bool,
     message: Outgoing,
+    id: Option<String>,
     now: i64,
 ) -> Result<String, QueueError> {
     let dedup_id = fifo.then(|| {
@@ -426,7 +434,7 @@ fn insert_message(
             return Ok(earlier);
         }
     }
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     tx.prepare_cached(
         "INSERT INTO messages (id, queue, body, attributes, group_id, dedup_id, sent_ms, visible_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -593,6 +601,10 @@ impl Queue for LocalQueue {
         &self.name
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     async fn receive(
         &self,
         max: usize,
@@ -723,12 +735,15 @@ impl Queue for LocalQueue {
     }
 
     async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<Vec<String>, QueueError> {
-        if messages.is_empty() || messages.len() > MAX_BATCH {
+        if messages.len() > MAX_BATCH {
             return Err(QueueError::Invalid(format!(
-                "queue `{}`: send 1-{MAX_BATCH} messages at once, not {}",
+                "queue `{}`: send at most {MAX_BATCH} messages at once, not {}",
                 self.name,
                 messages.len()
             )));
+        }
+        if messages.is_empty() {
+            return Ok(Vec::new());
         }
         for message in &messages {
             check_outgoing(&self.name, self.fifo, super::MAX_BODY, message)?;
@@ -748,6 +763,62 @@ impl Queue for LocalQueue {
             .await?;
         self.queues.wake.notify(&self.name);
         Ok(ids)
+    }
+
+    /// One transaction when `dlq` is in the same database: the message
+    /// leaves its queue exactly when its dead letter arrives.
+    async fn dead_letter(
+        &self,
+        receipt: &str,
+        dlq: &dyn Queue,
+        letter: Outgoing,
+    ) -> Result<Moved, QueueError> {
+        let Some(to) = dlq
+            .as_any()
+            .downcast_ref::<LocalQueue>()
+            .filter(|to| Arc::ptr_eq(&to.queues.db, &self.queues.db))
+        else {
+            dlq.send(letter).await?;
+            return Ok(Moved::Sent);
+        };
+        check_outgoing(&to.name, to.fifo, super::MAX_BODY, &letter)?;
+        // The move is one transaction, so there is no duplicate to drop; a
+        // deduplication id could only drop a redriven message that fails
+        // again within the window.
+        let mut letter = letter;
+        if to.fifo {
+            letter.dedup_id = Some(uuid::Uuid::new_v4().simple().to_string());
+        }
+        let (from, receipt) = (self.name.clone(), receipt.to_string());
+        let (dlq_name, dlq_fifo) = (to.name.clone(), to.fifo);
+        let moved = self
+            .queues
+            .with_db(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_err)?;
+                let id: Option<String> = tx
+                    .query_row(
+                        "DELETE FROM messages WHERE queue = ?1 AND receipt = ?2 RETURNING id",
+                        params![from, receipt],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                let Some(id) = id else {
+                    return Ok(Moved::Stale);
+                };
+                // The dead letter keeps the message's id, and so does its
+                // redrive: the job is the one `wasq send` named.
+                insert_message(&tx, &dlq_name, dlq_fifo, letter, Some(id), now_ms())?;
+                tx.commit().map_err(db_err)?;
+                Ok(Moved::Moved)
+            })
+            .await?;
+        if moved == Moved::Moved {
+            self.queues.wake.notify(&to.name);
+        }
+        Ok(moved)
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {

@@ -24,6 +24,9 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub const MAX_ATTRIBUTES: usize = 10;
 /// The attribute that names the queue a dead letter came from.
 pub const SOURCE_ATTRIBUTE: &str = "wasq-source-queue";
+/// The attribute that names the message a dead letter was (sealed: see
+/// `dispatch::seal`).
+pub const MESSAGE_ID_ATTRIBUTE: &str = "wasq-message-id";
 /// How long a FIFO deduplication id is remembered.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(300);
 
@@ -101,11 +104,36 @@ pub enum QueueError {
     Unavailable(String),
 }
 
+/// How [`Queue::dead_letter`] moved a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    /// Sent to the dead-letter queue and deleted from its own in one step.
+    Moved,
+    /// Sent to the dead-letter queue; the caller deletes it from its own.
+    Sent,
+    /// The receipt is no longer current (the message was received again or
+    /// deleted): nothing was sent.
+    Stale,
+}
+
 /// One queue.
+///
+/// What every backend guarantees, and nothing more:
+/// - Batch calls take 0–10 entries; an empty batch does nothing and is
+///   `Ok`.
+/// - A batch that fails as a whole (`Err`) may still have done part of its
+///   work: SQS answers per entry, so some entries may have been applied.
+///   A caller that retries must tolerate a message applied twice.
+/// - A receive returns when a message arrives, the wait passes, or
+///   `cancel` fires; no message is lost to a cancel.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// The queue's name.
     fn name(&self) -> &str;
+
+    /// For backends that recognise their own queues (to move messages
+    /// between them in one step).
+    fn as_any(&self) -> &dyn std::any::Any;
 
     /// The largest message it takes, body and attributes together (SQS:
     /// the queue's `MaximumMessageSize`).
@@ -115,8 +143,9 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Up to `max` messages (1–10), waiting up to `wait` for the first one to
     /// arrive, or until `cancel` fires. Each is hidden from other receivers
-    /// for `visibility`. Messages taken are always returned, even when
-    /// cancelled, so that the caller can settle or release them.
+    /// for `visibility`. A cancelled receive returns at once, and nothing
+    /// it took is lost: what it already holds is returned, and what a
+    /// server hands over after the cancel is made visible again.
     async fn receive(
         &self,
         max: usize,
@@ -139,9 +168,29 @@ pub trait Queue: Send + Sync + 'static {
     /// deduplication window returns the first message's id and adds nothing.
     async fn send(&self, message: Outgoing) -> Result<String, QueueError>;
 
-    /// Sends up to ten messages at once; returns their ids in order. Either
-    /// all are sent or, on error, none.
+    /// Sends up to ten messages at once; returns their ids in order. On
+    /// `Ok` every one was sent. On `Err` any of them may have been sent
+    /// (the embedded queue sends all or none; SQS sends entry by entry,
+    /// and an entry it refuses is tried once more on its own).
     async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<Vec<String>, QueueError>;
+
+    /// Moves a received message to `dlq` as `letter`. When both queues
+    /// live in one embedded database, the send and the delete are one
+    /// transaction. Otherwise (SQS) the letter is sent and the caller
+    /// deletes the message: a crash between the two sends it again when
+    /// it comes back. The letter carries the message's id, so that FIFO
+    /// dead-letter queues deduplicate it and `wasq dlq redrive` moves each
+    /// id once.
+    async fn dead_letter(
+        &self,
+        receipt: &str,
+        dlq: &dyn Queue,
+        letter: Outgoing,
+    ) -> Result<Moved, QueueError> {
+        let _ = receipt;
+        dlq.send(letter).await?;
+        Ok(Moved::Sent)
+    }
 
     /// Counts and settings.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
@@ -291,7 +340,7 @@ mod tests {
                     body: "x".repeat(MAX_BODY + 1),
                     ..ok.clone()
                 },
-                "limit is",
+                "the queue takes at most 1048576",
             ),
             (
                 false,

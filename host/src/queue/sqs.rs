@@ -3,10 +3,10 @@
 //! Receives long-poll and ask for every system and message attribute;
 //! deletes and visibility changes go in batches of ten. A queue's redrive
 //! policy says where its dead letters go and after how many receives. A
-//! receive cancelled mid-poll is waited out rather than dropped: SQS may
-//! hand messages to a poll its client has abandoned, hiding them for a whole
-//! visibility timeout, so the poll is finished and what it took returned
-//! for the caller to release.
+//! receive cancelled mid-poll returns at once, but its poll is not
+//! dropped: SQS may hand messages to a poll its client has abandoned,
+//! hiding them for a whole visibility timeout, so the poll runs to its end
+//! in the background and whatever it took is made visible again.
 
 use super::local::{Peeked, QueueOptions};
 use super::{
@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::operation::receive_message::ReceiveMessageOutput;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
@@ -343,7 +344,25 @@ impl SqsQueues {
     /// SQS's own message move task where the endpoint has one (returning
     /// `None`: the task runs on in the service), otherwise moves them here,
     /// each sent before it is deleted, and returns how many moved.
+    ///
+    /// Moving them here, a letter that repeats one already moved (the same
+    /// `wasq-message-id`: a host that crashed between sending a dead letter
+    /// and deleting its message sent it twice) is deleted, not moved
+    /// again. Only letters that were in the queue a minute before the move
+    /// began count as repeats (SQS's clock, not this one, stamps them), so that a message redriven, failing and
+    /// dead-lettered again while the move runs is never taken for one.
     pub async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError> {
+        self.redrive_settled(dlq, to, Duration::from_secs(60)).await
+    }
+
+    /// [`SqsQueues::redrive`], where letters sent at least `settled` before
+    /// the move began count as repeats.
+    pub async fn redrive_settled(
+        &self,
+        dlq: &str,
+        to: &str,
+        settled: Duration,
+    ) -> Result<Option<u64>, QueueError> {
         let dlq = self.queue(dlq).await?;
         let to = self.queue(to).await?;
         let arn = |attributes: &mut HashMap<QueueAttributeName, String>, name: &str| {
@@ -373,8 +392,14 @@ impl SqsQueues {
         }
         let cancel = CancellationToken::new();
         let mut moved = 0;
+        let settled_before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(settled)
+            .as_millis() as u64;
+        let mut seen = std::collections::HashSet::new();
         loop {
-            let batch = dlq
+            let mut batch = dlq
                 .receive(
                     MAX_BATCH,
                     Duration::from_secs(1),
@@ -384,6 +409,29 @@ impl SqsQueues {
                 .await?;
             if batch.is_empty() {
                 return Ok(Some(moved));
+            }
+            let (repeats, firsts): (Vec<Received>, Vec<Received>) =
+                batch.into_iter().partition(|m| {
+                    let Some((_, id)) = m
+                        .attributes
+                        .iter()
+                        .find(|(name, _)| name == super::MESSAGE_ID_ATTRIBUTE)
+                    else {
+                        return false;
+                    };
+                    m.sent_at_ms < settled_before && !seen.insert(id.clone())
+                });
+            if !repeats.is_empty() {
+                tracing::info!(
+                    count = repeats.len(),
+                    "deleting dead letters that repeat one already moved"
+                );
+                let receipts: Vec<_> = repeats.iter().map(|m| m.receipt.clone()).collect();
+                dlq.delete_batch(&receipts).await?;
+            }
+            batch = firsts;
+            if batch.is_empty() {
+                continue;
             }
             let letters = batch
                 .iter()
@@ -421,6 +469,30 @@ pub struct SqsQueue {
 impl SqsQueue {
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Makes the messages of a poll nobody waits for any more visible
+    /// again. If this fails too, they come back when their visibility
+    /// timeout ends.
+    async fn release(&self, out: &ReceiveMessageOutput) {
+        let entries: Vec<(String, Duration)> = out
+            .messages()
+            .iter()
+            .filter_map(|m| Some((m.receipt_handle()?.to_string(), Duration::ZERO)))
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        match self.change_visibility_batch(&entries).await {
+            Ok(failures) if failures.is_empty() => {
+                tracing::debug!(queue = %self.name, count = entries.len(), "released what a cancelled receive took")
+            }
+            Ok(_) | Err(_) => tracing::warn!(
+                queue = %self.name,
+                count = entries.len(),
+                "could not release what a cancelled receive took; it comes back when its visibility timeout ends"
+            ),
+        }
     }
 
     pub fn is_fifo(&self) -> bool {
@@ -563,6 +635,10 @@ impl Queue for SqsQueue {
         &self.name
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn max_message_size(&self) -> usize {
         self.max_message_size
     }
@@ -584,10 +660,24 @@ impl Queue for SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
             .send();
-        // Cancelling does not cut the poll short (see the module's notes);
-        // it ends within the wait, at most 20 s.
-        let _ = cancel;
-        let out = request.await.map_err(|err| error(&self.name, &err))?;
+        if cancel.is_cancelled() {
+            return Ok(Vec::new());
+        }
+        let mut poll = Box::pin(request);
+        let out = tokio::select! {
+            out = &mut poll => out.map_err(|err| error(&self.name, &err))?,
+            _ = cancel.cancelled() => {
+                // The caller stops waiting; the poll finishes on its own
+                // and releases what it took (see the module's notes).
+                let queue = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(out) = poll.await {
+                        queue.release(&out).await;
+                    }
+                });
+                return Ok(Vec::new());
+            }
+        };
         Ok(out.messages().iter().map(|m| self.received(m)).collect())
     }
 

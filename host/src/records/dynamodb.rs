@@ -45,8 +45,7 @@ impl DynamoRecords {
         match classify(&what, err) {
             Failure::Invalid(text) => RecordsError::Invalid(text),
             Failure::Missing(_) => RecordsError::Unavailable(format!(
-                "{what}: DynamoDB table `{}` does not exist",
-                self.table
+                "{what}: the table does not exist (deploy/ creates it)"
             )),
             Failure::Denied(text) | Failure::Unavailable(text) => RecordsError::Unavailable(text),
         }

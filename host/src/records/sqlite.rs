@@ -68,6 +68,11 @@ impl SqliteRecords {
         };
         match tokio::task::spawn_blocking(run).await {
             Ok(Ok(value)) => Ok(value),
+            // A value the database refuses (too big, the wrong type) stays
+            // refused; a busy, locked or full database passes.
+            Ok(Err(err)) if crate::sqlite::is_permanent(&err) => {
+                Err(RecordsError::Invalid(format!("{what}: {err}")))
+            }
             Ok(Err(err)) => Err(RecordsError::Unavailable(format!("{what}: {err}"))),
             Err(join) => Err(RecordsError::Unavailable(format!("{what}: {join}"))),
         }

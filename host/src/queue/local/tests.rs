@@ -417,3 +417,81 @@ async fn a_cancelled_long_poll_returns_at_once() {
         started.elapsed()
     );
 }
+
+/// A dead letter is one transaction: the message leaves its queue as its
+/// letter arrives, under the same id; a stale receipt moves nothing; and on
+/// FIFO queues a message dead-lettered again after a redrive is not taken
+/// for a duplicate of its first letter.
+#[tokio::test]
+async fn a_dead_letter_moves_in_one_step_under_the_same_id() {
+    let (_dir, queues) = open();
+    for (name, dlq) in [("jobs", "jobs-dlq"), ("jobs.fifo", "jobs-dlq.fifo")] {
+        queues
+            .create(
+                name,
+                QueueOptions {
+                    redrive: Some(Redrive {
+                        dlq: dlq.into(),
+                        max_receive_count: 10,
+                    }),
+                    ..QueueOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let (q, d) = (
+            queues.queue(name).await.unwrap(),
+            queues.queue(dlq).await.unwrap(),
+        );
+        let fifo = q.is_fifo();
+        let message = |body: &str| Outgoing {
+            body: body.into(),
+            group_id: fifo.then(|| "g".to_string()),
+            ..Outgoing::default()
+        };
+        let id = q.send(message("poison")).await.unwrap();
+        for round in 0..2 {
+            let got = q
+                .receive(1, NOW, HIDE, &CancellationToken::new())
+                .await
+                .unwrap();
+            assert_eq!(got[0].id, id);
+            let letter = Outgoing {
+                dedup_id: fifo.then(|| id.clone()),
+                attributes: vec![(SOURCE_ATTRIBUTE.into(), name.into())],
+                ..message("poison, dead")
+            };
+            assert_eq!(
+                q.dead_letter(&got[0].receipt, &d, letter.clone())
+                    .await
+                    .unwrap(),
+                Moved::Moved,
+                "{name}, round {round}"
+            );
+            assert_eq!(q.stats().await.unwrap().in_flight, 0);
+            let dead = queues.peek(dlq, 10).await.unwrap();
+            assert_eq!(dead.len(), 1, "{name}, round {round}");
+            assert_eq!(dead[0].id, id);
+            // The same receipt again: already moved, nothing sent.
+            assert_eq!(
+                q.dead_letter(&got[0].receipt, &d, letter).await.unwrap(),
+                Moved::Stale
+            );
+            assert_eq!(queues.peek(dlq, 10).await.unwrap().len(), 1);
+            assert_eq!(queues.redrive(dlq, None).await.unwrap(), 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn empty_batches_do_nothing_on_every_call() {
+    let (_dir, queues) = open();
+    let q = queue(&queues, "jobs").await;
+    assert_eq!(
+        q.send_batch(Vec::new()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(q.delete_batch(&[]).await.unwrap().is_empty());
+    assert!(q.change_visibility_batch(&[]).await.unwrap().is_empty());
+    assert_eq!(q.stats().await.unwrap().visible, 0);
+}
