@@ -6,7 +6,7 @@ use crate::backends::{Backends, BlobBackend, RecordsBackend};
 use crate::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
 use crate::offline::LocalEnv;
 use crate::queue::local::QueueOptions;
-use crate::queue::{Queue, Redrive};
+use crate::queue::{Queue, QueueError, QueueStats, Redrive};
 use crate::runtime::plugins::PluginSources;
 use crate::runtime::reload::{Reloader, Watched};
 use crate::runtime::{EngineOptions, LimitSettings, Limits, PluginSlot, Runtime};
@@ -39,9 +39,12 @@ pub struct BindingSpec {
     pub plugin: String,
     /// Limits set on the binding, over the plugin manifest's.
     pub limits: LimitSettings,
-    /// The visibility timeout set on the binding; without one, it follows
-    /// the plugin's timeout (see [`BindingSpec::settle`]).
+    /// The visibility timeout set on the binding; without one, it is the
+    /// queue's (a queue wasq creates gets [`BindingSpec::settle`]'s).
     pub visibility_timeout: Option<Duration>,
+    /// The receive count set on the binding; it must agree with the
+    /// queue's redrive policy, if the queue has one.
+    pub max_receive_count: Option<u32>,
     pub plugin_config: BTreeMap<String, String>,
     /// Its dispatch settings; the visibility timeout is settled at start.
     pub config: BindingConfig,
@@ -49,8 +52,9 @@ pub struct BindingSpec {
 
 impl BindingSpec {
     /// The dispatch settings once the plugin's limits are known: the
-    /// visibility timeout given, or six times the processor timeout (at
-    /// least the default), which must exceed the timeout.
+    /// visibility timeout given, or (for a queue wasq creates) six times
+    /// the processor timeout, at least the default; it must exceed the
+    /// timeout. Binding to the queue settles the rest.
     pub fn settle(&self, limits: &Limits) -> anyhow::Result<BindingConfig> {
         let visibility = self.visibility_timeout.unwrap_or_else(|| {
             BindingConfig::default()
@@ -200,6 +204,7 @@ impl Host {
                 QueueRef::Local(_) => bind_local(&backends, spec, binding_config).await?,
                 QueueRef::Sqs(_) => bind_sqs(&backends, spec, binding_config).await?,
             };
+            check_queue_visibility(spec, &binding_config, plugin.limits().timeout)?;
             if dlq.is_none() {
                 warn!(queue = %spec.queue, "no dead-letter queue: rejected and exhausted messages will be dropped");
             }
@@ -208,6 +213,8 @@ impl Host {
                 plugin = %plugin.name(),
                 source = %plugin.source(),
                 grants = plugin.manifest_origin().unwrap_or("none"),
+                visibility_timeout = %humantime::format_duration(binding_config.visibility_timeout),
+                max_receive_count = binding_config.max_receive_count,
                 "bound"
             );
             let slot = PluginSlot::new(plugin);
@@ -361,42 +368,143 @@ pub fn grant_advice(
     }
 }
 
-/// A local binding: its queue and dead-letter queue are created (or their
-/// settings updated) to match the binding.
+/// A local binding. A queue that does not exist yet is created with the
+/// binding's settings. One that exists keeps its own: the binding follows
+/// them (see [`follow_queue`]), and dead-letters to the queue's
+/// dead-letter queue, or without one to NAME-dlq (created if need be).
 async fn bind_local(
     backends: &Backends,
     spec: &BindingSpec,
-    config: BindingConfig,
+    mut config: BindingConfig,
 ) -> anyhow::Result<(Arc<dyn Queue>, Option<Arc<dyn Queue>>, BindingConfig)> {
     let queues = backends.local_queues().await?;
-    let dlq_ref = match &spec.dead_letters {
-        DeadLetters::Default => Some(spec.queue.default_dlq()),
-        DeadLetters::To(dlq) => Some(dlq.clone()),
-        DeadLetters::Drop => None,
+    let name = spec.queue.name();
+    let existing = match queues.queue(name).await {
+        Ok(queue) => Some(queue.stats().await?),
+        Err(QueueError::NoSuchQueue(_)) => None,
+        Err(err) => return Err(err).with_context(|| format!("opening queue {}", spec.queue)),
     };
-    let redrive = match &dlq_ref {
-        Some(QueueRef::Local(dlq)) => Some(Redrive {
-            dlq: dlq.clone(),
-            max_receive_count: config.max_receive_count,
-        }),
-        _ => None,
+    let dlq_ref = match existing {
+        None => {
+            let dlq_ref = match &spec.dead_letters {
+                DeadLetters::Default => Some(spec.queue.default_dlq()),
+                DeadLetters::To(dlq) => Some(dlq.clone()),
+                DeadLetters::Drop => None,
+            };
+            let redrive = match &dlq_ref {
+                Some(QueueRef::Local(dlq)) => Some(Redrive {
+                    dlq: dlq.clone(),
+                    max_receive_count: config.max_receive_count,
+                }),
+                _ => None,
+            };
+            queues
+                .create(
+                    name,
+                    QueueOptions {
+                        visibility_timeout: config.visibility_timeout,
+                        redrive,
+                    },
+                )
+                .await
+                .with_context(|| format!("creating queue {}", spec.queue))?;
+            info!(
+                queue = %spec.queue,
+                visibility_timeout = %humantime::format_duration(config.visibility_timeout),
+                max_receive_count = config.max_receive_count,
+                "created the queue with the binding's settings"
+            );
+            dlq_ref
+        }
+        Some(stats) => {
+            follow_queue(spec, &stats, &mut config)?;
+            match (&spec.dead_letters, &stats.redrive) {
+                (DeadLetters::Drop, _) => None,
+                (DeadLetters::Default, Some(redrive)) => Some(QueueRef::Local(redrive.dlq.clone())),
+                (DeadLetters::Default, None) => Some(spec.queue.default_dlq()),
+                (DeadLetters::To(dlq), Some(redrive))
+                    if dlq.is_local() && dlq.name() != redrive.dlq =>
+                {
+                    bail!(
+                        "binding {}: the binding dead-letters to {dlq}, but the queue's redrive policy moves messages to local://{}; name that one, or drop the setting",
+                        spec.queue,
+                        redrive.dlq
+                    )
+                }
+                (DeadLetters::To(dlq), _) => Some(dlq.clone()),
+            }
+        }
     };
-    queues
-        .create(
-            spec.queue.name(),
-            QueueOptions {
-                visibility_timeout: config.visibility_timeout,
-                redrive,
-            },
-        )
-        .await
-        .with_context(|| format!("setting up queue {}", spec.queue))?;
+    if let Some(QueueRef::Local(dlq)) = &dlq_ref
+        && let Err(QueueError::NoSuchQueue(_)) = queues.queue(dlq).await
+    {
+        queues
+            .create(dlq, QueueOptions::default())
+            .await
+            .with_context(|| format!("creating dead-letter queue local://{dlq}"))?;
+    }
     let queue = backends.queue(&spec.queue).await?;
     let dlq = match &dlq_ref {
         Some(dlq) => Some(backends.queue(dlq).await?),
         None => None,
     };
     Ok((queue, dlq, config))
+}
+
+/// A binding on a queue that exists follows the queue's settings, so that
+/// what `wasq queue stats` shows is what the host does. A visibility
+/// timeout the binding names is its own, per receive (as SQS allows), and
+/// said so at start; a receive count the binding names must be the one of
+/// the queue's redrive policy, which a binding never rewrites.
+fn follow_queue(
+    spec: &BindingSpec,
+    stats: &QueueStats,
+    config: &mut BindingConfig,
+) -> anyhow::Result<()> {
+    match spec.visibility_timeout {
+        Some(own) if own != stats.visibility_timeout => info!(
+            queue = %spec.queue,
+            binding = %humantime::format_duration(own),
+            queue_default = %humantime::format_duration(stats.visibility_timeout),
+            "the binding hides each message it receives for its own visibility timeout, not the queue's"
+        ),
+        Some(_) => {}
+        None => config.visibility_timeout = stats.visibility_timeout,
+    }
+    if let Some(redrive) = &stats.redrive {
+        match spec.max_receive_count {
+            Some(count) if count != redrive.max_receive_count => bail!(
+                "binding {queue}: max receive count {count} is not the queue's: its redrive policy dead-letters after {} receives. Change the queue's with `wasq queue set {queue} --max-receive-count {count}`, or drop the setting",
+                redrive.max_receive_count,
+                queue = spec.queue
+            ),
+            _ => config.max_receive_count = redrive.max_receive_count,
+        }
+    }
+    Ok(())
+}
+
+/// The visibility timeout a binding ends up with must exceed its
+/// processor's timeout; the error says where the one in use came from.
+fn check_queue_visibility(
+    spec: &BindingSpec,
+    config: &BindingConfig,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    if spec.visibility_timeout.is_some() || config.visibility_timeout > timeout {
+        return check_visibility(&spec.queue, config.visibility_timeout, timeout);
+    }
+    let enough = humantime::format_duration(
+        (timeout * 6)
+            .max(crate::queue::local::DEFAULT_VISIBILITY)
+            .min(crate::queue::MAX_VISIBILITY),
+    );
+    bail!(
+        "binding {queue}: the queue's visibility timeout ({}) must exceed the processor timeout ({}), or a message could reappear while it still runs. Raise it with `wasq queue set {queue} --visibility-timeout {enough}`, or give the binding its own with --visibility-timeout",
+        humantime::format_duration(config.visibility_timeout),
+        humantime::format_duration(timeout),
+        queue = spec.queue
+    )
 }
 
 /// An SQS binding: the queue must exist. Its redrive policy names the
@@ -415,18 +523,15 @@ async fn bind_sqs(
         .redrive_policy(queue.url())
         .await
         .with_context(|| format!("reading the redrive policy of {}", spec.queue))?;
+    let stats = queue
+        .stats()
+        .await
+        .with_context(|| format!("reading the settings of {}", spec.queue))?;
+    follow_queue(spec, &stats, &mut config)?;
     let dlq = match (&spec.dead_letters, policy) {
         (DeadLetters::Drop, _) => None,
         (DeadLetters::To(dlq), _) => Some(backends.queue(dlq).await?),
         (DeadLetters::Default, Some(policy)) => {
-            if config.max_receive_count != policy.max_receive_count {
-                info!(
-                    queue = %spec.queue,
-                    max_receive_count = policy.max_receive_count,
-                    "the queue's redrive policy sets the receive count"
-                );
-            }
-            config.max_receive_count = policy.max_receive_count;
             Some(backends.queue(&QueueRef::Sqs(policy.dlq_url)).await?)
         }
         (DeadLetters::Default, None) => bail!(

@@ -298,7 +298,7 @@ async fn jobs_queue() -> (SqsQueues, wasq::queue::sqs::SqsQueue) {
     sqs.create(
         "jobs",
         QueueOptions {
-            visibility_timeout: Duration::from_secs(30),
+            visibility_timeout: Duration::from_secs(180),
             redrive: Some(Redrive {
                 dlq: "jobs-dlq".into(),
                 max_receive_count: 3,
@@ -611,6 +611,34 @@ async fn sqs_queues_are_managed_from_the_command_line_and_bad_bindings_refused()
     let stats = text(&stats);
     assert!(stats.contains("visible:            1"), "{stats}");
     assert!(stats.contains("work-dlq after 4 receives"), "{stats}");
+    assert!(stats.contains("visibility timeout: 3m"), "{stats}");
+
+    // Created again with other settings: refused, as SQS does; changed
+    // only by `queue set`.
+    let again = wasq_cli(&["queue", "create", "sqs://work", "--max-receive-count", "6"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("already exists with other settings"),
+        "{}",
+        text(&again)
+    );
+    let set = wasq_cli(&[
+        "queue",
+        "set",
+        "sqs://work",
+        "--max-receive-count",
+        "6",
+        "--visibility-timeout",
+        "4m",
+    ]);
+    assert!(set.status.success(), "{}", text(&set));
+    let stats = text(&wasq_cli(&["queue", "stats", "sqs://work"]));
+    assert!(
+        stats.contains("work-dlq after 6 receives") && stats.contains("visibility timeout: 4m"),
+        "{stats}"
+    );
+    let set = wasq_cli(&["queue", "set", "sqs://work", "--max-receive-count", "4"]);
+    assert!(set.status.success(), "{}", text(&set));
 
     // Rejected by a host, listed with its reason, and redriven.
     let dir = tempfile::tempdir().unwrap();

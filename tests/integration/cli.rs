@@ -429,6 +429,85 @@ fn producers_and_operators_manage_queues_and_dead_letters() {
     );
 }
 
+/// What `queue create` and `queue stats` say is what `wasq run` does: a
+/// binding follows its queue's visibility timeout and receive count, a
+/// queue's settings change only through `queue set`, and creating a queue
+/// again with other settings is refused.
+#[test]
+fn a_queue_says_one_truth_and_is_never_rewritten_silently() {
+    let scratch = Scratch::new();
+    let ok = |args: &[&str]| {
+        let out = scratch.wasq(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--queue",
+            "local://jobs",
+            "--plugin",
+            wasq_test_guests::ROGUE,
+            "--until-empty",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        scratch.wasq(&args)
+    };
+    ok(&["queue", "create", "jobs", "--visibility-timeout", "10s"]);
+    // The same settings again: nothing to do. Others: refused, unchanged.
+    ok(&["queue", "create", "jobs", "--visibility-timeout", "10s"]);
+    let again = scratch.wasq(&["queue", "create", "jobs", "--visibility-timeout", "20s"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already exists with other settings")
+            && text(&again.stderr).contains("wasq queue set"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert!(ok(&["queue", "stats", "jobs"]).contains("visibility timeout: 10s"));
+
+    // 10 s does not cover the processor's 30 s: the host says so and how to
+    // fix it, instead of quietly hiding messages for longer.
+    let short = run(&[]);
+    assert_eq!(short.status.code(), Some(2));
+    assert!(
+        text(&short.stderr).contains(
+            "the queue's visibility timeout (10s) must exceed the processor timeout (30s)"
+        ) && text(&short.stderr).contains("wasq queue set local://jobs --visibility-timeout 3m"),
+        "{}",
+        text(&short.stderr)
+    );
+    let set = ok(&["queue", "set", "jobs", "--visibility-timeout", "3m"]);
+    assert!(set.contains("visibility timeout: 3m"), "{set}");
+
+    // Bound, the host uses the queue's settings, and says which.
+    ok(&["send", "jobs", "--body", "noop"]);
+    let bound = run(&[]);
+    assert!(bound.status.success(), "{}", text(&bound.stderr));
+    assert!(
+        text(&bound.stderr).contains("visibility_timeout=3m max_receive_count=5"),
+        "{}",
+        text(&bound.stderr)
+    );
+
+    // A receive count other than the queue's is refused, not written over
+    // the queue every host on this directory shares.
+    let other = run(&["--max-receive-count", "2"]);
+    assert_eq!(other.status.code(), Some(2));
+    assert!(
+        text(&other.stderr).contains("max receive count 2 is not the queue's")
+            && text(&other.stderr).contains("wasq queue set local://jobs --max-receive-count 2"),
+        "{}",
+        text(&other.stderr)
+    );
+    assert!(ok(&["queue", "stats", "jobs"]).contains("after 5 receives"));
+    ok(&["queue", "set", "jobs", "--max-receive-count", "2"]);
+    assert!(run(&["--max-receive-count", "2"]).status.success());
+    assert!(ok(&["queue", "stats", "jobs"]).contains("after 2 receives"));
+}
+
 #[test]
 fn plugins_are_listed_checked_and_inspected() {
     let scratch = Scratch::new();

@@ -39,7 +39,7 @@ async fn setup(data: &Path, count: usize, body: &str) -> (LocalQueues, Vec<Strin
         .create(
             "jobs",
             QueueOptions {
-                visibility_timeout: Duration::from_secs(30),
+                visibility_timeout: Duration::from_secs(180),
                 redrive: Some(Redrive {
                     dlq: "jobs-dlq".into(),
                     max_receive_count: 5,

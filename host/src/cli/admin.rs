@@ -46,7 +46,10 @@ pub enum QueueCommand {
     /// dead-letter queue NAME-dlq unless told otherwise.
     Create {
         queue: String,
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        /// How long a received message stays hidden; a binding uses the
+        /// queue's unless it names its own, and it must exceed the
+        /// processor's timeout.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3m")]
         visibility_timeout: Duration,
         /// The dead-letter queue.
         #[arg(long, conflicts_with = "no_dlq")]
@@ -75,6 +78,16 @@ pub enum QueueCommand {
     },
     /// Delete every message in a queue.
     Purge { queue: String },
+    /// Change a queue's visibility timeout or the receive count of its
+    /// redrive policy (every host bound to it follows once restarted).
+    Set {
+        queue: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        visibility_timeout: Option<Duration>,
+        /// Receives after which the queue moves a message to its DLQ.
+        #[arg(long)]
+        max_receive_count: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,17 +292,35 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
             println!("visible:            {}", stats.visible);
             println!("in flight:          {}", stats.in_flight);
             println!("delayed:            {}", stats.delayed);
-            println!(
-                "visibility timeout: {}",
-                humantime::format_duration(stats.visibility_timeout)
-            );
-            match stats.redrive {
-                Some(r) => println!(
-                    "dead letters:       {} after {} receives",
-                    r.dlq, r.max_receive_count
-                ),
-                None => println!("dead letters:       none"),
+            print_settings(&stats);
+        }
+        QueueCommand::Set {
+            queue,
+            visibility_timeout,
+            max_receive_count,
+        } => {
+            let queue = QueueRef::parse(&queue)?;
+            if visibility_timeout.is_none() && max_receive_count.is_none() {
+                bail!("give --visibility-timeout, --max-receive-count or both");
             }
+            let stats = match &queue {
+                QueueRef::Local(name) => {
+                    backends
+                        .local_queues()
+                        .await?
+                        .set(name, visibility_timeout, max_receive_count)
+                        .await?
+                }
+                QueueRef::Sqs(_) => {
+                    backends
+                        .sqs()
+                        .await
+                        .set(queue.address(), visibility_timeout, max_receive_count)
+                        .await?
+                }
+            };
+            println!("queue:              {queue}");
+            print_settings(&stats);
         }
         QueueCommand::Purge { queue } => {
             let queue = QueueRef::parse(&queue)?;
@@ -302,6 +333,20 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
         }
     }
     Ok(true)
+}
+
+fn print_settings(stats: &crate::queue::QueueStats) {
+    println!(
+        "visibility timeout: {}",
+        humantime::format_duration(stats.visibility_timeout)
+    );
+    match &stats.redrive {
+        Some(r) => println!(
+            "dead letters:       {} after {} receives",
+            r.dlq, r.max_receive_count
+        ),
+        None => println!("dead letters:       none"),
+    }
 }
 
 /// The dead-letter queue of `queue`: its redrive target, else (local

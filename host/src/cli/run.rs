@@ -76,8 +76,10 @@ pub struct BindingArgs {
     /// long.
     #[arg(long)]
     pub receive_wait: Option<String>,
-    /// How long a received message stays hidden, e.g. 3m; must exceed
-    /// the processor's timeout (default: six times it, at least 3m).
+    /// How long a received message stays hidden, e.g. 3m, per receive;
+    /// must exceed the processor's timeout (default: the queue's own; a
+    /// local queue `wasq run` creates gets six times the timeout, at
+    /// least 3m).
     #[arg(long)]
     pub visibility_timeout: Option<String>,
     /// The processor's wall-clock limit per message, e.g. 30s (over its
@@ -110,7 +112,9 @@ pub struct BindingArgs {
     /// Random share of each retry delay, 0-1.
     #[arg(long)]
     pub backoff_jitter: Option<f64>,
-    /// Receives after which a failing message is dead-lettered.
+    /// Receives after which a failing message is dead-lettered (default:
+    /// the queue's redrive policy, which this must match; 5 for a queue
+    /// `wasq run` creates).
     #[arg(long)]
     pub max_receive_count: Option<u32>,
     /// The dead-letter queue (default: NAME-dlq).
@@ -298,6 +302,7 @@ impl BindingArgs {
                 .unwrap_or_else(|| "compress".to_string()),
             limits,
             visibility_timeout,
+            max_receive_count: self.max_receive_count,
             plugin_config: parse_config(&self.plugin_config)?,
             config: BindingConfig {
                 name: queue.name().to_string(),

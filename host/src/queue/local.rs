@@ -64,13 +64,18 @@ pub struct QueueOptions {
 }
 
 impl Default for QueueOptions {
+    /// Three minutes: six times a processor's default 30 s timeout, as a
+    /// binding's visibility must exceed its processor's timeout.
     fn default() -> Self {
         QueueOptions {
-            visibility_timeout: Duration::from_secs(30),
+            visibility_timeout: DEFAULT_VISIBILITY,
             redrive: None,
         }
     }
 }
+
+/// A new queue's visibility timeout.
+pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(180);
 
 /// A dead letter as `wasq dlq list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,8 +133,10 @@ impl LocalQueues {
         .map_err(|err| QueueError::Unavailable(format!("queue database task: {err}")))?
     }
 
-    /// Creates a queue, or checks that an existing one has these settings'
-    /// kind (a redrive policy is updated to the one given).
+    /// Creates a queue, and its dead-letter queue if it names one that does
+    /// not exist. As on SQS, creating a queue that exists with the same
+    /// settings does nothing, and one that exists with other settings is
+    /// refused: [`LocalQueues::set`] changes settings, never this.
     pub async fn create(&self, name: &str, options: QueueOptions) -> Result<(), QueueError> {
         let fifo = check_name(name)?;
         if let Some(redrive) = &options.redrive {
@@ -161,6 +168,17 @@ impl LocalQueues {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
+            if let Some(existing) = settings_of(&tx, &name)? {
+                let wanted = (options.visibility_timeout, options.redrive.clone());
+                if existing != wanted {
+                    return Err(QueueError::Invalid(format!(
+                        "queue `{name}` already exists with other settings ({}; asked for {}): `wasq queue set` changes a queue's settings",
+                        describe(&existing),
+                        describe(&wanted)
+                    )));
+                }
+                return Ok(());
+            }
             if let Some(redrive) = &options.redrive {
                 insert_queue(&tx, &redrive.dlq, fifo, options.visibility_timeout, None)?;
             }
@@ -171,16 +189,60 @@ impl LocalQueues {
                 options.visibility_timeout,
                 options.redrive.as_ref(),
             )?;
-            if let Some(redrive) = &options.redrive {
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    /// Changes an existing queue's visibility timeout or the receive count
+    /// of its redrive policy: the one way a queue's settings change.
+    pub async fn set(
+        &self,
+        name: &str,
+        visibility_timeout: Option<Duration>,
+        max_receive_count: Option<u32>,
+    ) -> Result<QueueStats, QueueError> {
+        if visibility_timeout.is_some_and(|v| v > MAX_VISIBILITY) {
+            return Err(QueueError::Invalid(format!(
+                "queue `{name}`: visibility timeout over 12 hours"
+            )));
+        }
+        if max_receive_count.is_some_and(|n| !(1..=1000).contains(&n)) {
+            return Err(QueueError::Invalid(format!(
+                "queue `{name}`: max receive count must be 1-1000"
+            )));
+        }
+        let queue = self.queue(name).await?;
+        let queue_name = queue.name.clone();
+        self.with_db(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let (_, redrive) = settings_of(&tx, &queue_name)?
+                .ok_or_else(|| QueueError::NoSuchQueue(queue_name.clone()))?;
+            if let Some(visibility) = visibility_timeout {
                 tx.execute(
-                    "UPDATE queues SET dlq = ?2, max_receive_count = ?3 WHERE name = ?1",
-                    params![name, redrive.dlq, redrive.max_receive_count],
+                    "UPDATE queues SET visibility_ms = ?2 WHERE name = ?1",
+                    params![queue_name, visibility.as_millis() as i64],
+                )
+                .map_err(db_err)?;
+            }
+            if let Some(count) = max_receive_count {
+                if redrive.is_none() {
+                    return Err(QueueError::Invalid(format!(
+                        "queue `{queue_name}` has no dead-letter queue, so no receive count to set"
+                    )));
+                }
+                tx.execute(
+                    "UPDATE queues SET max_receive_count = ?2 WHERE name = ?1",
+                    params![queue_name, count],
                 )
                 .map_err(db_err)?;
             }
             tx.commit().map_err(db_err)
         })
-        .await
+        .await?;
+        queue.stats().await
     }
 
     /// Every queue's name, sorted.
@@ -319,6 +381,42 @@ impl LocalQueues {
             .await?;
         self.wake.all();
         Ok(moved)
+    }
+}
+
+/// A queue's visibility timeout and redrive policy, if it exists.
+fn settings_of(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+) -> Result<Option<(Duration, Option<Redrive>)>, QueueError> {
+    tx.query_row(
+        "SELECT visibility_ms, dlq, max_receive_count FROM queues WHERE name = ?1",
+        [name],
+        |row| {
+            let visibility: i64 = row.get(0)?;
+            let dlq: Option<String> = row.get(1)?;
+            let count: Option<u32> = row.get(2)?;
+            Ok((
+                Duration::from_millis(visibility as u64),
+                dlq.zip(count).map(|(dlq, max_receive_count)| Redrive {
+                    dlq,
+                    max_receive_count,
+                }),
+            ))
+        },
+    )
+    .optional()
+    .map_err(db_err)
+}
+
+fn describe((visibility, redrive): &(Duration, Option<Redrive>)) -> String {
+    let visibility = humantime::format_duration(*visibility);
+    match redrive {
+        Some(r) => format!(
+            "visibility timeout {visibility}, dead letters to `{}` after {} receives",
+            r.dlq, r.max_receive_count
+        ),
+        None => format!("visibility timeout {visibility}, no dead-letter queue"),
     }
 }
 

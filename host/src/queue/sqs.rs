@@ -232,8 +232,14 @@ impl SqsQueues {
             attributes.insert(QueueAttributeName::FifoQueue, "true".into());
         }
         if let Some(redrive) = &options.redrive {
-            let dlq_url =
-                Box::pin(self.create(redrive.dlq.as_str(), QueueOptions::default())).await?;
+            // A dead-letter queue that exists is used as it is.
+            let dlq_url = match self.url_of(&redrive.dlq).await {
+                Ok(url) => url,
+                Err(QueueError::NoSuchQueue(_)) => {
+                    Box::pin(self.create(redrive.dlq.as_str(), QueueOptions::default())).await?
+                }
+                Err(err) => return Err(err),
+            };
             let arn = self
                 .attributes(&dlq_url)
                 .await?
@@ -255,8 +261,61 @@ impl SqsQueues {
             .set_attributes(Some(attributes))
             .send()
             .await
-            .map_err(|err| error(name, &err))?;
+            .map_err(|err| match err.code() {
+                Some("QueueAlreadyExists" | "QueueNameExists") => QueueError::Invalid(format!(
+                    "queue `{name}` already exists with other settings: `wasq queue set` changes a queue's settings"
+                )),
+                _ => error(name, &err),
+            })?;
         Ok(out.queue_url().unwrap_or_default().to_string())
+    }
+
+    /// Changes a queue's visibility timeout or the receive count of its
+    /// redrive policy (SetQueueAttributes); returns its settings after.
+    pub async fn set(
+        &self,
+        url_or_name: &str,
+        visibility_timeout: Option<Duration>,
+        max_receive_count: Option<u32>,
+    ) -> Result<QueueStats, QueueError> {
+        let queue = self.queue(url_or_name).await?;
+        let mut attributes = HashMap::new();
+        if let Some(visibility) = visibility_timeout {
+            attributes.insert(
+                QueueAttributeName::VisibilityTimeout,
+                visibility.as_secs().to_string(),
+            );
+        }
+        if let Some(count) = max_receive_count {
+            let current = self.attributes(&queue.url).await?;
+            let Some(text) = current.get(&QueueAttributeName::RedrivePolicy) else {
+                return Err(QueueError::Invalid(format!(
+                    "queue `{}` has no redrive policy, so no receive count to set",
+                    queue.name
+                )));
+            };
+            let mut policy: RedrivePolicy = serde_json::from_str(text).map_err(|err| {
+                QueueError::Invalid(format!(
+                    "queue `{}`: redrive policy `{text}` is not understood: {err}",
+                    queue.name
+                ))
+            })?;
+            policy.max_receive_count = count;
+            attributes.insert(
+                QueueAttributeName::RedrivePolicy,
+                serde_json::to_string(&policy).expect("a redrive policy serialises"),
+            );
+        }
+        if !attributes.is_empty() {
+            self.client
+                .set_queue_attributes()
+                .queue_url(&queue.url)
+                .set_attributes(Some(attributes))
+                .send()
+                .await
+                .map_err(|err| error(&queue.name, &err))?;
+        }
+        queue.stats().await
     }
 
     /// Every queue's URL.
