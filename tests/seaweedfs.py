@@ -51,6 +51,9 @@ def main():
         f"-admin.port={ports['admin']}", "-admin.ui=false", "-webdav=false",
         "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
         f"-s3.config={config}",
+        # Every bucket takes a volume of its own; small volumes let a whole
+        # test run's buckets fit in the free disk of any machine.
+        "-master.volumeSizeLimitMB=64",
     ], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     deadline = time.time() + 60

@@ -103,8 +103,8 @@ async fn dynamodb_records_read_back_and_a_missing_table_is_named() {
         .env("WASQ_DATA_DIR", dir.path().join("data"))
         .env("WASQ_CACHE_DIR", harness::cache_dir())
         .args(["--endpoint-url", &harness::moto_endpoint()])
-        .args(["run", "--queue", "local://jobs", "--records"])
-        .arg("dynamodb://no-such-table")
+        .args(["run", "--queue", "local://jobs", "--listen", "127.0.0.1:0"])
+        .args(["--records", "dynamodb://no-such-table"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -135,7 +135,7 @@ fn an_unreachable_endpoint_is_one_readable_line() {
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
         .args(["--endpoint-url", &format!("http://127.0.0.1:{port}")])
-        .args(["run", "--queue", "sqs://jobs"])
+        .args(["run", "--queue", "sqs://jobs", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
