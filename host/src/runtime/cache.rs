@@ -140,9 +140,7 @@ impl CompileCache {
         component: &Component,
     ) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
-        let compiled = component
-            .serialize()
-            .map_err(|err| anyhow::anyhow!("{err:#}"))?;
+        let compiled = component.serialize()?;
         let tag = self.tag(identity, &compiled);
         let temp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut file = std::fs::OpenOptions::new()

@@ -170,14 +170,14 @@ impl Runtime {
             .epoch_interruption(true)
             .consume_fuel(options.fuel)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|err| anyhow::anyhow!("{err:#}"))?;
+        let engine = Engine::new(&config)?;
         let cache = match &options.cache_dir {
             Some(dir) => Some(cache::CompileCache::open(dir, &engine)?),
             None => None,
         };
 
         let mut linker = Linker::new(&engine);
-        link(&mut linker).map_err(|err| anyhow::anyhow!("{err:#}"))?;
+        link(&mut linker)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -226,15 +226,18 @@ impl Runtime {
                 "plugin `{name}`: a fuel limit needs fuel metering, which this engine runs without; start wasq with --fuel, or with the manifest already in place"
             );
         }
-        let component = self.compile(wasm).map_err(|err| {
-            anyhow::anyhow!("plugin `{name}` ({source}): not a valid component: {err:#}")
-        })?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|err| {
-            anyhow::anyhow!("plugin `{name}` ({source}): does not fit the processor world: {err:#}")
-        })?;
-        let pre = ProcessorPre::new(instance_pre).map_err(|err| {
-            anyhow::anyhow!("plugin `{name}` ({source}): does not fit the processor world: {err:#}")
-        })?;
+        let component = self
+            .compile(wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("plugin `{name}` ({source}): not a valid component"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ProcessorPre::new)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("plugin `{name}` ({source}): does not fit the processor world")
+            })?;
         Ok(Plugin::new(name, source, pre, limits, config))
     }
 
@@ -282,13 +285,15 @@ impl Runtime {
     /// exports, and whether it fits the `processor` world.
     pub fn inspect(&self, code: &plugins::PluginCode) -> anyhow::Result<Inspection> {
         use sha2::Digest;
-        let component = self.compile(&code.wasm).map_err(|err| {
-            anyhow::anyhow!(
-                "plugin `{}` ({}): not a valid component: {err:#}",
-                code.name,
-                code.source
-            )
-        })?;
+        let component = self
+            .compile(&code.wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "plugin `{}` ({}): not a valid component",
+                    code.name, code.source
+                )
+            })?;
         let ty = component.component_type();
         let imports = ty
             .imports(&self.engine)
