@@ -46,6 +46,7 @@ async fn records(table: &str) -> DynamoRecords {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto server: `bash tests/run.sh` starts it and runs this"]
 async fn dynamodb_records_read_back_and_a_missing_table_is_named() {
     let _moto = moto().await;
     let records = records("wasq-records").await;
@@ -160,6 +161,7 @@ fn an_unreachable_endpoint_is_one_readable_line() {
 /// its message) is moved back once by a redrive; a letter with another id,
 /// or none, is moved as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto server: `bash tests/run.sh` starts it and runs this"]
 async fn a_redrive_moves_each_dead_letter_once() {
     let _moto = moto().await;
     let sqs = SqsQueues::connect(&moto_aws()).await;
@@ -207,6 +209,7 @@ async fn a_redrive_moves_each_dead_letter_once() {
 /// takes afterwards is made visible again, not hidden for the visibility
 /// timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto server: `bash tests/run.sh` starts it and runs this"]
 async fn a_cancelled_sqs_receive_returns_at_once_and_loses_nothing() {
     let _moto = moto().await;
     let sqs = SqsQueues::connect(&moto_aws()).await;
@@ -312,6 +315,7 @@ async fn jobs_queue() -> (SqsQueues, wasq::queue::sqs::SqsQueue) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto server: `bash tests/run.sh` starts it and runs this"]
 async fn an_independent_producer_sends_jobs_and_reads_the_results() {
     let _moto = moto().await;
     let s3 = s3_client().await;
@@ -450,6 +454,7 @@ fn stop(child: &mut std::process::Child) -> std::process::ExitStatus {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto server: `bash tests/run.sh` starts it and runs this"]
 async fn two_hosts_on_one_sqs_queue_lose_nothing() {
     let _moto = moto().await;
     let records = records("wasq-records").await;
@@ -495,6 +500,7 @@ async fn two_hosts_on_one_sqs_queue_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto server: `bash tests/run.sh` starts it and runs this"]
 async fn an_endpoint_outage_mid_run_is_waited_out_and_loses_nothing() {
     let _moto = moto().await;
     let records = records("wasq-records").await;
@@ -590,6 +596,7 @@ fn text(output: &std::process::Output) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto server: `bash tests/run.sh` starts it and runs this"]
 async fn sqs_queues_are_managed_from_the_command_line_and_bad_bindings_refused() {
     let _moto = moto().await;
     let data = tempfile::tempdir().unwrap();
@@ -733,6 +740,7 @@ async fn sqs_queues_are_managed_from_the_command_line_and_bad_bindings_refused()
 /// their part from the message's buffer budget (64 MiB by default), and one
 /// past it is refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto server: `bash tests/run.sh` starts it and runs this"]
 async fn one_message_holds_at_most_its_buffer_budget() {
     let _moto = moto().await;
     let s3 = s3_client().await;

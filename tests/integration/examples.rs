@@ -85,16 +85,19 @@ async fn wordcount(component: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs the built examples: `bash tests/run.sh` builds them and runs this"]
 async fn the_python_processor_passes_its_fixtures() {
     wordcount("wordcount-py.wasm").await;
 }
 
 #[tokio::test]
+#[ignore = "needs the built examples: `bash tests/run.sh` builds them and runs this"]
 async fn the_javascript_processor_passes_its_fixtures() {
     wordcount("wordcount-js.wasm").await;
 }
 
 #[test]
+#[ignore = "needs the built examples: `bash tests/run.sh` builds them and runs this"]
 fn the_rust_hello_processor_passes_its_fixture() {
     let scratch = Scratch::new();
     // The hello processor touches nothing: an empty manifest is all it needs.

@@ -139,10 +139,12 @@ macro_rules! on_both_servers {
     ($name:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs moto and SeaweedFS: `bash tests/run.sh` starts them and runs this"]
             async fn moto() {
                 super::$name(super::Server::moto().await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs moto and SeaweedFS: `bash tests/run.sh` starts them and runs this"]
             async fn seaweedfs() {
                 super::$name(super::Server::seaweedfs().await).await;
             }
@@ -321,6 +323,7 @@ async fn s3_writes_are_all_or_nothing_and_errors_name_the_object(server: Server)
 /// downloads with plain HTTP; one whose key, expiry or signature was
 /// changed is refused, and so is one that has expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto and SeaweedFS: `bash tests/run.sh` starts them and runs this"]
 async fn presigned_links_are_checked_by_a_signature_checking_server() {
     let server = Server::seaweedfs().await;
     let bucket = server.make_bucket("archives").await;
@@ -372,6 +375,7 @@ async fn presigned_links_are_checked_by_a_signature_checking_server() {
 /// Wrong credentials fail every call with an error that names the bucket
 /// (and is `denied`, so a processor rejects rather than retries forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto and SeaweedFS: `bash tests/run.sh` starts them and runs this"]
 async fn wrong_credentials_fail_naming_the_bucket() {
     let server = Server::seaweedfs().await;
     let bucket = server.make_bucket("docs").await;
@@ -403,6 +407,7 @@ async fn wrong_credentials_fail_naming_the_bucket() {
 /// the processor writes on; with none to spare, the rest of an object
 /// streams in one GET and parts go up one at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto and SeaweedFS: `bash tests/run.sh` starts them and runs this"]
 async fn large_objects_read_and_write_right_within_any_budget() {
     let server = Server::seaweedfs().await;
     let bucket = server.make_bucket("big").await;
@@ -463,6 +468,7 @@ async fn large_objects_read_and_write_right_within_any_budget() {
 /// An object read as ranges names its version: replaced while it is read,
 /// it fails instead of mixing two versions' bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto and SeaweedFS: `bash tests/run.sh` starts them and runs this"]
 async fn an_object_replaced_while_it_is_read_is_not_mixed() {
     let server = Server::seaweedfs().await;
     let bucket = server.make_bucket("big").await;
@@ -503,6 +509,7 @@ async fn an_object_replaced_while_it_is_read_is_not_mixed() {
 /// backs off and tries again (the SDK's adaptive retry mode) rather than
 /// failing the message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto and SeaweedFS: `bash tests/run.sh` starts them and runs this"]
 async fn slow_down_answers_are_backed_off_and_retried() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = Server::seaweedfs().await;
