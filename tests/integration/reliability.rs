@@ -384,7 +384,18 @@ async fn a_second_signal_cuts_the_grace_period_short() {
             .unwrap()
     };
     assert!(term().success());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The second signal once the first has been taken.
+    let asked = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("shutting down")
+    {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "the first signal was not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(term().success());
     let stopping = Instant::now();
     let status = child.wait().unwrap();

@@ -36,8 +36,26 @@ fn manifest_with_timeout(dir: &Path, greeting: &str, timeout: Option<&str>) {
     .unwrap();
 }
 
-/// Reloads wait for a change to hold still for one more scan (500 ms).
-const SETTLE: Duration = Duration::from_millis(1600);
+/// Waits until the host's log says `what` for the `nth` time: the watcher
+/// has taken (or refused) a change, so the next one is seen on its own.
+async fn logged(log: &Path, what: &str, nth: usize) {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(what).count() >= nth {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the host never logged `{what}` {nth} times:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+const RELOADED: &str = "plugin reloaded";
+const REFUSED: &str = "plugin changed but cannot be used";
+const REMOVED: &str = "plugin removed";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_reload_while_the_host_runs() {
@@ -76,7 +94,7 @@ async fn plugins_reload_while_the_host_runs() {
 
     // Changed: the new version serves new messages.
     manifest(&plugins, "two");
-    tokio::time::sleep(SETTLE).await;
+    logged(&log, RELOADED, 1).await;
     let second = ask().await;
     assert_eq!(
         result(&records, &second, wait).await.as_deref(),
@@ -86,19 +104,19 @@ async fn plugins_reload_while_the_host_runs() {
     // A timeout that reaches the binding's visibility timeout (3m by
     // default) could let a message run twice at once: refused.
     manifest_with_timeout(&plugins, "slow", Some("10m"));
-    tokio::time::sleep(SETTLE).await;
+    logged(&log, REFUSED, 1).await;
     let slow = ask().await;
     assert_eq!(result(&records, &slow, wait).await.as_deref(), Some("two"));
 
     // Broken: the working version stays.
     std::fs::write(plugins.join("rogue.wasm"), b"not a component").unwrap();
-    tokio::time::sleep(SETTLE).await;
+    logged(&log, REFUSED, 2).await;
     let third = ask().await;
     assert_eq!(result(&records, &third, wait).await.as_deref(), Some("two"));
 
     // Removed: the binding pauses and the message waits in the queue.
     std::fs::remove_file(plugins.join("rogue.wasm")).unwrap();
-    tokio::time::sleep(SETTLE).await;
+    logged(&log, REMOVED, 1).await;
     let fourth = ask().await;
     assert_eq!(
         result(&records, &fourth, Duration::from_secs(2)).await,
@@ -191,14 +209,19 @@ async fn a_busy_host_loses_nothing_while_its_plugin_is_replaced() {
             ids
         })
     };
+    // Each change once the watcher has dealt with the one before, so each
+    // is taken on its own.
+    logged(&log, "bound", 1).await;
     for step in 1..=5u8 {
-        // Apart by more than the watcher's settle time, so each change is
-        // taken on its own.
-        tokio::time::sleep(SETTLE).await;
         match step {
             2 => std::fs::write(&wasm, b"\0asm broken").unwrap(),
             4 => manifest(&plugins, "v4"),
             _ => new_version(&wasm, b'0' + step),
+        }
+        match step {
+            1 => logged(&log, RELOADED, 1).await,
+            2 => logged(&log, REFUSED, 1).await,
+            n => logged(&log, RELOADED, usize::from(n) - 1).await,
         }
     }
     let ids = sender.await.unwrap();
@@ -303,7 +326,7 @@ async fn a_removed_manifest_keeps_the_last_grants() {
     );
 
     std::fs::remove_file(plugins.join("rogue.toml")).unwrap();
-    tokio::time::sleep(SETTLE).await;
+    logged(&log, REFUSED, 1).await;
     let still_denied = ask("open s3://secrets/key.txt").await;
     let still_granted = ask("open s3://docs/a.txt").await;
     assert_eq!(
