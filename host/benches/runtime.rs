@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use wasq::offline::LocalEnv;
+use wasq::backends::LocalEnv;
 use wasq::runtime::{EngineOptions, Limits, LogSink, Message, Outcome, PluginSource, Runtime};
 
 fn main() -> anyhow::Result<()> {

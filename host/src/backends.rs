@@ -4,15 +4,51 @@
 //! first use, so a local-only host never looks for credentials.
 
 use crate::aws::AwsOptions;
+use crate::blobs::sign::LinkSigner;
 use crate::blobs::{BlobStore, LocalBlobs, S3Blobs};
-use crate::offline::LocalEnv;
 use crate::queue::sqs::{self, SqsQueue, SqsQueues};
 use crate::queue::{LocalQueues, Queue, QueueError};
-use crate::records::{DynamoRecords, Records};
+use crate::records::{DynamoRecords, Records, SqliteRecords};
 use crate::runtime::Services;
 use anyhow::{Context as _, bail};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
+
+/// Where local links point when nothing says otherwise.
+pub const DEFAULT_LINK_BASE: &str = "http://127.0.0.1:8080";
+
+/// The local state every command shares: the data directory (queues,
+/// records, secrets), the local blob store, and where its links point.
+#[derive(Debug, Clone)]
+pub struct LocalEnv {
+    /// Holds the records database and the link secret.
+    pub data_dir: PathBuf,
+    /// The blob store's root.
+    pub blobs_root: PathBuf,
+    /// Where signed links point: wasq's HTTP server.
+    pub link_base: String,
+    /// Free space the local blob store leaves on its disk.
+    pub reserve: u64,
+}
+
+impl LocalEnv {
+    /// Opens the blob store and records database, creating them if needed.
+    pub fn open(&self) -> anyhow::Result<(LocalBlobs, Services)> {
+        crate::secret::private_dir(&self.data_dir)
+            .with_context(|| format!("opening data directory {}", self.data_dir.display()))?;
+        let signer = LinkSigner::for_data_dir(&self.data_dir, &self.link_base)
+            .with_context(|| format!("loading the link secret in {}", self.data_dir.display()))?;
+        let blobs = LocalBlobs::with_reserve(&self.blobs_root, signer, self.reserve)
+            .with_context(|| format!("opening blob store {}", self.blobs_root.display()))?;
+        let records = SqliteRecords::open(&self.data_dir.join("records.db"))?;
+        let services = Services {
+            blobs: Arc::new(blobs.clone()),
+            records: Arc::new(records),
+        };
+        Ok((blobs, services))
+    }
+}
 
 /// A queue address.
 #[derive(Debug, Clone, PartialEq, Eq)]

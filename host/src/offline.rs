@@ -1,10 +1,9 @@
 //! `wasq test`: runs a processor on fixture messages against the local
 //! backends and checks what each fixture expects.
 
-use crate::blobs::sign::LinkSigner;
+use crate::backends::LocalEnv;
 use crate::blobs::{BlobUri, LocalBlobs};
 use crate::fixture::{self, Fixture};
-use crate::records::SqliteRecords;
 use crate::runtime::plugins::PluginSources;
 use crate::runtime::{
     EngineOptions, Fault, LimitSettings, LogLine, LogSink, Outcome, Plugin, Runtime, Services,
@@ -15,41 +14,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-
-/// Where local links point when nothing says otherwise.
-pub const DEFAULT_LINK_BASE: &str = "http://127.0.0.1:8080";
-
-/// The local backends an offline run uses.
-#[derive(Debug, Clone)]
-pub struct LocalEnv {
-    /// Holds the records database and the link secret.
-    pub data_dir: PathBuf,
-    /// The blob store's root.
-    pub blobs_root: PathBuf,
-    /// Where signed links point: wasq's HTTP server.
-    pub link_base: String,
-    /// Free space the local blob store leaves on its disk.
-    pub reserve: u64,
-}
-
-impl LocalEnv {
-    /// Opens the blob store and records database, creating them if needed.
-    pub fn open(&self) -> anyhow::Result<(LocalBlobs, Services)> {
-        crate::secret::private_dir(&self.data_dir)
-            .with_context(|| format!("opening data directory {}", self.data_dir.display()))?;
-        let signer = LinkSigner::for_data_dir(&self.data_dir, &self.link_base)
-            .with_context(|| format!("loading the link secret in {}", self.data_dir.display()))?;
-        let blobs = LocalBlobs::with_reserve(&self.blobs_root, signer, self.reserve)
-            .with_context(|| format!("opening blob store {}", self.blobs_root.display()))?;
-        let records = SqliteRecords::open(&self.data_dir.join("records.db"))?;
-        let services = Services {
-            blobs: Arc::new(blobs.clone()),
-            records: Arc::new(records),
-        };
-        Ok((blobs, services))
-    }
-}
 
 /// What `wasq test` was asked to do, already validated.
 #[derive(Debug, Clone)]

@@ -2,13 +2,12 @@
 //! dispatcher and the HTTP server until shutdown.
 
 use crate::aws::AwsOptions;
-use crate::backends::{Backends, BlobBackend, RecordsBackend};
+use crate::backends::{Backends, BlobBackend, LocalEnv, RecordsBackend};
 use crate::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
-use crate::offline::LocalEnv;
 use crate::queue::local::QueueOptions;
 use crate::queue::{Queue, QueueError, QueueStats, Redrive};
+use crate::reload::{Reloader, Watched};
 use crate::runtime::plugins::PluginSources;
-use crate::runtime::reload::{Reloader, Watched};
 use crate::runtime::{EngineOptions, LimitSettings, Limits, PluginSlot, Runtime};
 use crate::serve::{self, ServeState};
 use anyhow::{Context as _, bail};

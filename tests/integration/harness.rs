@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
+use wasq::backends::LocalEnv;
 use wasq::blobs::LocalBlobs;
-use wasq::offline::LocalEnv;
 use wasq::runtime::{
     EngineOptions, Grants, Limits, LogSink, Message, Plugin, Run, Runtime, Services,
 };

@@ -357,7 +357,7 @@ async fn each_binding_keeps_the_instances_its_concurrency_needs() {
         .spec()
         .unwrap()
     };
-    let env = wasq::offline::LocalEnv {
+    let env = wasq::backends::LocalEnv {
         data_dir: dir.path().join("data"),
         blobs_root: dir.path().join("data/blobs"),
         link_base: "http://127.0.0.1:9".into(),

@@ -9,7 +9,8 @@ mod run;
 pub use run::BindingArgs;
 
 use crate::aws::AwsOptions;
-use crate::offline::{self, LocalEnv, TestOptions};
+use crate::backends::LocalEnv;
+use crate::offline::{self, TestOptions};
 use crate::runtime::plugins::PluginSources;
 use crate::runtime::{self, EngineOptions, LimitSettings};
 use anyhow::{Context as _, bail};
@@ -179,7 +180,7 @@ impl GlobalArgs {
             link_base: self
                 .link_base
                 .clone()
-                .unwrap_or_else(|| crate::offline::DEFAULT_LINK_BASE.to_string()),
+                .unwrap_or_else(|| crate::backends::DEFAULT_LINK_BASE.to_string()),
         }
     }
 

@@ -9,14 +9,14 @@ pub mod limits;
 pub mod log;
 pub mod plugins;
 pub mod prefetch;
-pub mod reload;
+pub mod slot;
 mod state;
 
 pub use grants::Grants;
 pub use limits::{LimitSettings, Limits};
 pub use log::{Level, LogLine, LogSink, Source};
 pub use plugins::{Plugin, PluginSource};
-pub use reload::PluginSlot;
+pub use slot::PluginSlot;
 pub use state::{Fault, Services, Usage};
 
 use anyhow::Context as _;

@@ -1,17 +1,17 @@
-//! Hot reload: each binding reads its plugin from a slot per message, and a
-//! watcher replaces the slot's plugin when `plugins/NAME.wasm` or its
-//! manifest changes. Messages already running keep the version they
-//! started with; a file that does not compile or does not fit the
-//! processor world never replaces a working version.
+//! Hot reload: each binding reads its plugin from a slot per message
+//! ([`PluginSlot`]), and this watcher replaces the slot's plugin when
+//! `plugins/NAME.wasm` or its manifest changes. Messages already running
+//! keep the version they started with; a file that does not compile, does
+//! not fit the processor world, or would outlast its binding's visibility
+//! timeout never replaces a working version.
 
-use super::plugins::PluginSources;
-use super::{LimitSettings, Plugin, Runtime};
 use crate::run::{QueueRef, check_visibility};
+use crate::runtime::plugins::PluginSources;
+use crate::runtime::{LimitSettings, PluginSlot, Runtime};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -19,62 +19,6 @@ use tracing::{error, info, warn};
 /// held still for one more look, so a file still being copied is not read
 /// half-written.
 const SCAN_EVERY: Duration = Duration::from_millis(500);
-
-/// The current version of one binding's plugin.
-#[derive(Clone)]
-pub struct PluginSlot {
-    inner: Arc<SlotInner>,
-}
-
-struct SlotInner {
-    current: RwLock<Option<Arc<Plugin>>>,
-    changed: Notify,
-}
-
-impl PluginSlot {
-    pub fn new(plugin: Plugin) -> Self {
-        PluginSlot {
-            inner: Arc::new(SlotInner {
-                current: RwLock::new(Some(Arc::new(plugin))),
-                changed: Notify::new(),
-            }),
-        }
-    }
-
-    /// The plugin to run the next message on; `None` while its file is gone.
-    pub fn current(&self) -> Option<Arc<Plugin>> {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn replace(&self, plugin: Option<Plugin>) {
-        *self
-            .inner
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = plugin.map(Arc::new);
-        self.inner.changed.notify_waiters();
-    }
-
-    /// Waits until there is a plugin (or `cancel` fires).
-    pub async fn available(&self, cancel: &CancellationToken) -> Option<Arc<Plugin>> {
-        loop {
-            let changed = self.inner.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(plugin) = self.current() {
-                return Some(plugin);
-            }
-            tokio::select! {
-                _ = &mut changed => {}
-                _ = cancel.cancelled() => return None,
-            }
-        }
-    }
-}
 
 /// What a watched plugin looks like on disk: modification time and length
 /// of the `.wasm` and of its manifest.
