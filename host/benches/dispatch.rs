@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasq::backends::LocalEnv;
 use wasq::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
-use wasq::queue::local::QueueOptions;
+use wasq::queue::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
 use wasq::runtime::{EngineOptions, Limits, PluginSlot, PluginSource, Runtime};
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use wasq::aws::AwsOptions;
 use wasq::backends::LocalEnv;
 use wasq::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
-use wasq::queue::local::QueueOptions;
+use wasq::queue::QueueOptions;
 use wasq::queue::{Outgoing, Queue, SqsQueues};
 use wasq::runtime::{EngineOptions, Limits, PluginSlot, PluginSource, Runtime};
 

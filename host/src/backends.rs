@@ -7,7 +7,7 @@ use crate::aws::AwsOptions;
 use crate::blobs::sign::LinkSigner;
 use crate::blobs::{BlobStore, LocalBlobs, S3Blobs};
 use crate::queue::sqs::{self, SqsQueue, SqsQueues};
-use crate::queue::{LocalQueues, Queue, QueueError};
+use crate::queue::{LocalQueues, Queue, QueueAdmin, QueueError};
 use crate::records::{DynamoRecords, Records, SqliteRecords};
 use crate::runtime::Services;
 use anyhow::{Context as _, bail};
@@ -111,9 +111,15 @@ impl QueueRef {
             Some(stem) => format!("{stem}-dlq.fifo"),
             None => format!("{name}-dlq"),
         };
+        self.sibling(dlq)
+    }
+
+    /// Another queue of the same backend, by the name (or SQS URL) that
+    /// backend gives it.
+    pub fn sibling(&self, address: String) -> QueueRef {
         match self {
-            QueueRef::Local(_) => QueueRef::Local(dlq),
-            QueueRef::Sqs(_) => QueueRef::Sqs(dlq),
+            QueueRef::Local(_) => QueueRef::Local(address),
+            QueueRef::Sqs(_) => QueueRef::Sqs(address),
         }
     }
 }
@@ -226,16 +232,20 @@ impl Backends {
         SqsQueues::new(self.sdk_config().await)
     }
 
+    /// The queues of `queue`'s backend, to manage: the one place an
+    /// address picks its backend.
+    pub async fn admin(&self, queue: &QueueRef) -> anyhow::Result<Arc<dyn QueueAdmin>> {
+        Ok(match queue {
+            QueueRef::Local(_) => Arc::new(self.local_queues().await?.clone()),
+            QueueRef::Sqs(_) => Arc::new(self.sqs().await),
+        })
+    }
+
     /// Opens a queue that must exist; the error names it and says how to
     /// make it.
     pub async fn queue(&self, queue: &QueueRef) -> anyhow::Result<Arc<dyn Queue>> {
-        Ok(match queue {
-            QueueRef::Local(name) => Arc::new(explain(
-                queue,
-                self.local_queues().await?.queue(name).await,
-            )?),
-            QueueRef::Sqs(_) => Arc::new(self.sqs_queue(queue).await?),
-        })
+        let admin = self.admin(queue).await?;
+        explain(queue, admin.open(queue.address()).await)
     }
 
     /// Opens an SQS queue that must exist (a `local://` address is taken as

@@ -4,7 +4,7 @@
 use crate::aws::AwsOptions;
 use crate::backends::{Backends, BlobBackend, LocalEnv, RecordsBackend};
 use crate::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
-use crate::queue::local::QueueOptions;
+use crate::queue::QueueOptions;
 use crate::queue::{Queue, QueueError, QueueStats, Redrive};
 use crate::reload::{Reloader, Watched};
 use crate::runtime::plugins::PluginSources;
@@ -495,7 +495,7 @@ fn check_queue_visibility(
     }
     let enough = humantime::format_duration(
         (timeout * 6)
-            .max(crate::queue::local::DEFAULT_VISIBILITY)
+            .max(crate::queue::DEFAULT_VISIBILITY)
             .min(crate::queue::MAX_VISIBILITY),
     );
     bail!(

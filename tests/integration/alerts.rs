@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wasq::queue::local::QueueOptions;
+use wasq::queue::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
 
 fn repo() -> &'static Path {

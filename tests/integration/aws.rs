@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use wasq::blobs::{BlobUri, S3Blobs};
-use wasq::queue::local::QueueOptions;
+use wasq::queue::QueueOptions;
 use wasq::queue::{Outgoing, Queue, Redrive, SqsQueues};
 use wasq::records::{DynamoRecords, PutOptions, Records};
 use wasq::runtime::{Limits, Services};

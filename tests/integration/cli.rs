@@ -567,7 +567,7 @@ fn plugins_are_listed_checked_and_inspected() {
 /// reached the terminal raw.
 #[tokio::test]
 async fn dlq_list_tells_wasqs_reasons_from_a_senders_attributes() {
-    use wasq::queue::local::QueueOptions;
+    use wasq::queue::QueueOptions;
     use wasq::queue::{LocalQueues, Outgoing, Queue, Redrive};
     let scratch = Scratch::new();
     let queues = LocalQueues::open(&scratch.dir.path().join("data")).unwrap();
@@ -775,7 +775,7 @@ async fn logs_can_be_json_lines_with_the_message_span() {
     let data = dir.path().join("data");
     let queues = wasq::queue::LocalQueues::open(&data).unwrap();
     queues
-        .create("jobs", wasq::queue::local::QueueOptions::default())
+        .create("jobs", wasq::queue::QueueOptions::default())
         .await
         .unwrap();
     let id = queues

@@ -8,25 +8,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use wasq::dispatch::{Backoff, Binding, BindingConfig, Dispatcher, Metrics, Readiness};
-use wasq::queue::local::{Peeked, QueueOptions};
-use wasq::queue::{LocalQueues, Outgoing, Queue, Redrive, SqsQueues};
+use wasq::queue::{LocalQueues, Outgoing, Queue, QueueAdmin, Redrive, SqsQueues};
+use wasq::queue::{Peeked, QueueOptions};
 use wasq::runtime::Limits;
-
-/// Where a rig's queues live.
-enum Store {
-    Local(LocalQueues),
-    Sqs {
-        queues: SqsQueues,
-        /// Moto, held for this test alone.
-        _moto: tokio::sync::MutexGuard<'static, ()>,
-    },
-}
 
 /// A queue `jobs` (or `jobs.fifo`) with its DLQ, on either backend, and a
 /// dispatcher over the rogue processor.
 struct Rig {
     env: Env,
-    store: Store,
+    /// The queues' backend, to manage them as an operator would.
+    admin: Arc<dyn QueueAdmin>,
+    /// Moto, held for this test alone (SQS only).
+    _moto: Option<tokio::sync::MutexGuard<'static, ()>>,
     queue: Arc<dyn Queue>,
     dlq: Arc<dyn Queue>,
     dlq_name: String,
@@ -70,32 +63,29 @@ impl Rig {
     async fn local(name: &str) -> Rig {
         let env = Env::new();
         let queues = LocalQueues::open(&env.dir.path().join("data")).unwrap();
-        let (dlq_name, options) = options(name);
-        queues.create(name, options).await.unwrap();
-        Rig {
-            queue: Arc::new(queues.queue(name).await.unwrap()),
-            dlq: Arc::new(queues.queue(&dlq_name).await.unwrap()),
-            env,
-            store: Store::Local(queues),
-            dlq_name,
-            metrics: Arc::new(Metrics::default()),
-            seal: wasq::dispatch::IdSeal::random().unwrap(),
-        }
+        Rig::on(env, Arc::new(queues), None, name).await
     }
 
     async fn sqs(name: &str) -> Rig {
         let moto = harness::moto().await;
         let sqs = SqsQueues::connect(&harness::moto_aws()).await;
+        Rig::on(Env::new(), Arc::new(sqs), Some(moto), name).await
+    }
+
+    async fn on(
+        env: Env,
+        admin: Arc<dyn QueueAdmin>,
+        moto: Option<tokio::sync::MutexGuard<'static, ()>>,
+        name: &str,
+    ) -> Rig {
         let (dlq_name, options) = options(name);
-        sqs.create(name, options).await.unwrap();
+        admin.create(name, options).await.unwrap();
         Rig {
-            queue: Arc::new(sqs.queue(name).await.unwrap()),
-            dlq: Arc::new(sqs.queue(&dlq_name).await.unwrap()),
-            env: Env::new(),
-            store: Store::Sqs {
-                queues: sqs,
-                _moto: moto,
-            },
+            queue: admin.open(name).await.unwrap(),
+            dlq: admin.open(&dlq_name).await.unwrap(),
+            env,
+            admin,
+            _moto: moto,
             dlq_name,
             metrics: Arc::new(Metrics::default()),
             seal: wasq::dispatch::IdSeal::random().unwrap(),
@@ -107,32 +97,22 @@ impl Rig {
     /// a busy loop of short polls).
     fn config(&self) -> BindingConfig {
         let mut config = fast_config(self.queue.name());
-        if let Store::Sqs { .. } = self.store {
+        if self._moto.is_some() {
             config.wait = Duration::from_secs(1);
         }
         config
     }
 
     async fn dead_letters(&self) -> Vec<Peeked> {
-        match &self.store {
-            Store::Local(queues) => queues.peek(&self.dlq_name, 10).await.unwrap(),
-            Store::Sqs { queues, .. } => queues.peek(&self.dlq_name, 10).await.unwrap(),
-        }
+        self.admin.peek(&self.dlq_name, 10).await.unwrap()
     }
 
     /// Moves the dead letters back to the queue.
     async fn redrive(&self) {
-        match &self.store {
-            Store::Local(queues) => {
-                queues.redrive(&self.dlq_name, None).await.unwrap();
-            }
-            Store::Sqs { queues, .. } => {
-                queues
-                    .redrive(&self.dlq_name, self.queue.name())
-                    .await
-                    .unwrap();
-            }
-        }
+        self.admin
+            .redrive(&self.dlq_name, self.queue.name())
+            .await
+            .unwrap();
     }
 
     async fn send(&self, body: &str, group: Option<&str>) -> String {

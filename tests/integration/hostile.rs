@@ -8,7 +8,7 @@ use crate::harness::{self, Env, message, run};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use wasq::queue::local::QueueOptions;
+use wasq::queue::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
 use wasq::runtime::{Fault, Limits, Outcome, Plugin, PluginSource, Runtime};
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use wasq::queue::local::QueueOptions;
+use wasq::queue::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue, Redrive};
 use wasq::records::{Records, SqliteRecords};
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use wasq::queue::local::QueueOptions;
+use wasq::queue::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
 use wasq::records::{Records, SqliteRecords};
 

@@ -2,7 +2,7 @@
 
 use super::GlobalArgs;
 use crate::backends::{Backends, QueueRef};
-use crate::queue::local::QueueOptions;
+use crate::queue::QueueOptions;
 use crate::queue::{Outgoing, Redrive};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
@@ -225,17 +225,14 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
                     max_receive_count,
                 }),
             };
-            match &queue {
-                QueueRef::Local(name) => {
-                    backends.local_queues().await?.create(name, options).await?
-                }
-                QueueRef::Sqs(url_or_name) if url_or_name.contains("://") => {
-                    bail!("give the new SQS queue as sqs://NAME, not a URL")
-                }
-                QueueRef::Sqs(name) => {
-                    let url = backends.sqs().await.create(name, options).await?;
-                    println!("{url}");
-                }
+            let address = backends
+                .admin(&queue)
+                .await?
+                .create(queue.address(), options)
+                .await?;
+            if address != queue.to_string() {
+                // An SQS queue's URL, for tools that want it.
+                println!("{address}");
             }
             match dlq {
                 Some(dlq) => {
@@ -245,18 +242,12 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
             }
         }
         QueueCommand::List { sqs, json } => {
-            let addresses: Vec<String> = if sqs {
-                backends.sqs().await.list().await?
+            let backend = if sqs {
+                QueueRef::Sqs(String::new())
             } else {
-                backends
-                    .local_queues()
-                    .await?
-                    .list()
-                    .await?
-                    .into_iter()
-                    .map(|name| format!("local://{name}"))
-                    .collect()
+                QueueRef::Local(String::new())
             };
+            let addresses = backends.admin(&backend).await?.list().await?;
             if json {
                 println!("{}", serde_json::json!(addresses));
             } else {
@@ -303,32 +294,19 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
             if visibility_timeout.is_none() && max_receive_count.is_none() {
                 bail!("give --visibility-timeout, --max-receive-count or both");
             }
-            let stats = match &queue {
-                QueueRef::Local(name) => {
-                    backends
-                        .local_queues()
-                        .await?
-                        .set(name, visibility_timeout, max_receive_count)
-                        .await?
-                }
-                QueueRef::Sqs(_) => {
-                    backends
-                        .sqs()
-                        .await
-                        .set(queue.address(), visibility_timeout, max_receive_count)
-                        .await?
-                }
-            };
+            backends.queue(&queue).await?;
+            let stats = backends
+                .admin(&queue)
+                .await?
+                .set(queue.address(), visibility_timeout, max_receive_count)
+                .await?;
             println!("queue:              {queue}");
             print_settings(&stats);
         }
         QueueCommand::Purge { queue } => {
             let queue = QueueRef::parse(&queue)?;
             backends.queue(&queue).await?;
-            let purged = match &queue {
-                QueueRef::Local(name) => backends.local_queues().await?.purge(name).await?,
-                QueueRef::Sqs(_) => backends.sqs().await.purge(queue.address()).await?,
-            };
+            let purged = backends.admin(&queue).await?.purge(queue.address()).await?;
             println!("purged {purged} messages from {queue}");
         }
     }
@@ -352,25 +330,23 @@ fn print_settings(stats: &crate::queue::QueueStats) {
 /// The dead-letter queue of `queue`: its redrive target, else (local
 /// queues) NAME-dlq.
 async fn dlq_of(backends: &Backends, queue: &QueueRef) -> anyhow::Result<QueueRef> {
-    match queue {
-        QueueRef::Local(_) => Ok(match backends.queue(queue).await?.stats().await?.redrive {
-            Some(redrive) => QueueRef::Local(redrive.dlq),
-            None => queue.default_dlq(),
-        }),
-        QueueRef::Sqs(_) => {
-            let source = backends.sqs_queue(queue).await?;
-            match backends.sqs().await.redrive_policy(source.url()).await? {
-                Some(policy) => Ok(QueueRef::Sqs(policy.dlq_url)),
-                None => bail!("queue {queue} has no redrive policy, so no dead-letter queue"),
-            }
-        }
+    backends.queue(queue).await?;
+    match backends
+        .admin(queue)
+        .await?
+        .dead_letter_queue(queue.address())
+        .await?
+    {
+        Some(dlq) => Ok(queue.sibling(dlq)),
+        None if queue.is_local() => Ok(queue.default_dlq()),
+        None => bail!("queue {queue} has no redrive policy, so no dead-letter queue"),
     }
 }
 
 /// One dead letter as `dlq list --json` shows it: what wasq wrote (the
 /// reason, plugin, origin; null for a letter the queue's own redrive
 /// moved) apart from what its sender set.
-fn dead_letter_json(letter: &crate::queue::local::Peeked) -> serde_json::Value {
+fn dead_letter_json(letter: &crate::queue::Peeked) -> serde_json::Value {
     let by_wasq = |name: &str| {
         (!letter.moved_by_queue)
             .then(|| letter.attributes.iter().find(|(n, _)| n == name))
@@ -402,7 +378,7 @@ fn dead_letter_json(letter: &crate::queue::local::Peeked) -> serde_json::Value {
 /// and origin are shown only when wasq wrote them: a letter the queue's own
 /// redrive moved carries its sender's attributes, `wasq-*` ones included,
 /// and those are listed as the sender's.
-fn print_dead_letter(letter: &crate::queue::local::Peeked) {
+fn print_dead_letter(letter: &crate::queue::Peeked) {
     use crate::text::Escaped;
     let by_wasq = |name: &str| {
         (!letter.moved_by_queue)
@@ -472,10 +448,7 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
             let dlq = dlq_of(&backends, &queue).await?;
             let stats = backends.queue(&dlq).await?.stats().await?;
             let total = stats.visible + stats.in_flight + stats.delayed;
-            let letters = match &dlq {
-                QueueRef::Local(name) => backends.local_queues().await?.peek(name, max).await?,
-                QueueRef::Sqs(_) => backends.sqs().await.peek(dlq.address(), max).await?,
-            };
+            let letters = backends.admin(&dlq).await?.peek(dlq.address(), max).await?;
             if json {
                 let letters: Vec<serde_json::Value> =
                     letters.iter().map(dead_letter_json).collect();
@@ -504,30 +477,17 @@ pub async fn dlq(command: DlqCommand, global: &GlobalArgs) -> anyhow::Result<boo
         DlqCommand::Redrive { queue } => {
             let queue = QueueRef::parse(&queue)?;
             let dlq = dlq_of(&backends, &queue).await?;
-            match &queue {
-                QueueRef::Local(name) => {
-                    let moved = backends
-                        .local_queues()
-                        .await?
-                        .redrive(dlq.name(), Some(name))
-                        .await?;
-                    println!("moved {moved} messages from {dlq} back to {queue}");
-                }
-                QueueRef::Sqs(_) => {
-                    match backends
-                        .sqs()
-                        .await
-                        .redrive(dlq.address(), queue.address())
-                        .await?
-                    {
-                        Some(moved) => {
-                            println!("moved {moved} messages from {dlq} back to {queue}")
-                        }
-                        None => println!(
-                            "started a message move task from {dlq} back to {queue}; SQS moves the messages"
-                        ),
-                    }
-                }
+            backends.queue(&dlq).await?;
+            match backends
+                .admin(&queue)
+                .await?
+                .redrive(dlq.address(), queue.address())
+                .await?
+            {
+                Some(moved) => println!("moved {moved} messages from {dlq} back to {queue}"),
+                None => println!(
+                    "started a message move task from {dlq} back to {queue}; SQS moves the messages"
+                ),
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use super::GlobalArgs;
 use super::run::{BindingArgs, signal};
-use crate::queue::local::QueueOptions;
+use crate::queue::QueueOptions;
 use crate::queue::{Outgoing, Queue, Redrive};
 use crate::records::{Records, SqliteRecords};
 use crate::run::{Host, HostConfig, drained};

@@ -308,7 +308,7 @@ impl BindingState {
             }
             let received = batch.len();
             self.metrics.received.inc_by(received as u64);
-            for group in group_batch(batch, self.binding.queue_is_fifo()) {
+            for group in group_batch(batch, self.binding.queue.is_fifo()) {
                 let Some(share) = permits.split(group.len()) else {
                     break;
                 };
@@ -827,12 +827,6 @@ impl BindingState {
                 _ = self.stop.cancelled() => break,
             }
         }
-    }
-}
-
-impl Binding {
-    fn queue_is_fifo(&self) -> bool {
-        self.queue.name().ends_with(".fifo")
     }
 }
 

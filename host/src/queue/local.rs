@@ -5,8 +5,9 @@
 //! process makes a message visible.
 
 use super::{
-    BatchFailure, DEDUP_WINDOW, MAX_BATCH, MAX_VISIBILITY, MAX_WAIT, Moved, Outgoing, Queue,
-    QueueError, QueueStats, Received, Redrive, SOURCE_ATTRIBUTE, check_name, check_outgoing,
+    BatchFailure, DEDUP_WINDOW, MAX_BATCH, MAX_VISIBILITY, MAX_WAIT, Moved, Outgoing, Peeked,
+    Queue, QueueAdmin, QueueError, QueueOptions, QueueStats, Received, Redrive, SOURCE_ATTRIBUTE,
+    check_name, check_outgoing,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -53,43 +54,6 @@ CREATE TABLE IF NOT EXISTS dedup (
     PRIMARY KEY (queue, dedup_id)
 ) WITHOUT ROWID;
 ";
-
-/// A queue's settings when it is created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueOptions {
-    /// How long a received message stays hidden when the receiver names no
-    /// visibility timeout.
-    pub visibility_timeout: Duration,
-    pub redrive: Option<Redrive>,
-}
-
-impl Default for QueueOptions {
-    /// Three minutes: six times a processor's default 30 s timeout, as a
-    /// binding's visibility must exceed its processor's timeout.
-    fn default() -> Self {
-        QueueOptions {
-            visibility_timeout: DEFAULT_VISIBILITY,
-            redrive: None,
-        }
-    }
-}
-
-/// A new queue's visibility timeout.
-pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(180);
-
-/// A dead letter as `wasq dlq list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peeked {
-    pub id: String,
-    pub body: String,
-    pub attributes: Vec<(String, String)>,
-    pub receive_count: u32,
-    pub sent_at_ms: u64,
-    pub source_queue: Option<String>,
-    /// Moved here by the queue's own redrive policy, not dead-lettered by
-    /// wasq: its `wasq-*` attributes, if any, are its sender's.
-    pub moved_by_queue: bool,
-}
 
 /// The local queues of one data directory.
 #[derive(Clone)]
@@ -384,6 +348,57 @@ impl LocalQueues {
     }
 }
 
+#[async_trait]
+impl QueueAdmin for LocalQueues {
+    async fn open(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
+        Ok(Arc::new(self.queue(name).await?))
+    }
+
+    async fn create(&self, name: &str, options: QueueOptions) -> Result<String, QueueError> {
+        LocalQueues::create(self, name, options).await?;
+        Ok(format!("local://{name}"))
+    }
+
+    async fn set(
+        &self,
+        name: &str,
+        visibility_timeout: Option<Duration>,
+        max_receive_count: Option<u32>,
+    ) -> Result<QueueStats, QueueError> {
+        LocalQueues::set(self, name, visibility_timeout, max_receive_count).await
+    }
+
+    async fn list(&self) -> Result<Vec<String>, QueueError> {
+        Ok(LocalQueues::list(self)
+            .await?
+            .into_iter()
+            .map(|name| format!("local://{name}"))
+            .collect())
+    }
+
+    async fn purge(&self, name: &str) -> Result<u64, QueueError> {
+        LocalQueues::purge(self, name).await
+    }
+
+    async fn peek(&self, name: &str, max: usize) -> Result<Vec<Peeked>, QueueError> {
+        LocalQueues::peek(self, name, max).await
+    }
+
+    async fn dead_letter_queue(&self, name: &str) -> Result<Option<String>, QueueError> {
+        Ok(self
+            .queue(name)
+            .await?
+            .stats()
+            .await?
+            .redrive
+            .map(|r| r.dlq))
+    }
+
+    async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError> {
+        Ok(Some(LocalQueues::redrive(self, dlq, Some(to)).await?))
+    }
+}
+
 /// A queue's visibility timeout and redrive policy, if it exists.
 fn settings_of(
     tx: &rusqlite::Transaction<'_>,
@@ -578,10 +593,6 @@ struct Attempt {
 }
 
 impl LocalQueue {
-    pub fn is_fifo(&self) -> bool {
-        self.fifo
-    }
-
     fn try_receive(
         conn: &mut Connection,
         queue: &str,
@@ -697,6 +708,10 @@ impl LocalQueue {
 impl Queue for LocalQueue {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn is_fifo(&self) -> bool {
+        self.fifo
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -2,6 +2,9 @@
 //! long polling and a visibility timeout, delete and change visibility in
 //! batches by receipt, send with delay and FIFO groups, and a redrive policy
 //! that moves a message to its dead-letter queue after too many receives.
+//! [`Queue`] is one queue as the dispatcher uses it; [`QueueAdmin`] is a
+//! backend's queues as an operator manages them (create, set, list, purge,
+//! peek, redrive). A backend is one module here implementing both.
 
 pub mod local;
 pub mod sqs;
@@ -10,6 +13,7 @@ pub use local::LocalQueues;
 pub use sqs::SqsQueues;
 
 use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -59,6 +63,43 @@ pub struct Outgoing {
     pub group_id: Option<String>,
     /// FIFO only; defaults to a hash of the body.
     pub dedup_id: Option<String>,
+}
+
+/// A queue's settings when it is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// How long a received message stays hidden when the receiver names no
+    /// visibility timeout.
+    pub visibility_timeout: Duration,
+    pub redrive: Option<Redrive>,
+}
+
+impl Default for QueueOptions {
+    /// Three minutes: six times a processor's default 30 s timeout, as a
+    /// binding's visibility must exceed its processor's timeout.
+    fn default() -> Self {
+        QueueOptions {
+            visibility_timeout: DEFAULT_VISIBILITY,
+            redrive: None,
+        }
+    }
+}
+
+/// A new queue's visibility timeout.
+pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(180);
+
+/// A dead letter as `wasq dlq list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peeked {
+    pub id: String,
+    pub body: String,
+    pub attributes: Vec<(String, String)>,
+    pub receive_count: u32,
+    pub sent_at_ms: u64,
+    pub source_queue: Option<String>,
+    /// Moved here by the queue's own redrive policy, not dead-lettered by
+    /// wasq: its `wasq-*` attributes, if any, are its sender's.
+    pub moved_by_queue: bool,
 }
 
 /// Where a queue's dead letters go, and after how many receives.
@@ -131,6 +172,9 @@ pub trait Queue: Send + Sync + 'static {
     /// The queue's name.
     fn name(&self) -> &str;
 
+    /// Whether it is a FIFO queue: groups in order, deduplication.
+    fn is_fifo(&self) -> bool;
+
     /// For backends that recognise their own queues (to move messages
     /// between them in one step).
     fn as_any(&self) -> &dyn std::any::Any;
@@ -196,7 +240,48 @@ pub trait Queue: Send + Sync + 'static {
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 }
 
-/// Checks a message before it is sent, as SQS would.
+/// The queues of one backend, managed as an operator manages them:
+/// everything `wasq queue`, `wasq dlq` and a binding need beyond [`Queue`].
+/// A queue is named as its backend names it (on SQS, a name or a URL).
+#[async_trait]
+pub trait QueueAdmin: Send + Sync {
+    /// A queue that exists.
+    async fn open(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError>;
+
+    /// Creates a queue, and its dead-letter queue if that does not exist;
+    /// returns the queue's address as its backend gives it (SQS: its URL).
+    /// A queue that exists with the same settings is left as it is; one
+    /// with other settings is refused ([`QueueAdmin::set`] changes them).
+    async fn create(&self, name: &str, options: QueueOptions) -> Result<String, QueueError>;
+
+    /// Changes a queue's visibility timeout or its redrive policy's
+    /// receive count; returns its settings after.
+    async fn set(
+        &self,
+        name: &str,
+        visibility_timeout: Option<Duration>,
+        max_receive_count: Option<u32>,
+    ) -> Result<QueueStats, QueueError>;
+
+    /// Every queue, as addresses (`local://NAME`, or SQS URLs).
+    async fn list(&self) -> Result<Vec<String>, QueueError>;
+
+    /// Deletes every message; returns how many there were (on SQS,
+    /// approximately).
+    async fn purge(&self, name: &str) -> Result<u64, QueueError>;
+
+    /// Up to `max` messages, looked at and left in place.
+    async fn peek(&self, name: &str, max: usize) -> Result<Vec<Peeked>, QueueError>;
+
+    /// The dead-letter queue a queue's redrive policy names, if any.
+    async fn dead_letter_queue(&self, name: &str) -> Result<Option<String>, QueueError>;
+
+    /// Moves the messages of dead-letter queue `dlq` back to `to`; returns
+    /// how many moved, or `None` when the service moves them on its own
+    /// (SQS's message move task).
+    async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError>;
+}
+
 /// A message's size as SQS counts it against its limit: the body, and each
 /// attribute's name, type (`String`) and value.
 pub fn message_size(message: &Outgoing) -> usize {

@@ -8,10 +8,9 @@
 //! hiding them for a whole visibility timeout, so the poll runs to its end
 //! in the background and whatever it took is made visible again.
 
-use super::local::{Peeked, QueueOptions};
 use super::{
-    BatchFailure, MAX_BATCH, Outgoing, Queue, QueueError, QueueStats, Received, Redrive,
-    check_outgoing,
+    BatchFailure, MAX_BATCH, Outgoing, Peeked, Queue, QueueAdmin, QueueError, QueueOptions,
+    QueueStats, Received, Redrive, check_outgoing,
 };
 use crate::aws::{AwsOptions, Failure, classify};
 use async_trait::async_trait;
@@ -514,6 +513,55 @@ impl SqsQueues {
     }
 }
 
+#[async_trait]
+impl QueueAdmin for SqsQueues {
+    async fn open(&self, name: &str) -> Result<std::sync::Arc<dyn Queue>, QueueError> {
+        Ok(std::sync::Arc::new(self.queue(name).await?))
+    }
+
+    async fn create(&self, name: &str, options: QueueOptions) -> Result<String, QueueError> {
+        if name.contains("://") {
+            return Err(QueueError::Invalid(format!(
+                "give a new SQS queue by name, not as the URL `{name}`"
+            )));
+        }
+        SqsQueues::create(self, name, options).await
+    }
+
+    async fn set(
+        &self,
+        name: &str,
+        visibility_timeout: Option<Duration>,
+        max_receive_count: Option<u32>,
+    ) -> Result<QueueStats, QueueError> {
+        SqsQueues::set(self, name, visibility_timeout, max_receive_count).await
+    }
+
+    async fn list(&self) -> Result<Vec<String>, QueueError> {
+        SqsQueues::list(self).await
+    }
+
+    async fn purge(&self, name: &str) -> Result<u64, QueueError> {
+        SqsQueues::purge(self, name).await
+    }
+
+    async fn peek(&self, name: &str, max: usize) -> Result<Vec<Peeked>, QueueError> {
+        SqsQueues::peek(self, name, max).await
+    }
+
+    async fn dead_letter_queue(&self, name: &str) -> Result<Option<String>, QueueError> {
+        let url = self.url_of(name).await?;
+        Ok(self
+            .redrive_policy(&url)
+            .await?
+            .map(|policy| policy.dlq_url))
+    }
+
+    async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError> {
+        SqsQueues::redrive(self, dlq, to).await
+    }
+}
+
 /// One SQS queue.
 #[derive(Clone, Debug)]
 pub struct SqsQueue {
@@ -552,10 +600,6 @@ impl SqsQueue {
                 "could not release what a cancelled receive took; it comes back when its visibility timeout ends"
             ),
         }
-    }
-
-    pub fn is_fifo(&self) -> bool {
-        self.fifo
     }
 
     fn received(&self, message: &Message) -> Received {
@@ -692,6 +736,10 @@ fn secs_up(duration: Duration) -> i32 {
 impl Queue for SqsQueue {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn is_fifo(&self) -> bool {
+        self.fifo
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
