@@ -1,0 +1,307 @@
+//! Managing the embedded queues: what `wasq queue` and `wasq dlq` do.
+
+use super::rows::*;
+use super::*;
+
+impl LocalQueues {
+    /// Creates a queue, and its dead-letter queue if it names one that does
+    /// not exist. As on SQS, creating a queue that exists with the same
+    /// settings does nothing, and one that exists with other settings is
+    /// refused: [`LocalQueues::set`] changes settings, never this.
+    pub async fn create(&self, name: &str, options: QueueOptions) -> Result<(), QueueError> {
+        let fifo = check_name(name)?;
+        if let Some(redrive) = &options.redrive {
+            if check_name(&redrive.dlq)? != fifo {
+                return Err(QueueError::Invalid(format!(
+                    "queue `{name}`: its dead-letter queue `{}` must be {} like it",
+                    redrive.dlq,
+                    if fifo { "FIFO" } else { "standard" }
+                )));
+            }
+            if redrive.dlq == name {
+                return Err(QueueError::Invalid(format!(
+                    "queue `{name}` cannot be its own dead-letter queue"
+                )));
+            }
+            if !(1..=1000).contains(&redrive.max_receive_count) {
+                return Err(QueueError::Invalid(format!(
+                    "queue `{name}`: max receive count must be 1-1000"
+                )));
+            }
+        }
+        if options.visibility_timeout > MAX_VISIBILITY {
+            return Err(QueueError::Invalid(format!(
+                "queue `{name}`: visibility timeout over 12 hours"
+            )));
+        }
+        let name = name.to_string();
+        self.with_db(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            if let Some(existing) = settings_of(&tx, &name)? {
+                let wanted = (options.visibility_timeout, options.redrive.clone());
+                if existing != wanted {
+                    return Err(QueueError::Invalid(format!(
+                        "queue `{name}` already exists with other settings ({}; asked for {}): `wasq queue set` changes a queue's settings",
+                        describe(&existing),
+                        describe(&wanted)
+                    )));
+                }
+                return Ok(());
+            }
+            if let Some(redrive) = &options.redrive {
+                insert_queue(&tx, &redrive.dlq, fifo, options.visibility_timeout, None)?;
+            }
+            insert_queue(
+                &tx,
+                &name,
+                fifo,
+                options.visibility_timeout,
+                options.redrive.as_ref(),
+            )?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    /// Changes an existing queue's visibility timeout or the receive count
+    /// of its redrive policy: the one way a queue's settings change.
+    pub async fn set(
+        &self,
+        name: &str,
+        visibility_timeout: Option<Duration>,
+        max_receive_count: Option<u32>,
+    ) -> Result<QueueStats, QueueError> {
+        if visibility_timeout.is_some_and(|v| v > MAX_VISIBILITY) {
+            return Err(QueueError::Invalid(format!(
+                "queue `{name}`: visibility timeout over 12 hours"
+            )));
+        }
+        if max_receive_count.is_some_and(|n| !(1..=1000).contains(&n)) {
+            return Err(QueueError::Invalid(format!(
+                "queue `{name}`: max receive count must be 1-1000"
+            )));
+        }
+        let queue = self.queue(name).await?;
+        let queue_name = queue.name.clone();
+        self.with_db(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let (_, redrive) = settings_of(&tx, &queue_name)?
+                .ok_or_else(|| QueueError::NoSuchQueue(queue_name.clone()))?;
+            if let Some(visibility) = visibility_timeout {
+                tx.execute(
+                    "UPDATE queues SET visibility_ms = ?2 WHERE name = ?1",
+                    params![queue_name, visibility.as_millis() as i64],
+                )
+                .map_err(db_err)?;
+            }
+            if let Some(count) = max_receive_count {
+                if redrive.is_none() {
+                    return Err(QueueError::Invalid(format!(
+                        "queue `{queue_name}` has no dead-letter queue, so no receive count to set"
+                    )));
+                }
+                tx.execute(
+                    "UPDATE queues SET max_receive_count = ?2 WHERE name = ?1",
+                    params![queue_name, count],
+                )
+                .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await?;
+        queue.stats().await
+    }
+
+    /// Every queue's name, sorted.
+    pub async fn list(&self) -> Result<Vec<String>, QueueError> {
+        self.with_db(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT name FROM queues ORDER BY name")
+                .map_err(db_err)?;
+            let names = stmt
+                .query_map([], |row| row.get(0))
+                .map_err(db_err)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(db_err)?;
+            Ok(names)
+        })
+        .await
+    }
+
+    /// A handle on an existing queue.
+    pub async fn queue(&self, name: &str) -> Result<LocalQueue, QueueError> {
+        check_name(name)?;
+        let owned = name.to_string();
+        let fifo = self
+            .with_db(move |conn| {
+                conn.query_row("SELECT fifo FROM queues WHERE name = ?1", [&owned], |row| {
+                    row.get::<_, bool>(0)
+                })
+                .optional()
+                .map_err(db_err)?
+                .ok_or(QueueError::NoSuchQueue(owned))
+            })
+            .await?;
+        Ok(LocalQueue {
+            name: name.to_string(),
+            fifo,
+            queues: self.clone(),
+        })
+    }
+
+    /// Deletes every message in a queue; returns how many.
+    pub async fn purge(&self, name: &str) -> Result<u64, QueueError> {
+        let queue = self.queue(name).await?;
+        self.with_db(move |conn| {
+            let n = conn
+                .execute("DELETE FROM messages WHERE queue = ?1", [&queue.name])
+                .map_err(db_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    /// Up to `max` messages of a queue, oldest first, without receiving them.
+    pub async fn peek(&self, name: &str, max: usize) -> Result<Vec<Peeked>, QueueError> {
+        let queue = self.queue(name).await?;
+        self.with_db(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, body, attributes, receive_count, sent_ms, source_queue
+                     FROM messages WHERE queue = ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![queue.name, max as i64], |row| {
+                    Ok(Peeked {
+                        id: row.get(0)?,
+                        body: row.get(1)?,
+                        attributes: decode_attributes(&row.get::<_, String>(2)?),
+                        receive_count: row.get(3)?,
+                        sent_at_ms: row.get::<_, i64>(4)? as u64,
+                        moved_by_queue: row.get::<_, Option<String>>(5)?.is_some(),
+                        source_queue: row.get(5)?,
+                    })
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Moves every message of dead-letter queue `dlq` back to the queue it
+    /// came from (or to `to`), as new deliveries; returns how many moved.
+    /// A message's source is where the queue's redrive put it from, or the
+    /// `wasq-source-queue` attribute the dispatcher adds.
+    pub async fn redrive(&self, dlq: &str, to: Option<&str>) -> Result<u64, QueueError> {
+        let dlq = self.queue(dlq).await?;
+        let to = match to {
+            Some(name) => Some(self.queue(name).await?.name),
+            None => None,
+        };
+        let moved = self
+            .with_db(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+                let rows: Vec<(i64, Option<String>, String)> = {
+                    let mut stmt = tx
+                        .prepare("SELECT seq, source_queue, attributes FROM messages WHERE queue = ?1 ORDER BY seq")
+                        .map_err(db_err)?;
+                    stmt.query_map([&dlq.name], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                        .map_err(db_err)?
+                        .collect::<Result<_, _>>()
+                        .map_err(db_err)?
+                };
+                let now = now_ms();
+                let mut moved = 0;
+                for (seq, source, attributes) in rows {
+                    let source = source.or_else(|| {
+                        decode_attributes(&attributes)
+                            .into_iter()
+                            .find(|(name, _)| name == SOURCE_ATTRIBUTE)
+                            .map(|(_, value)| value)
+                    });
+                    let Some(target) = to.clone().or(source) else {
+                        return Err(QueueError::Invalid(format!(
+                            "a message in `{}` names no source queue to return to: give one",
+                            dlq.name
+                        )));
+                    };
+                    let exists: bool = tx
+                        .query_row("SELECT EXISTS (SELECT 1 FROM queues WHERE name = ?1)", [&target], |row| row.get(0))
+                        .map_err(db_err)?;
+                    if !exists {
+                        return Err(QueueError::NoSuchQueue(target));
+                    }
+                    tx.execute(
+                        "UPDATE messages SET queue = ?2, receive_count = 0, receipt = NULL, visible_ms = ?3, source_queue = NULL
+                         WHERE seq = ?1",
+                        params![seq, target, now],
+                    )
+                    .map_err(db_err)?;
+                    moved += 1;
+                }
+                tx.commit().map_err(db_err)?;
+                Ok(moved)
+            })
+            .await?;
+        self.wake.all();
+        Ok(moved)
+    }
+}
+
+#[async_trait]
+impl QueueAdmin for LocalQueues {
+    async fn open(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
+        Ok(Arc::new(self.queue(name).await?))
+    }
+
+    async fn create(&self, name: &str, options: QueueOptions) -> Result<String, QueueError> {
+        LocalQueues::create(self, name, options).await?;
+        Ok(format!("local://{name}"))
+    }
+
+    async fn set(
+        &self,
+        name: &str,
+        visibility_timeout: Option<Duration>,
+        max_receive_count: Option<u32>,
+    ) -> Result<QueueStats, QueueError> {
+        LocalQueues::set(self, name, visibility_timeout, max_receive_count).await
+    }
+
+    async fn list(&self) -> Result<Vec<String>, QueueError> {
+        Ok(LocalQueues::list(self)
+            .await?
+            .into_iter()
+            .map(|name| format!("local://{name}"))
+            .collect())
+    }
+
+    async fn purge(&self, name: &str) -> Result<u64, QueueError> {
+        LocalQueues::purge(self, name).await
+    }
+
+    async fn peek(&self, name: &str, max: usize) -> Result<Vec<Peeked>, QueueError> {
+        LocalQueues::peek(self, name, max).await
+    }
+
+    async fn dead_letter_queue(&self, name: &str) -> Result<Option<String>, QueueError> {
+        Ok(self
+            .queue(name)
+            .await?
+            .stats()
+            .await?
+            .redrive
+            .map(|r| r.dlq))
+    }
+
+    async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError> {
+        Ok(Some(LocalQueues::redrive(self, dlq, Some(to)).await?))
+    }
+}
