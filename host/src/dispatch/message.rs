@@ -1,0 +1,165 @@
+//! One message (or FIFO group) run: a fresh instance under the lease,
+//! renewed by a heartbeat for as long as it runs, a panic caught and made
+//! a retry.
+
+use super::*;
+
+impl BindingState {
+    /// Runs a FIFO group's messages in order (a standard queue's "group" is
+    /// one message). After a message that does not finish `done`, the rest
+    /// are released unprocessed so that order holds.
+    pub(super) async fn process_group(self: &Arc<Self>, group: Vec<Received>) {
+        let mut rest: VecDeque<Received> = group.into();
+        let mut first = true;
+        while let Some(message) = rest.pop_front() {
+            // A message that waited behind others of its group renews its
+            // lease before it starts; if the lease is gone, so is the right
+            // to run it (another receiver may hold it now).
+            if !first && !self.renew(&message.receipt).await {
+                warn!(message_id = %message.id, "lease lapsed while waiting for its group; leaving it and the rest of the group to the queue");
+                break;
+            }
+            first = false;
+            let succeeded = self.process(message).await;
+            if (!succeeded || self.abort.is_cancelled()) && !rest.is_empty() {
+                let release: Vec<_> = rest
+                    .drain(..)
+                    .map(|m| (m.receipt, Duration::ZERO))
+                    .collect();
+                self.change_visibility(&release).await;
+            }
+        }
+    }
+
+    /// Renews a message's lease for a full visibility timeout.
+    pub(super) async fn renew(&self, receipt: &str) -> bool {
+        let renew = [(receipt.to_string(), self.config().visibility_timeout)];
+        matches!(self.binding.queue.change_visibility_batch(&renew).await, Ok(failures) if failures.is_empty())
+    }
+
+    /// Runs one message and settles it. Returns whether it finished `done`.
+    pub(super) async fn process(self: &Arc<Self>, received: Received) -> bool {
+        // An error-level span, so that its fields reach every log line a
+        // filter lets through, warnings included.
+        let Some(plugin) = self.binding.plugin.current() else {
+            warn!(message_id = %received.id, "the plugin was removed; releasing the message");
+            self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)])
+                .await;
+            return false;
+        };
+        let id = self.job_id(&received);
+        let span = error_span!(
+            "message",
+            message_id = %id,
+            queue = self.binding.queue.name(),
+            plugin = %plugin.name(),
+            receive_count = received.receive_count,
+        );
+        async {
+            self.metrics.in_flight.inc();
+            let message = Message {
+                id: id.clone(),
+                body: received.body.clone(),
+                attributes: received.attributes.clone(),
+                receive_count: received.receive_count,
+                sent_at_ms: received.sent_at_ms,
+                group_id: received.group_id.clone(),
+                queue: self.binding.queue.name().to_string(),
+            };
+            let log = LogSink::new(plugin.name().clone(), id.as_str().into(), false);
+            // The lease is renewed until this guard drops: at the end of
+            // the run, or while a panic unwinds.
+            let heartbeat = self.heartbeat(received.receipt.clone()).drop_guard();
+            let started = Instant::now();
+            // A panic anywhere in the run (the host's side of an import, a
+            // backend) ends this message as a retry naming it, as the Lambda
+            // runtime's CatchPanicService does; other messages go on.
+            let running = std::panic::AssertUnwindSafe(self.runtime.run(
+                &plugin,
+                &self.services,
+                &message,
+                log,
+            ))
+            .catch_unwind();
+            let run = tokio::select! {
+                run = running => Some(run),
+                _ = self.abort.cancelled() => None,
+            };
+            drop(heartbeat);
+            self.metrics.in_flight.dec();
+            let run = match run {
+                Some(Ok(run)) => run,
+                Some(Err(panic)) => {
+                    let what = panic_text(panic.as_ref());
+                    error!(panic = %what, "the host panicked while running the message");
+                    crate::runtime::Run {
+                        outcome: Outcome::Retry {
+                            reason: format!("the host panicked while running the message: {what}"),
+                            delay: None,
+                        },
+                        fault: None,
+                        usage: Default::default(),
+                        elapsed: started.elapsed(),
+                    }
+                }
+                None => {
+                    info!("released unfinished at shutdown");
+                    self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)])
+                        .await;
+                    return false;
+                }
+            };
+            self.metrics
+                .handle_seconds
+                .observe(run.elapsed.as_secs_f64());
+            if let Some(fault) = &run.fault {
+                warn!(%fault, "processor failed");
+            }
+            self.settle(&received, &plugin, run.outcome).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Keeps a running message's lease: every third of the visibility
+    /// timeout, the timeout is renewed in full.
+    pub(super) fn heartbeat(self: &Arc<Self>, receipt: String) -> CancellationToken {
+        let done = CancellationToken::new();
+        let token = done.clone();
+        let state = self.clone();
+        let every = (self.config().visibility_timeout / 3).max(Duration::from_millis(100));
+        // Under the tracker, so shutdown waits for it, and in the message's
+        // span, so its log lines say which message.
+        let span = tracing::Span::current();
+        self.tracker.spawn(
+            async move {
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => {
+                            if state.renew(&receipt).await {
+                                debug!("visibility renewed");
+                            } else {
+                                warn!("could not renew visibility: the lease may lapse");
+                            }
+                        }
+                        _ = token.cancelled() => break,
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        done
+    }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    crate::text::truncate(&text, 1024).into_owned()
+}

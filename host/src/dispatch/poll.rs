@@ -1,0 +1,185 @@
+//! Polling: pollers take permits for a batch, long-poll the queue, and hand
+//! each message (or FIFO group) to a task of its own; pollers are added
+//! while batches come back full and retire while they come back empty.
+
+use super::*;
+
+/// The longest wait after a failed receive.
+const RECEIVE_BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// How long a poller holding some permits waits for more to come free
+/// before it receives.
+const PERMIT_GATHER: Duration = Duration::from_millis(5);
+
+impl BindingState {
+    /// One poller: take permits for a batch, receive, hand each message (or
+    /// FIFO group) to a task. Pollers are added while batches come back full
+    /// and retire while they come back empty.
+    pub(super) async fn poll(self: Arc<Self>) {
+        // Never more than can run at once.
+        let batch_size = self.config().batch_size.min(self.config().max_concurrency);
+        loop {
+            // A binding whose plugin file was removed pauses here.
+            if self.binding.plugin.available(&self.stop).await.is_none() {
+                break;
+            }
+            // One permit is waited for; more are taken as they come free
+            // within a moment, so a batch never asks for more messages than
+            // can start at once, and messages that finish together are
+            // replaced by one receive rather than one each.
+            let mut permits = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = self.stop.cancelled() => break,
+            };
+            let gather_until = tokio::time::Instant::now() + PERMIT_GATHER;
+            while permits.num_permits() < batch_size {
+                match tokio::time::timeout_at(gather_until, self.permits.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(more)) => permits.merge(more),
+                    _ => break,
+                }
+            }
+            let batch = self.receive_batch(permits.num_permits()).await;
+            self.mark_ready();
+            // A receive that was under way at shutdown still returns what it
+            // took: give it straight back rather than start it now.
+            if self.stop.is_cancelled() && !batch.is_empty() {
+                let release: Vec<_> = batch
+                    .iter()
+                    .map(|m| (m.receipt.clone(), Duration::ZERO))
+                    .collect();
+                info!(
+                    count = release.len(),
+                    "shutting down: releasing messages received at the last moment"
+                );
+                self.change_visibility(&release).await;
+                break;
+            }
+            let received = batch.len();
+            self.metrics.received.inc_by(received as u64);
+            for group in group_batch(batch, self.binding.queue.is_fifo()) {
+                let Some(share) = permits.split(group.len()) else {
+                    break;
+                };
+                let state = self.clone();
+                self.tracker.spawn(async move {
+                    state.process_group(group).await;
+                    drop(share);
+                });
+            }
+            drop(permits);
+            if self.stop.is_cancelled() {
+                break;
+            }
+            // Scale: a full batch means more is waiting; an empty one means
+            // this poller is not needed.
+            let pollers = self.pollers.load(Ordering::Acquire);
+            if received == batch_size && pollers < self.max_pollers {
+                if self
+                    .pollers
+                    .compare_exchange(pollers, pollers + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.metrics.pollers.inc();
+                    debug!(binding = %self.config().name, pollers = pollers + 1, "adding a poller");
+                    self.clone().spawn_poller();
+                }
+            } else if received == 0
+                && pollers > 1
+                && self
+                    .pollers
+                    .compare_exchange(pollers, pollers - 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                debug!(binding = %self.config().name, pollers = pollers - 1, "retiring a poller");
+                self.metrics.pollers.dec();
+                return;
+            }
+        }
+        self.pollers.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.pollers.dec();
+    }
+
+    pub(super) fn spawn_poller(self: Arc<Self>) {
+        let tracker = self.tracker.clone();
+        // Boxed as `dyn Send` so that a poller can start another.
+        let poller: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(self.poll());
+        tracker.spawn(poller);
+    }
+
+    /// One batch: a long poll, then, within the batching window, more
+    /// receives to fill it.
+    pub(super) async fn receive_batch(&self, size: usize) -> Vec<Received> {
+        let config = self.config();
+        let mut batch = Vec::new();
+        let mut window_ends: Option<Instant> = None;
+        while batch.len() < size {
+            let wait = match window_ends {
+                None => config.wait,
+                Some(ends) => ends.saturating_duration_since(Instant::now()),
+            };
+            if window_ends.is_some() && wait.is_zero() {
+                break;
+            }
+            let want = size - batch.len();
+            match self
+                .binding
+                .queue
+                .receive(want, wait, config.visibility_timeout, &self.stop)
+                .await
+            {
+                Ok(messages) => {
+                    self.receive_failures.store(0, Ordering::Release);
+                    self.metrics.last_receive.set(unix_now().as_secs() as i64);
+                    if let Some(oldest) = messages.iter().map(|m| m.sent_at_ms).min() {
+                        self.oldest_received_ms.fetch_min(oldest, Ordering::AcqRel);
+                    }
+                    if messages.is_empty() {
+                        break;
+                    }
+                    batch.extend(messages);
+                }
+                Err(err) => {
+                    // A queue outage is logged and waited out, longer the
+                    // longer it lasts (1 s doubling to 30 s); the loop goes on.
+                    let failures = self.receive_failures.fetch_add(1, Ordering::AcqRel);
+                    let pause = RECEIVE_BACKOFF_CAP.min(Duration::from_secs(1 << failures.min(5)));
+                    warn!(binding = %config.name, queue = self.binding.queue.name(), error = %err, retry_in = ?pause, "receive failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.stop.cancelled() => {}
+                    }
+                    break;
+                }
+            }
+            if config.batching_window.is_zero() {
+                break;
+            }
+            window_ends.get_or_insert_with(|| Instant::now() + config.batching_window);
+        }
+        batch
+    }
+}
+
+/// Splits a batch into the units that run concurrently: each message on its
+/// own, or on FIFO queues each message group, in order.
+pub(super) fn group_batch(batch: Vec<Received>, fifo: bool) -> Vec<Vec<Received>> {
+    if !fifo {
+        return batch.into_iter().map(|m| vec![m]).collect();
+    }
+    let mut groups: Vec<Vec<Received>> = Vec::new();
+    for message in batch {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].group_id == message.group_id)
+        {
+            Some(group) => group.push(message),
+            None => groups.push(vec![message]),
+        }
+    }
+    groups
+}
