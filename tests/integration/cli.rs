@@ -150,6 +150,37 @@ fn an_unmet_expectation_fails_the_run() {
     );
 }
 
+/// `wasq test` takes every limit `wasq run` does, the byte limits too.
+#[test]
+fn wasq_test_applies_the_byte_limits() {
+    let scratch = Scratch::new();
+    let job = scratch.dir.path().join("job.json");
+    std::fs::write(
+        &job,
+        r#"{"id": "small", "body": {"job_id": "s", "files": ["s3://docs/notes.md"], "output": "s3://archives/s.zip"},
+            "expect": {"outcome": "done"}}"#,
+    )
+    .unwrap();
+    let run = |limit: &str| {
+        scratch.wasq(&[
+            "test",
+            "--manifest",
+            &fixture("compress.toml"),
+            "--blobs",
+            "blobs",
+            "--bytes-read",
+            limit,
+            job.to_str().unwrap(),
+        ])
+    };
+    let roomy = run("1MiB");
+    assert!(roomy.status.success(), "{}", text(&roomy.stdout));
+    let tight = run("10B");
+    let stdout = text(&tight.stdout);
+    assert!(!tight.status.success(), "{stdout}");
+    assert!(stdout.contains("FAIL small"), "{stdout}");
+}
+
 #[test]
 fn bad_input_is_named() {
     let scratch = Scratch::new();

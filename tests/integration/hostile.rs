@@ -350,7 +350,10 @@ async fn each_binding_keeps_the_instances_its_concurrency_needs() {
             queue: Some(queue.into()),
             plugin: Some(plugin.display().to_string()),
             max_concurrency: Some(concurrency),
-            timeout: Some(timeout.into()),
+            limits: wasq::cli::LimitArgs {
+                timeout: Some(timeout.into()),
+                ..Default::default()
+            },
             receive_wait: Some("1s".into()),
             ..BindingArgs::default()
         }

@@ -108,7 +108,10 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
 
     let binding = BindingArgs {
         queue: Some(format!("local://{QUEUE}")),
-        timeout: Some("30s".into()),
+        limits: super::run::LimitArgs {
+            timeout: Some("30s".into()),
+            ..Default::default()
+        },
         max_receive_count: Some(3),
         backoff_base: Some("1s".into()),
         ..BindingArgs::default()

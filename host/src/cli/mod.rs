@@ -6,13 +6,13 @@ mod demo;
 mod plugins;
 mod run;
 
-pub use run::BindingArgs;
+pub use run::{BindingArgs, LimitArgs};
 
 use crate::aws::AwsOptions;
 use crate::backends::LocalEnv;
 use crate::offline::{self, TestOptions};
 use crate::runtime::plugins::PluginSources;
-use crate::runtime::{self, EngineOptions, LimitSettings};
+use crate::runtime::{self, EngineOptions};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -117,15 +117,8 @@ pub struct TestArgs {
     /// Print one JSON object per message.
     #[arg(long)]
     pub json: bool,
-    /// Memory limit, e.g. 128MiB (over the plugin manifest's).
-    #[arg(long)]
-    pub memory: Option<String>,
-    /// Wall-clock limit per message, e.g. 30s (over the plugin manifest's).
-    #[arg(long)]
-    pub timeout: Option<String>,
-    /// Fuel (instruction count) limit per message.
-    #[arg(long)]
-    pub fuel: Option<u64>,
+    #[command(flatten)]
+    pub limits: run::LimitArgs,
     /// A setting the processor reads with `config.get`, as KEY=VALUE.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
@@ -191,12 +184,7 @@ impl GlobalArgs {
 
 impl TestArgs {
     fn options(self, global: &GlobalArgs) -> anyhow::Result<TestOptions> {
-        let limits = LimitSettings {
-            memory: self.memory,
-            timeout: self.timeout,
-            fuel: self.fuel,
-            ..LimitSettings::default()
-        };
+        let limits = self.limits.settings();
         limits.resolve()?;
         for path in &self.fixtures {
             if !path.is_file() {

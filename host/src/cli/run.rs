@@ -56,7 +56,7 @@ pub struct RunArgs {
 
 /// Settings of one binding, from flags or one `[[binding]]` of the file.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct BindingArgs {
     #[arg(skip)]
     pub queue: Option<String>,
@@ -82,27 +82,9 @@ pub struct BindingArgs {
     /// least 3m).
     #[arg(long)]
     pub visibility_timeout: Option<String>,
-    /// The processor's wall-clock limit per message, e.g. 30s (over its
-    /// manifest's).
-    #[arg(long)]
-    pub timeout: Option<String>,
-    /// The processor's memory limit, e.g. 128MiB.
-    #[arg(long)]
-    pub memory: Option<String>,
-    /// The processor's fuel (instruction count) limit per message; turns
-    /// on fuel metering, which slows processors by about a third.
-    #[arg(long)]
-    pub fuel: Option<u64>,
-    /// Bytes the processor may read from the blob store per message.
-    #[arg(long)]
-    pub bytes_read: Option<String>,
-    /// Bytes the processor may write to the blob store per message.
-    #[arg(long)]
-    pub bytes_written: Option<String>,
-    /// Host memory one message may hold in blob buffers (S3 parts,
-    /// read-ahead), e.g. 64MiB.
-    #[arg(long)]
-    pub buffers: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub limits: LimitArgs,
     /// First retry delay, e.g. 2s; doubles per receive.
     #[arg(long)]
     pub backoff_base: Option<String>,
@@ -130,6 +112,63 @@ pub struct BindingArgs {
     #[arg(long = "plugin-config", value_name = "KEY=VALUE")]
     #[serde(default)]
     pub plugin_config: Vec<String>,
+    /// Keys of a `[[binding]]` that are none of the above: refused.
+    #[arg(skip)]
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+/// The processor's limits, declared once for `wasq run` (and the keys of a
+/// `[[binding]]`) and `wasq test`.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LimitArgs {
+    /// The processor's wall-clock limit per message, e.g. 30s (over its
+    /// manifest's).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// The processor's memory limit, e.g. 128MiB.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// The processor's fuel (instruction count) limit per message; turns
+    /// on fuel metering, which slows processors by about a third.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Bytes the processor may read from the blob store per message.
+    #[arg(long)]
+    pub bytes_read: Option<String>,
+    /// Bytes the processor may write to the blob store per message.
+    #[arg(long)]
+    pub bytes_written: Option<String>,
+    /// Host memory one message may hold in blob buffers (S3 parts,
+    /// read-ahead), e.g. 64MiB.
+    #[arg(long)]
+    pub buffers: Option<String>,
+}
+
+impl LimitArgs {
+    /// These limits, with the unset ones taken from `base`.
+    fn or(self, base: &LimitArgs) -> LimitArgs {
+        LimitArgs {
+            memory: self.memory.or_else(|| base.memory.clone()),
+            timeout: self.timeout.or_else(|| base.timeout.clone()),
+            fuel: self.fuel.or(base.fuel),
+            bytes_read: self.bytes_read.or_else(|| base.bytes_read.clone()),
+            bytes_written: self.bytes_written.or_else(|| base.bytes_written.clone()),
+            buffers: self.buffers.or_else(|| base.buffers.clone()),
+        }
+    }
+
+    pub fn settings(&self) -> LimitSettings {
+        LimitSettings {
+            memory: self.memory.clone(),
+            timeout: self.timeout.clone(),
+            fuel: self.fuel,
+            bytes_read: self.bytes_read.clone(),
+            bytes_written: self.bytes_written.clone(),
+            buffers: self.buffers.clone(),
+        }
+    }
 }
 
 /// `wasq.toml`.
@@ -173,12 +212,7 @@ impl BindingArgs {
             visibility_timeout: self
                 .visibility_timeout
                 .or_else(|| base.visibility_timeout.clone()),
-            timeout: self.timeout.or_else(|| base.timeout.clone()),
-            memory: self.memory.or_else(|| base.memory.clone()),
-            fuel: self.fuel.or(base.fuel),
-            bytes_read: self.bytes_read.or_else(|| base.bytes_read.clone()),
-            bytes_written: self.bytes_written.or_else(|| base.bytes_written.clone()),
-            buffers: self.buffers.or_else(|| base.buffers.clone()),
+            limits: self.limits.or(&base.limits),
             backoff_base: self.backoff_base.or_else(|| base.backoff_base.clone()),
             backoff_cap: self.backoff_cap.or_else(|| base.backoff_cap.clone()),
             backoff_jitter: self.backoff_jitter.or(base.backoff_jitter),
@@ -191,11 +225,18 @@ impl BindingArgs {
             } else {
                 self.plugin_config
             },
+            unknown: base.unknown.clone(),
         }
     }
 
     /// Checks the combination and builds the binding.
     pub fn spec(&self) -> anyhow::Result<BindingSpec> {
+        if let Some(key) = self.unknown.keys().next() {
+            bail!(
+                "`{}` is not a binding setting (see the README's table of them)",
+                crate::text::Escaped(key)
+            );
+        }
         let queue_text = self.queue.as_deref().context("a binding needs a queue")?;
         let queue = QueueRef::parse(queue_text)?;
         let at = |what: &str| format!("binding {queue}: {what}");
@@ -225,14 +266,7 @@ impl BindingArgs {
             (1..=1000).contains(&max_concurrency),
             at(&format!("max concurrency {max_concurrency} is not 1-1000"))
         );
-        let limits = LimitSettings {
-            memory: self.memory.clone(),
-            timeout: self.timeout.clone(),
-            fuel: self.fuel,
-            bytes_read: self.bytes_read.clone(),
-            bytes_written: self.bytes_written.clone(),
-            buffers: self.buffers.clone(),
-        };
+        let limits = self.limits.settings();
         // The plugin's manifest may set what is left unset here, so only the
         // syntax is checked now; the whole is checked at start.
         let resolved = limits
@@ -249,7 +283,7 @@ impl BindingArgs {
                     given <= MAX_VISIBILITY,
                     at("the visibility timeout is at most 12h")
                 );
-                if limits.timeout.is_some() {
+                if self.limits.timeout.is_some() {
                     check_visibility(&queue, given, resolved.timeout)?;
                 }
                 Some(given)
@@ -496,7 +530,7 @@ mod tests {
             ),
             (
                 Box::new(|a| {
-                    a.timeout = Some("60s".into());
+                    a.limits.timeout = Some("60s".into());
                     a.visibility_timeout = Some("30s".into())
                 }),
                 "the visibility timeout (30s) must exceed the processor timeout (1m)",
@@ -506,7 +540,7 @@ mod tests {
                 "max concurrency 0",
             ),
             (
-                Box::new(|a| a.timeout = Some("soon".into())),
+                Box::new(|a| a.limits.timeout = Some("soon".into())),
                 "timeout `soon` is not a duration",
             ),
             (
@@ -524,9 +558,12 @@ mod tests {
                 Box::new(|a| a.backoff_jitter = Some(2.0)),
                 "jitter is a share",
             ),
-            (Box::new(|a| a.memory = Some("lots".into())), "limit memory"),
             (
-                Box::new(|a| a.fuel = Some(0)),
+                Box::new(|a| a.limits.memory = Some("lots".into())),
+                "limit memory",
+            ),
+            (
+                Box::new(|a| a.limits.fuel = Some(0)),
                 "fuel must be more than zero",
             ),
         ];
@@ -589,9 +626,9 @@ mod tests {
         );
         assert_eq!(specs[1].dead_letters, DeadLetters::Drop);
         assert_eq!(specs[1].plugin_config["level"], "9");
-        let err =
-            toml::from_str::<ConfigFile>("[[binding]]\nqueue = \"x\"\nbogus = 1\n").unwrap_err();
-        assert!(err.to_string().contains("bogus"), "{err}");
+        let file = toml::from_str::<ConfigFile>("[[binding]]\nqueue = \"x\"\nbogus = 1\n").unwrap();
+        let err = file.binding[0].spec().unwrap_err().to_string();
+        assert!(err.contains("`bogus` is not a binding setting"), "{err}");
     }
 }
 
