@@ -702,6 +702,26 @@ fn attributes_of(
 
 /// The failed entries of a batch call, each by the receipt its entry (whose
 /// id is its index in the chunk) stood for.
+/// Runs a batch call on each ten entries (an entry's batch id is its
+/// index among its ten) and gathers the entries SQS failed, by receipt.
+async fn per_ten<T: Clone, Fut>(
+    entries: &[T],
+    receipt: impl Fn(&T) -> &String,
+    call: impl Fn(Vec<T>) -> Fut,
+) -> Result<Vec<BatchFailure>, QueueError>
+where
+    Fut: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, QueueError>>,
+{
+    let mut failures = Vec::new();
+    for chunk in entries.chunks(MAX_BATCH) {
+        let failed = call(chunk.to_vec()).await?;
+        failures.extend(batch_failures(&failed, |i| {
+            chunk.get(i).map(|entry| receipt(entry).clone())
+        }));
+    }
+    Ok(failures)
+}
+
 fn batch_failures(
     failed: &[BatchResultErrorEntry],
     receipt_at: impl Fn(usize) -> Option<String>,
@@ -789,63 +809,67 @@ impl Queue for SqsQueue {
     }
 
     async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<BatchFailure>, QueueError> {
-        let mut failures = Vec::new();
-        for chunk in receipts.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, receipt)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(receipt)
-                        .build()
-                        .expect("id and receipt are set")
-                })
-                .collect();
-            let out = self
-                .client
-                .delete_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|err| error(&self.name, &err))?;
-            failures.extend(batch_failures(out.failed(), |i| chunk.get(i).cloned()));
-        }
-        Ok(failures)
+        per_ten(
+            receipts,
+            |receipt| receipt,
+            |chunk| async move {
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, receipt)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(receipt)
+                            .build()
+                            .expect("id and receipt are set")
+                    })
+                    .collect();
+                let out = self
+                    .client
+                    .delete_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|err| error(&self.name, &err))?;
+                Ok(out.failed().to_vec())
+            },
+        )
+        .await
     }
 
     async fn change_visibility_batch(
         &self,
         entries: &[(String, Duration)],
     ) -> Result<Vec<BatchFailure>, QueueError> {
-        let mut failures = Vec::new();
-        for chunk in entries.chunks(MAX_BATCH) {
-            let batch = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, (receipt, visibility))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(receipt)
-                        .visibility_timeout(secs_up((*visibility).min(super::MAX_VISIBILITY)))
-                        .build()
-                        .expect("id and receipt are set")
-                })
-                .collect();
-            let out = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(batch))
-                .send()
-                .await
-                .map_err(|err| error(&self.name, &err))?;
-            failures.extend(batch_failures(out.failed(), |i| {
-                chunk.get(i).map(|(receipt, _)| receipt.clone())
-            }));
-        }
-        Ok(failures)
+        per_ten(
+            entries,
+            |(receipt, _)| receipt,
+            |chunk| async move {
+                let batch = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (receipt, visibility))| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(receipt)
+                            .visibility_timeout(secs_up((*visibility).min(super::MAX_VISIBILITY)))
+                            .build()
+                            .expect("id and receipt are set")
+                    })
+                    .collect();
+                let out = self
+                    .client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(batch))
+                    .send()
+                    .await
+                    .map_err(|err| error(&self.name, &err))?;
+                Ok(out.failed().to_vec())
+            },
+        )
+        .await
     }
 
     async fn send(&self, message: Outgoing) -> Result<String, QueueError> {

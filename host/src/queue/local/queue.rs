@@ -88,21 +88,18 @@ impl Queue for LocalQueue {
         let name = self.name.clone();
         self.queues
             .with_db(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
-                let mut failures = Vec::new();
-                for receipt in receipts {
-                    let n = tx
-                        .execute("DELETE FROM messages WHERE queue = ?1 AND receipt = ?2", params![name, receipt])
-                        .map_err(db_err)?;
-                    if n == 0 {
-                        failures.push(BatchFailure {
-                            receipt,
-                            reason: "the receipt is not current: the message was deleted or received again".into(),
-                        });
-                    }
-                }
-                tx.commit().map_err(db_err)?;
-                Ok(failures)
+                per_receipt(
+                    conn,
+                    receipts,
+                    |receipt| receipt,
+                    "the receipt is not current: the message was deleted or received again",
+                    |tx, receipt| {
+                        tx.execute(
+                            "DELETE FROM messages WHERE queue = ?1 AND receipt = ?2",
+                            params![name, receipt],
+                        )
+                    },
+                )
             })
             .await
     }
@@ -123,26 +120,20 @@ impl Queue for LocalQueue {
         let failures = self
             .queues
             .with_db(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
                 let now = now_ms();
-                let mut failures = Vec::new();
-                for (receipt, visibility) in entries {
+                per_receipt(
+                    conn,
+                    entries,
+                    |(receipt, _)| receipt,
+                    "the receipt is not current: the message was deleted, received again, or its visibility lapsed",
                     // Only a message still in flight under this receipt.
-                    let n = tx
-                        .execute(
+                    |tx, (receipt, visibility)| {
+                        tx.execute(
                             "UPDATE messages SET visible_ms = ?3 WHERE queue = ?1 AND receipt = ?2 AND visible_ms > ?4",
                             params![name, receipt, now + visibility.as_millis() as i64, now],
                         )
-                        .map_err(db_err)?;
-                    if n == 0 {
-                        failures.push(BatchFailure {
-                            receipt,
-                            reason: "the receipt is not current: the message was deleted, received again, or its visibility lapsed".into(),
-                        });
-                    }
-                }
-                tx.commit().map_err(db_err)?;
-                Ok(failures)
+                    },
+                )
             })
             .await?;
         self.queues.wake.notify(&self.name);
@@ -297,4 +288,29 @@ impl Drop for SyncedFully<'_> {
             tracing::warn!(error = %err, "could not set the queue database back to synchronous NORMAL");
         }
     }
+}
+
+/// Applies `change` to each entry of a batch in one transaction; an entry
+/// it changes no row for fails, with `stale` as the reason.
+fn per_receipt<T>(
+    conn: &mut Connection,
+    entries: Vec<T>,
+    receipt: impl Fn(&T) -> &String,
+    stale: &str,
+    change: impl Fn(&rusqlite::Transaction<'_>, &T) -> rusqlite::Result<usize>,
+) -> Result<Vec<BatchFailure>, QueueError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let mut failures = Vec::new();
+    for entry in &entries {
+        if change(&tx, entry).map_err(db_err)? == 0 {
+            failures.push(BatchFailure {
+                receipt: receipt(entry).clone(),
+                reason: stale.to_string(),
+            });
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(failures)
 }
