@@ -10,30 +10,26 @@
 //! Start-up (spawn to first message done) is measured by the `startup`
 //! benchmark.
 
+#[path = "../../tests/shared.rs"]
+#[allow(dead_code)]
+mod shared;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasq::backends::LocalEnv;
 use wasq::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
 use wasq::queue::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
-use wasq::runtime::{EngineOptions, Limits, PluginSlot, PluginSource, Runtime};
+use wasq::runtime::{Limits, PluginSlot, Runtime};
 
 fn main() -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
-    let runtime = Arc::new(Runtime::new(EngineOptions {
-        cache_dir: Some(cache),
-        ..EngineOptions::default()
-    })?);
-    let rogue = std::fs::read(wasq_test_guests::ROGUE)?;
-    let plugin = PluginSlot::new(runtime.load(
-        "rogue",
-        PluginSource::File(wasq_test_guests::ROGUE.into()),
-        &rogue,
+    let runtime = Arc::new(shared::engine(128)?);
+    let plugin = PluginSlot::new(shared::rogue_on(
+        &runtime,
         Limits::default(),
         BTreeMap::new(),
     )?);

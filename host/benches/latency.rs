@@ -35,6 +35,11 @@
 //! (the host's log filter), `WASQ_BENCH_PARTS_DIRECT` (the `parts` case
 //! without the proxy).
 
+#[path = "../../tests/shared.rs"]
+#[allow(dead_code)]
+mod shared;
+use shared::noise;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -224,20 +229,6 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
         } else {
             b' '
         });
-    }
-    out.truncate(len);
-    out
-}
-
-/// Deterministic bytes that do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
     }
     out.truncate(len);
     out

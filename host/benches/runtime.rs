@@ -10,6 +10,10 @@
 //! processor (for example one with the miniz_oxide deflate backend).
 //! `WASQ_BENCH_MB` sets the archive input size (default 256).
 
+#[path = "../../tests/shared.rs"]
+#[allow(dead_code)]
+mod shared;
+
 use guest_compress::archive::{
     self, ObjectInfo, ObjectReader, ObjectWriter, Settings, Store, StoreError,
 };
@@ -20,17 +24,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use wasq::backends::LocalEnv;
-use wasq::runtime::{EngineOptions, Limits, LogSink, Message, Outcome, PluginSource, Runtime};
+use wasq::runtime::{Limits, LogSink, Message, Outcome, PluginSource};
 
 fn main() -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
-    let runtime = Runtime::new(EngineOptions {
-        cache_dir: Some(cache),
-        ..EngineOptions::default()
-    })?;
+    let runtime = shared::engine(128)?;
     let scratch = tempfile::tempdir()?;
     let env = LocalEnv {
         data_dir: scratch.path().join("data"),

@@ -12,6 +12,10 @@
 //! poller, batches of ten. The difference in wall time per message is
 //! wasq's overhead.
 
+#[path = "../../tests/shared.rs"]
+#[allow(dead_code)]
+mod shared;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -22,7 +26,7 @@ use wasq::backends::LocalEnv;
 use wasq::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
 use wasq::queue::QueueOptions;
 use wasq::queue::{Outgoing, Queue, SqsQueues};
-use wasq::runtime::{EngineOptions, Limits, PluginSlot, PluginSource, Runtime};
+use wasq::runtime::{Limits, PluginSlot, Runtime};
 
 const MESSAGES: usize = 400;
 const ROUNDS: usize = 4;
@@ -88,15 +92,9 @@ fn main() -> anyhow::Result<()> {
         region: Some("us-east-1".into()),
         s3_path_style: true,
     };
-    let runtime = Arc::new(Runtime::new(EngineOptions {
-        cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")),
-        ..EngineOptions::default()
-    })?);
-    let rogue = std::fs::read(wasq_test_guests::ROGUE)?;
-    let plugin = PluginSlot::new(runtime.load(
-        "rogue",
-        PluginSource::File(wasq_test_guests::ROGUE.into()),
-        &rogue,
+    let runtime = Arc::new(shared::engine(128)?);
+    let plugin = PluginSlot::new(shared::rogue_on(
+        &runtime,
         Limits::default(),
         BTreeMap::new(),
     )?);

@@ -2,30 +2,18 @@
 //! local environment per test.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use wasq::backends::LocalEnv;
 use wasq::blobs::LocalBlobs;
-use wasq::runtime::{
-    EngineOptions, Grants, Limits, LogSink, Message, Plugin, Run, Runtime, Services,
-};
+use wasq::runtime::{Grants, Limits, LogSink, Message, Plugin, Run, Runtime, Services};
 
-pub static RUNTIME: LazyLock<Arc<Runtime>> = LazyLock::new(|| {
-    Arc::new(
-        Runtime::new(EngineOptions {
-            max_instances: 64,
-            cache_dir: Some(cache_dir()),
-            ..EngineOptions::default()
-        })
-        .expect("the engine starts"),
-    )
-});
+#[path = "../shared.rs"]
+mod shared;
+pub use shared::{cache_dir, noise};
 
-/// Compiled components are cached beside the test binaries, so reruns skip
-/// compilation.
-pub fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
-}
+pub static RUNTIME: LazyLock<Arc<Runtime>> =
+    LazyLock::new(|| Arc::new(shared::engine(64).expect("the engine starts")));
 
 /// `compress`, granted every bucket and table: the tests of what it
 /// writes use many buckets; the tests of grants narrow it.
@@ -41,15 +29,8 @@ pub fn compress(limits: Limits, config: BTreeMap<String, String>) -> Plugin {
 /// `seq` command appends to one record from many messages), so that the
 /// limits and the store's own checks are what stops it.
 pub fn rogue(limits: Limits) -> Plugin {
-    let wasm = std::fs::read(wasq_test_guests::ROGUE).unwrap();
-    RUNTIME
-        .load(
-            "rogue",
-            wasq::runtime::PluginSource::File(wasq_test_guests::ROGUE.into()),
-            &wasm,
-            limits,
-            BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
-        )
+    let config = BTreeMap::from([("greeting".to_string(), "hello".to_string())]);
+    shared::rogue_on(&RUNTIME, limits, config)
         .unwrap()
         .with_grants(Grants {
             overwrite_records: true,
@@ -120,20 +101,6 @@ pub async fn run(plugin: &Plugin, services: &Services, msg: &Message) -> (Run, L
     let log = LogSink::new(plugin.name().clone(), msg.id.as_str().into(), true);
     let run = RUNTIME.run(plugin, services, msg, log.clone()).await;
     (run, log)
-}
-
-/// Deterministic bytes that do not compress.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Deterministic text that compresses well.
