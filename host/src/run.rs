@@ -369,8 +369,9 @@ pub fn grant_advice(
 
 /// A local binding. A queue that does not exist yet is created with the
 /// binding's settings. One that exists keeps its own: the binding follows
-/// them (see [`follow_queue`]), and dead-letters to the queue's
-/// dead-letter queue, or without one to NAME-dlq (created if need be).
+/// them (see [`follow_queue`]) and dead-letters where the queue's redrive
+/// policy says; a queue without one is refused, as on SQS, unless the
+/// binding names a dead-letter queue or opts out.
 async fn bind_local(
     backends: &Backends,
     spec: &BindingSpec,
@@ -383,44 +384,62 @@ async fn bind_local(
         Err(QueueError::NoSuchQueue(_)) => None,
         Err(err) => return Err(err).with_context(|| format!("opening queue {}", spec.queue)),
     };
-    let dlq_ref = match existing {
+    let existing = match existing {
+        Some(stats) => Some(stats),
         None => {
-            let dlq_ref = match &spec.dead_letters {
+            let dlq = match &spec.dead_letters {
                 DeadLetters::Default => Some(spec.queue.default_dlq()),
                 DeadLetters::To(dlq) => Some(dlq.clone()),
                 DeadLetters::Drop => None,
             };
-            let redrive = match &dlq_ref {
+            let redrive = match &dlq {
                 Some(QueueRef::Local(dlq)) => Some(Redrive {
                     dlq: dlq.clone(),
                     max_receive_count: config.max_receive_count,
                 }),
                 _ => None,
             };
-            queues
-                .create(
-                    name,
-                    QueueOptions {
-                        visibility_timeout: config.visibility_timeout,
-                        redrive,
-                    },
-                )
-                .await
-                .with_context(|| format!("creating queue {}", spec.queue))?;
-            info!(
-                queue = %spec.queue,
-                visibility_timeout = %humantime::format_duration(config.visibility_timeout),
-                max_receive_count = config.max_receive_count,
-                "created the queue with the binding's settings"
-            );
-            dlq_ref
+            let options = QueueOptions {
+                visibility_timeout: config.visibility_timeout,
+                redrive,
+            };
+            match queues.create(name, options).await {
+                Ok(()) => {
+                    info!(
+                        queue = %spec.queue,
+                        visibility_timeout = %humantime::format_duration(config.visibility_timeout),
+                        max_receive_count = config.max_receive_count,
+                        "created the queue with the binding's settings"
+                    );
+                    None
+                }
+                // Another host on the directory created it first, perhaps
+                // with other settings: follow those.
+                Err(err) => match queues.queue(name).await {
+                    Ok(queue) => Some(queue.stats().await?),
+                    Err(_) => {
+                        return Err(err).with_context(|| format!("creating queue {}", spec.queue));
+                    }
+                },
+            }
         }
+    };
+    let dlq_ref = match &existing {
+        None => match &spec.dead_letters {
+            DeadLetters::Default => Some(spec.queue.default_dlq()),
+            DeadLetters::To(dlq) => Some(dlq.clone()),
+            DeadLetters::Drop => None,
+        },
         Some(stats) => {
-            follow_queue(spec, &stats, &mut config)?;
+            follow_queue(spec, stats, &mut config)?;
             match (&spec.dead_letters, &stats.redrive) {
                 (DeadLetters::Drop, _) => None,
                 (DeadLetters::Default, Some(redrive)) => Some(QueueRef::Local(redrive.dlq.clone())),
-                (DeadLetters::Default, None) => Some(spec.queue.default_dlq()),
+                (DeadLetters::Default, None) => bail!(
+                    "binding {queue}: the queue has no dead-letter queue, so a failing message would be retried forever; give it one (`wasq queue set {queue} --dlq {}`), name one with --dlq, or opt out with --no-dlq",
+                    spec.queue.default_dlq(),
+                    queue = spec.queue
+                ),
                 (DeadLetters::To(dlq), Some(redrive))
                     if dlq.is_local() && dlq.name() != redrive.dlq =>
                 {
@@ -437,17 +456,40 @@ async fn bind_local(
     if let Some(QueueRef::Local(dlq)) = &dlq_ref
         && let Err(QueueError::NoSuchQueue(_)) = queues.queue(dlq).await
     {
-        queues
-            .create(dlq, QueueOptions::default())
-            .await
-            .with_context(|| format!("creating dead-letter queue local://{dlq}"))?;
+        // Created by someone else meanwhile is as good.
+        if let Err(err) = queues.create(dlq, QueueOptions::default()).await
+            && queues.queue(dlq).await.is_err()
+        {
+            return Err(err).with_context(|| format!("creating dead-letter queue local://{dlq}"));
+        }
     }
     let queue = backends.queue(&spec.queue).await?;
     let dlq = match &dlq_ref {
         Some(dlq) => Some(backends.queue(dlq).await?),
         None => None,
     };
+    check_dlq_kind(spec, queue.as_ref(), dlq.as_deref())?;
     Ok((queue, dlq, config))
+}
+
+/// A FIFO queue's dead letters go to a FIFO queue, a standard queue's to a
+/// standard one: anything else would refuse every dead letter.
+fn check_dlq_kind(
+    spec: &BindingSpec,
+    queue: &dyn Queue,
+    dlq: Option<&dyn Queue>,
+) -> anyhow::Result<()> {
+    if let Some(dlq) = dlq
+        && dlq.is_fifo() != queue.is_fifo()
+    {
+        bail!(
+            "binding {}: its dead-letter queue `{}` must be {} like the queue",
+            spec.queue,
+            dlq.name(),
+            if queue.is_fifo() { "FIFO" } else { "standard" }
+        );
+    }
+    Ok(())
 }
 
 /// A binding on a queue that exists follows the queue's settings, so that
@@ -534,10 +576,12 @@ async fn bind_sqs(
             Some(backends.queue(&QueueRef::Sqs(policy.dlq_url)).await?)
         }
         (DeadLetters::Default, None) => bail!(
-            "binding {}: the queue has no redrive policy, so a failing message would be retried forever; give the queue a dead-letter queue (deploy/ does), name one with --dlq, or opt out with --no-dlq",
+            "binding {}: the queue has no redrive policy, so a failing message would be retried forever; give the queue a dead-letter queue (deploy/ does, or `wasq queue set {} --dlq NAME`), name one with --dlq, or opt out with --no-dlq",
+            spec.queue,
             spec.queue
         ),
     };
+    check_dlq_kind(spec, &queue, dlq.as_deref())?;
     Ok((Arc::new(queue), dlq, config))
 }
 

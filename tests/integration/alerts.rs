@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wasq::queue::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
 
 fn repo() -> &'static Path {
@@ -158,7 +157,7 @@ async fn a_full_dead_letter_queue_fires_the_alarm_through_prometheus() {
     let data = dir.path().join("data");
     let queues = LocalQueues::open(&data).unwrap();
     queues
-        .create("jobs", QueueOptions::default())
+        .create("jobs", crate::harness::with_dlq(5))
         .await
         .unwrap();
     let queue = queues.queue("jobs").await.unwrap();

@@ -174,7 +174,14 @@ async fn a_redrive_moves_each_dead_letter_once() {
         attributes: vec![("wasq-message-id".into(), format!("{id}/seal"))],
         ..Outgoing::default()
     };
+    // Another body under a's id (a sender to the DLQ copying the
+    // attribute): not a repeat, so it cannot get a's letter deleted.
+    let copied = Outgoing {
+        body: "another job".into(),
+        ..letter("a")
+    };
     for message in [
+        copied,
         letter("a"),
         letter("a"),
         letter("b"),
@@ -191,11 +198,11 @@ async fn a_redrive_moves_each_dead_letter_once() {
         .redrive_settled("again-dlq", "again", Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(moved, Some(3));
+    assert_eq!(moved, Some(4));
     let back = sqs.peek("again", 10).await.unwrap();
     let mut bodies: Vec<&str> = back.iter().map(|m| m.body.as_str()).collect();
     bodies.sort();
-    assert_eq!(bodies, ["job a", "job b", "plain"]);
+    assert_eq!(bodies, ["another job", "job a", "job b", "plain"]);
     assert_eq!(dlq.stats().await.unwrap().visible, 0);
 
     // A letter younger than the settling time is never taken for a repeat.

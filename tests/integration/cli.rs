@@ -537,6 +537,29 @@ fn a_queue_says_one_truth_and_is_never_rewritten_silently() {
     ok(&["queue", "set", "jobs", "--max-receive-count", "2"]);
     assert!(run(&["--max-receive-count", "2"]).status.success());
     assert!(ok(&["queue", "stats", "jobs"]).contains("after 2 receives"));
+
+    // A queue made without a dead-letter queue: binding it would retry a
+    // failing message forever, so it is refused until the queue gets one
+    // (or the binding names one, or opts out).
+    ok(&["queue", "create", "bare", "--no-dlq"]);
+    let bare = scratch.wasq(&[
+        "run",
+        "--queue",
+        "local://bare",
+        "--until-empty",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(bare.status.code(), Some(2));
+    assert!(
+        text(&bare.stderr).contains("the queue has no dead-letter queue")
+            && text(&bare.stderr).contains("wasq queue set local://bare --dlq local://bare-dlq"),
+        "{}",
+        text(&bare.stderr)
+    );
+    let set = ok(&["queue", "set", "bare", "--dlq", "bare-dlq"]);
+    assert!(set.contains("bare-dlq after 5 receives"), "{set}");
+    assert!(ok(&["queue", "list"]).contains("local://bare-dlq"));
 }
 
 #[test]
@@ -806,7 +829,7 @@ async fn logs_can_be_json_lines_with_the_message_span() {
     let data = dir.path().join("data");
     let queues = wasq::queue::LocalQueues::open(&data).unwrap();
     queues
-        .create("jobs", wasq::queue::QueueOptions::default())
+        .create("jobs", crate::harness::with_dlq(5))
         .await
         .unwrap();
     let id = queues

@@ -270,3 +270,15 @@ impl Drop for Outage {
         self.task.abort();
     }
 }
+
+/// A new local queue's settings with a dead-letter queue `jobs-dlq` after
+/// `max_receive_count` receives, as a binding on it expects.
+pub fn with_dlq(max_receive_count: u32) -> wasq::queue::QueueOptions {
+    wasq::queue::QueueOptions {
+        redrive: Some(wasq::queue::Redrive {
+            dlq: "jobs-dlq".into(),
+            max_receive_count,
+        }),
+        ..wasq::queue::QueueOptions::default()
+    }
+}

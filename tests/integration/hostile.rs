@@ -8,7 +8,6 @@ use crate::harness::{self, Env, message, run};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use wasq::queue::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
 use wasq::runtime::{Fault, Limits, Outcome, Plugin, PluginSource, Runtime};
 
@@ -212,7 +211,7 @@ async fn host_log(dir: &Path, plugin: &str, bodies: &[&str], extra: &[&str]) -> 
     let data = dir.join("data");
     let queues = LocalQueues::open(&data).unwrap();
     queues
-        .create("jobs", QueueOptions::default())
+        .create("jobs", crate::harness::with_dlq(1))
         .await
         .unwrap();
     let queue = queues.queue("jobs").await.unwrap();

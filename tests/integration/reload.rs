@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use wasq::queue::QueueOptions;
 use wasq::queue::{LocalQueues, Outgoing, Queue};
 use wasq::records::{Records, SqliteRecords};
 
@@ -69,7 +68,7 @@ async fn plugins_reload_while_the_host_runs() {
 
     let queues = LocalQueues::open(&data).unwrap();
     queues
-        .create("jobs", QueueOptions::default())
+        .create("jobs", crate::harness::with_dlq(5))
         .await
         .unwrap();
     let queue = queues.queue("jobs").await.unwrap();
@@ -180,7 +179,7 @@ async fn a_busy_host_loses_nothing_while_its_plugin_is_replaced() {
 
     let queues = LocalQueues::open(&data).unwrap();
     queues
-        .create("jobs", QueueOptions::default())
+        .create("jobs", crate::harness::with_dlq(5))
         .await
         .unwrap();
     let queue = queues.queue("jobs").await.unwrap();
@@ -280,7 +279,7 @@ async fn a_removed_manifest_keeps_the_last_grants() {
     }
     let queues = LocalQueues::open(&data).unwrap();
     queues
-        .create("jobs", QueueOptions::default())
+        .create("jobs", crate::harness::with_dlq(1))
         .await
         .unwrap();
     let queue = queues.queue("jobs").await.unwrap();

@@ -87,6 +87,10 @@ pub enum QueueCommand {
         /// Receives after which the queue moves a message to its DLQ.
         #[arg(long)]
         max_receive_count: Option<u32>,
+        /// The dead-letter queue of its redrive policy (created if need
+        /// be).
+        #[arg(long)]
+        dlq: Option<String>,
     },
 }
 
@@ -289,16 +293,36 @@ pub async fn queue(command: QueueCommand, global: &GlobalArgs) -> anyhow::Result
             queue,
             visibility_timeout,
             max_receive_count,
+            dlq,
         } => {
             let queue = QueueRef::parse(&queue)?;
-            if visibility_timeout.is_none() && max_receive_count.is_none() {
-                bail!("give --visibility-timeout, --max-receive-count or both");
+            if visibility_timeout.is_none() && max_receive_count.is_none() && dlq.is_none() {
+                bail!("give --visibility-timeout, --max-receive-count or --dlq");
             }
+            let dlq = match dlq {
+                Some(dlq) => {
+                    let dlq = QueueRef::parse(&dlq)?;
+                    if dlq.is_local() != queue.is_local() {
+                        bail!(
+                            "a queue and its dead-letter queue live in the same backend: {queue} and {dlq} do not"
+                        );
+                    }
+                    Some(dlq.address().to_string())
+                }
+                None => None,
+            };
             backends.queue(&queue).await?;
             let stats = backends
                 .admin(&queue)
                 .await?
-                .set(queue.address(), visibility_timeout, max_receive_count)
+                .set(
+                    queue.address(),
+                    crate::queue::QueueChanges {
+                        visibility_timeout,
+                        max_receive_count,
+                        dlq,
+                    },
+                )
                 .await?;
             println!("queue:              {queue}");
             print_settings(&stats);

@@ -99,7 +99,8 @@ pub struct BindingArgs {
     /// `wasq run` creates).
     #[arg(long)]
     pub max_receive_count: Option<u32>,
-    /// The dead-letter queue (default: NAME-dlq).
+    /// The dead-letter queue (default: the queue's redrive policy's; for a
+    /// queue `wasq run` creates, NAME-dlq).
     #[arg(long)]
     pub dlq: Option<String>,
     /// Drop rejected and exhausted messages instead of dead-lettering them.
@@ -217,8 +218,16 @@ impl BindingArgs {
             backoff_cap: self.backoff_cap.or_else(|| base.backoff_cap.clone()),
             backoff_jitter: self.backoff_jitter.or(base.backoff_jitter),
             max_receive_count: self.max_receive_count.or(base.max_receive_count),
-            dlq: self.dlq.or_else(|| base.dlq.clone()),
-            no_dlq: self.no_dlq.or(base.no_dlq),
+            // A flag for where dead letters go replaces the file's, either
+            // way round.
+            dlq: match self.no_dlq {
+                Some(true) => None,
+                _ => self.dlq.clone().or_else(|| base.dlq.clone()),
+            },
+            no_dlq: match self.dlq {
+                Some(_) => None,
+                None => self.no_dlq.or(base.no_dlq),
+            },
             dlq_alarm: self.dlq_alarm.or(base.dlq_alarm),
             plugin_config: if self.plugin_config.is_empty() {
                 base.plugin_config.clone()
@@ -233,7 +242,8 @@ impl BindingArgs {
     pub fn spec(&self) -> anyhow::Result<BindingSpec> {
         if let Some(key) = self.unknown.keys().next() {
             bail!(
-                "`{}` is not a binding setting (see the README's table of them)",
+                "binding {}: `{}` is not a binding setting (see the README's table of them)",
+                self.queue.as_deref().unwrap_or("without a queue"),
                 crate::text::Escaped(key)
             );
         }
@@ -694,6 +704,25 @@ mod store_tests {
         assert!(
             format!("{err:#}").contains("binding local://a: the visibility timeout (5s) must exceed the processor timeout (30s)"),
             "{err:#}"
+        );
+
+        // Where dead letters go: a flag replaces the file's choice, either
+        // way round.
+        std::fs::write(
+            &file,
+            "[[binding]]\nqueue = \"local://a\"\ndlq = \"local://elsewhere\"\n[[binding]]\nqueue = \"local://b\"\nno-dlq = true\n",
+        )
+        .unwrap();
+        let config = host_config(&["wasq", "run", "--config-file", &file, "--no-dlq"]).unwrap();
+        assert_eq!(
+            config.bindings[0].dead_letters,
+            crate::run::DeadLetters::Drop
+        );
+        let config =
+            host_config(&["wasq", "run", "--config-file", &file, "--dlq", "local://d"]).unwrap();
+        assert_eq!(
+            config.bindings[1].dead_letters,
+            crate::run::DeadLetters::To(QueueRef::Local("d".into()))
         );
     }
 

@@ -142,6 +142,7 @@ impl Dispatcher {
         let tracker = TaskTracker::new();
         readiness.pending.store(bindings.len(), Ordering::Release);
         let names: Vec<String> = bindings.iter().map(|b| b.config.name.clone()).collect();
+        let queues: Vec<Arc<dyn Queue>> = bindings.iter().map(|b| b.queue.clone()).collect();
         let first_done = Arc::new(AtomicBool::new(false));
         for binding in bindings {
             let (deletes, delete_rx) = mpsc::channel(1024);
@@ -217,6 +218,14 @@ impl Dispatcher {
                 dead_lettered = m.dead_lettered.get(),
                 "binding stopped"
             );
+        }
+        // A poll cut short by the stop still releases what it took; a
+        // second signal does not wait for that either.
+        for queue in queues {
+            tokio::select! {
+                _ = queue.close() => {}
+                _ = self.hurry.cancelled() => break,
+            }
         }
         info!("all messages settled or released");
     }

@@ -3,13 +3,15 @@
 //! the embedded queue the row keeps its id through the move and the
 //! redrive. On SQS every send makes a new id, so the dead letter carries
 //! the old one in `wasq-message-id`, sealed with an HMAC keyed by a secret
-//! in the data directory: anyone may send a message with that attribute,
-//! and only a seal this host made is believed. Hosts with different data
+//! in the data directory over the id, the queue, the body and the FIFO
+//! group: anyone may send a message with that attribute, and only a seal
+//! this host made for that very message is believed (copied onto another
+//! body, it opens nothing). Hosts with different data
 //! directories do not share the secret; there a redriven message runs
 //! under its new id.
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use std::io;
 use std::path::Path;
 
@@ -47,29 +49,50 @@ impl IdSeal {
         Ok(IdSeal { secret })
     }
 
-    fn mac(&self, id: &str) -> HmacSha256 {
+    fn mac(&self, id: &str, of: &Of<'_>) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
         mac.update(b"wasq-message-id\n");
-        mac.update(id.as_bytes());
+        // Each field with its length, so that no two tuples read the same.
+        for field in [
+            id.as_bytes(),
+            of.queue.as_bytes(),
+            &Sha256::digest(of.body.as_bytes()),
+            of.group.unwrap_or("").as_bytes(),
+        ] {
+            mac.update(&(field.len() as u64).to_le_bytes());
+            mac.update(field);
+        }
         mac
     }
 
-    /// `ID/SEAL`: the id, and proof that this host wrote it.
-    pub fn seal(&self, id: &str) -> String {
-        let tag = self.mac(id).finalize().into_bytes();
+    /// `ID/SEAL`: the id, and proof that this host wrote it for this
+    /// message.
+    pub fn seal(&self, id: &str, of: &Of<'_>) -> String {
+        let tag = self.mac(id, of).finalize().into_bytes();
         format!("{id}/{}", &hex::encode(tag)[..SEAL_HEX])
     }
 
-    /// The id inside a seal this host made; `None` for anything else.
-    pub fn open<'a>(&self, sealed: &'a str) -> Option<&'a str> {
+    /// The id inside a seal this host made for this very message (queue,
+    /// body and group); `None` for anything else, a seal copied onto
+    /// another message included.
+    pub fn open<'a>(&self, sealed: &'a str, of: &Of<'_>) -> Option<&'a str> {
         let (id, seal) = sealed.rsplit_once('/')?;
         if id.is_empty() || seal.len() != SEAL_HEX {
             return None;
         }
         let seal = hex::decode(seal).ok()?;
-        self.mac(id).verify_truncated_left(&seal).ok()?;
+        self.mac(id, of).verify_truncated_left(&seal).ok()?;
         Some(id)
     }
+}
+
+/// The message a seal is for, besides its id: the queue it runs on, its
+/// body and its FIFO group.
+#[derive(Debug, Clone, Copy)]
+pub struct Of<'a> {
+    pub queue: &'a str,
+    pub body: &'a str,
+    pub group: Option<&'a str>,
 }
 
 /// The id part of a sealed value, for showing (not for believing).
@@ -84,25 +107,53 @@ pub fn shown(sealed: &str) -> &str {
 mod tests {
     use super::*;
 
+    const JOB: Of<'static> = Of {
+        queue: "jobs",
+        body: "{\"job_id\": \"a\"}",
+        group: None,
+    };
+
     #[test]
     fn only_this_hosts_seals_open() {
         let seal = IdSeal::random().unwrap();
-        let sealed = seal.seal("1b4e28ba-2fa1-11d2-883f-0016d3cca427");
-        assert_eq!(
-            seal.open(&sealed),
-            Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
-        );
-        assert_eq!(shown(&sealed), "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
+        let id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+        let sealed = seal.seal(id, &JOB);
+        assert_eq!(seal.open(&sealed, &JOB), Some(id));
+        assert_eq!(shown(&sealed), id);
 
         // Another host's secret, a forged id under a real seal, a bare id,
         // a cut seal: none is believed.
         let other = IdSeal::random().unwrap();
-        assert_eq!(other.open(&sealed), None);
+        assert_eq!(other.open(&sealed, &JOB), None);
         let tag = sealed.rsplit_once('/').unwrap().1;
-        assert_eq!(seal.open(&format!("victim/{tag}")), None);
-        assert_eq!(seal.open("1b4e28ba-2fa1-11d2-883f-0016d3cca427"), None);
-        assert_eq!(seal.open(&sealed[..sealed.len() - 1]), None);
-        assert_eq!(seal.open(&format!("/{tag}")), None);
+        assert_eq!(seal.open(&format!("victim/{tag}"), &JOB), None);
+        assert_eq!(seal.open(id, &JOB), None);
+        assert_eq!(seal.open(&sealed[..sealed.len() - 1], &JOB), None);
+        assert_eq!(seal.open(&format!("/{tag}"), &JOB), None);
+    }
+
+    /// A real seal copied onto another message (another body, queue or
+    /// group) does not give that message the sealed id.
+    #[test]
+    fn a_seal_opens_only_on_the_message_it_was_made_for() {
+        let seal = IdSeal::random().unwrap();
+        let sealed = seal.seal("m", &JOB);
+        for other in [
+            Of {
+                body: "{\"job_id\": \"b\"}",
+                ..JOB
+            },
+            Of {
+                queue: "other",
+                ..JOB
+            },
+            Of {
+                group: Some("g"),
+                ..JOB
+            },
+        ] {
+            assert_eq!(seal.open(&sealed, &other), None, "{other:?}");
+        }
     }
 
     #[test]
@@ -110,6 +161,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = IdSeal::for_data_dir(dir.path()).unwrap();
         let again = IdSeal::for_data_dir(dir.path()).unwrap();
-        assert_eq!(again.open(&first.seal("m")), Some("m"));
+        assert_eq!(again.open(&first.seal("m", &JOB), &JOB), Some("m"));
     }
 }

@@ -3,9 +3,6 @@
 
 use super::*;
 
-/// Longest reason kept on a dead letter.
-const MAX_REASON: usize = 1024;
-
 impl BindingState {
     /// Ends a message in exactly one of: delete, retry with backoff,
     /// dead-letter.
@@ -97,15 +94,26 @@ impl BindingState {
             .attributes
             .iter()
             .find(|(name, _)| name == MESSAGE_ID_ATTRIBUTE)
-            .and_then(|(_, sealed)| self.seal.open(sealed))
+            .and_then(|(_, sealed)| self.seal.open(sealed, &self.sealed_as(received)))
             .map_or_else(|| received.id.clone(), str::to_string)
+    }
+
+    /// What a seal on `received` is bound to.
+    fn sealed_as<'a>(&'a self, received: &'a Received) -> seal::Of<'a> {
+        seal::Of {
+            queue: self.binding.queue.name(),
+            body: &received.body,
+            group: received.group_id.as_deref(),
+        }
     }
 
     /// Sends a message to the dead-letter queue with its reason, and
     /// deletes it (in one step where the backend can). If the send fails,
     /// the message stays (it will be received again): nothing is lost.
     pub(super) async fn dead_letter(&self, received: &Received, plugin: &Plugin, reason: &str) {
-        let reason: String = reason.chars().take(MAX_REASON).collect();
+        // Every reason is cut at the same length with the same marker,
+        // wherever it came from (a processor's are cut already).
+        let reason = crate::text::truncate(reason, crate::runtime::MAX_REASON).into_owned();
         let Some(dlq) = &self.binding.dlq else {
             error!(%reason, "no dead-letter queue (opted out): dropping the message");
             self.metrics.dead_lettered.inc();
@@ -125,7 +133,8 @@ impl BindingState {
             ),
             (
                 MESSAGE_ID_ATTRIBUTE.to_string(),
-                self.seal.seal(&self.job_id(received)),
+                self.seal
+                    .seal(&self.job_id(received), &self.sealed_as(received)),
             ),
         ];
         let room = MAX_ATTRIBUTES - attributes.len();

@@ -102,6 +102,21 @@ pub struct Peeked {
     pub moved_by_queue: bool,
 }
 
+/// Changes to a queue's settings; what is `None` stays as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueChanges {
+    pub visibility_timeout: Option<Duration>,
+    /// The receive count of its redrive policy (which it must have, or be
+    /// given with `dlq`).
+    pub max_receive_count: Option<u32>,
+    /// A dead-letter queue for its redrive policy, created if need be; the
+    /// receive count stays (5 for a queue that had no policy) unless given.
+    pub dlq: Option<String>,
+}
+
+/// The receive count of a redrive policy nobody chose.
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+
 /// Where a queue's dead letters go, and after how many receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redrive {
@@ -238,6 +253,11 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Counts and settings.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// Finishes what the queue still does in the background (on SQS, the
+    /// release of what a cancelled receive's poll took), waiting at most
+    /// for one long poll and a few seconds more.
+    async fn close(&self) {}
 }
 
 /// The queues of one backend, managed as an operator manages them:
@@ -254,14 +274,8 @@ pub trait QueueAdmin: Send + Sync {
     /// with other settings is refused ([`QueueAdmin::set`] changes them).
     async fn create(&self, name: &str, options: QueueOptions) -> Result<String, QueueError>;
 
-    /// Changes a queue's visibility timeout or its redrive policy's
-    /// receive count; returns its settings after.
-    async fn set(
-        &self,
-        name: &str,
-        visibility_timeout: Option<Duration>,
-        max_receive_count: Option<u32>,
-    ) -> Result<QueueStats, QueueError>;
+    /// Changes a queue's settings; returns them after.
+    async fn set(&self, name: &str, changes: QueueChanges) -> Result<QueueStats, QueueError>;
 
     /// Every queue, as addresses (`local://NAME`, or SQS URLs).
     async fn list(&self) -> Result<Vec<String>, QueueError>;

@@ -9,8 +9,8 @@
 //! in the background and whatever it took is made visible again.
 
 use super::{
-    BatchFailure, MAX_BATCH, Outgoing, Peeked, Queue, QueueAdmin, QueueError, QueueOptions,
-    QueueStats, Received, Redrive, check_outgoing,
+    BatchFailure, MAX_BATCH, Outgoing, Peeked, Queue, QueueAdmin, QueueChanges, QueueError,
+    QueueOptions, QueueStats, Received, Redrive, check_outgoing,
 };
 use crate::aws::{AwsOptions, Failure, classify};
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
+use sha2::Digest as _;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -180,6 +181,7 @@ impl SqsQueues {
             name,
             fifo,
             max_message_size,
+            releases: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -269,37 +271,67 @@ impl SqsQueues {
         Ok(out.queue_url().unwrap_or_default().to_string())
     }
 
-    /// Changes a queue's visibility timeout or the receive count of its
-    /// redrive policy (SetQueueAttributes); returns its settings after.
+    /// Changes a queue's settings (SetQueueAttributes); returns them after.
     pub async fn set(
         &self,
         url_or_name: &str,
-        visibility_timeout: Option<Duration>,
-        max_receive_count: Option<u32>,
+        changes: QueueChanges,
     ) -> Result<QueueStats, QueueError> {
         let queue = self.queue(url_or_name).await?;
         let mut attributes = HashMap::new();
-        if let Some(visibility) = visibility_timeout {
+        if let Some(visibility) = changes.visibility_timeout {
             attributes.insert(
                 QueueAttributeName::VisibilityTimeout,
                 visibility.as_secs().to_string(),
             );
         }
-        if let Some(count) = max_receive_count {
+        if changes.dlq.is_some() || changes.max_receive_count.is_some() {
             let current = self.attributes(&queue.url).await?;
-            let Some(text) = current.get(&QueueAttributeName::RedrivePolicy) else {
-                return Err(QueueError::Invalid(format!(
-                    "queue `{}` has no redrive policy, so no receive count to set",
-                    queue.name
-                )));
+            let old: Option<RedrivePolicy> = match current.get(&QueueAttributeName::RedrivePolicy) {
+                Some(text) => Some(serde_json::from_str(text).map_err(|err| {
+                    QueueError::Invalid(format!(
+                        "queue `{}`: redrive policy `{text}` is not understood: {err}",
+                        queue.name
+                    ))
+                })?),
+                None => None,
             };
-            let mut policy: RedrivePolicy = serde_json::from_str(text).map_err(|err| {
-                QueueError::Invalid(format!(
-                    "queue `{}`: redrive policy `{text}` is not understood: {err}",
-                    queue.name
-                ))
-            })?;
-            policy.max_receive_count = count;
+            let dead_letter_target_arn = match (&changes.dlq, &old) {
+                (Some(dlq), _) => {
+                    if super::check_name(name_of(dlq))? != queue.fifo {
+                        return Err(QueueError::Invalid(format!(
+                            "queue `{}`: its dead-letter queue `{dlq}` must be {} like it",
+                            queue.name,
+                            if queue.fifo { "FIFO" } else { "standard" }
+                        )));
+                    }
+                    let dlq_url = match self.url_of(dlq).await {
+                        Ok(url) => url,
+                        Err(QueueError::NoSuchQueue(_)) => {
+                            SqsQueues::create(self, dlq, QueueOptions::default()).await?
+                        }
+                        Err(err) => return Err(err),
+                    };
+                    self.attributes(&dlq_url)
+                        .await?
+                        .remove(&QueueAttributeName::QueueArn)
+                        .ok_or_else(|| QueueError::Invalid(format!("queue `{dlq}` has no ARN")))?
+                }
+                (None, Some(old)) => old.dead_letter_target_arn.clone(),
+                (None, None) => {
+                    return Err(QueueError::Invalid(format!(
+                        "queue `{}` has no redrive policy, so no receive count to set (give a dead-letter queue with --dlq)",
+                        queue.name
+                    )));
+                }
+            };
+            let policy = RedrivePolicy {
+                dead_letter_target_arn,
+                max_receive_count: changes
+                    .max_receive_count
+                    .or(old.map(|p| p.max_receive_count))
+                    .unwrap_or(super::DEFAULT_MAX_RECEIVE_COUNT),
+            };
             attributes.insert(
                 QueueAttributeName::RedrivePolicy,
                 serde_json::to_string(&policy).expect("a redrive policy serialises"),
@@ -404,9 +436,10 @@ impl SqsQueues {
     /// each sent before it is deleted, and returns how many moved.
     ///
     /// Moving them here, a letter that repeats one already moved (the same
-    /// `wasq-message-id`: a host that crashed between sending a dead letter
-    /// and deleting its message sent it twice) is deleted, not moved
-    /// again. Only letters that were in the queue a minute before the move
+    /// `wasq-message-id`, body and group: a host that crashed between
+    /// sending a dead letter and deleting its message sent it twice) is
+    /// deleted, not moved again: what is deleted is the same job as what
+    /// moved. Only letters that were in the queue a minute before the move
     /// began count as repeats (SQS's clock, not this one, stamps them), so that a message redriven, failing and
     /// dead-lettered again while the move runs is never taken for one.
     pub async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError> {
@@ -470,6 +503,10 @@ impl SqsQueues {
             }
             let (repeats, firsts): (Vec<Received>, Vec<Received>) =
                 batch.into_iter().partition(|m| {
+                    // A repeat is the same letter again: the same message
+                    // id, body and group, written by wasq (not moved by the
+                    // queue's own policy, whose attributes are a sender's),
+                    // and stamped by SQS before the move began.
                     let Some((_, id)) = m
                         .attributes
                         .iter()
@@ -477,7 +514,16 @@ impl SqsQueues {
                     else {
                         return false;
                     };
-                    m.sent_at_ms < settled_before && !seen.insert(id.clone())
+                    if m.moved_from.is_some() || m.sent_at_ms == 0 || m.sent_at_ms >= settled_before
+                    {
+                        return false;
+                    }
+                    let letter = (
+                        id.clone(),
+                        sha2::Sha256::digest(m.body.as_bytes()),
+                        m.group_id.clone(),
+                    );
+                    !seen.insert(letter)
                 });
             if !repeats.is_empty() {
                 tracing::info!(
@@ -528,13 +574,8 @@ impl QueueAdmin for SqsQueues {
         SqsQueues::create(self, name, options).await
     }
 
-    async fn set(
-        &self,
-        name: &str,
-        visibility_timeout: Option<Duration>,
-        max_receive_count: Option<u32>,
-    ) -> Result<QueueStats, QueueError> {
-        SqsQueues::set(self, name, visibility_timeout, max_receive_count).await
+    async fn set(&self, name: &str, changes: QueueChanges) -> Result<QueueStats, QueueError> {
+        SqsQueues::set(self, name, changes).await
     }
 
     async fn list(&self) -> Result<Vec<String>, QueueError> {
@@ -571,6 +612,8 @@ pub struct SqsQueue {
     fifo: bool,
     /// The queue's own `MaximumMessageSize`, body and attributes together.
     max_message_size: usize,
+    /// Polls left to finish after their receive was cancelled.
+    releases: tokio_util::task::TaskTracker,
 }
 
 impl SqsQueue {
@@ -661,10 +704,12 @@ impl SqsQueue {
         if !self.fifo {
             return None;
         }
-        Some(message.dedup_id.clone().unwrap_or_else(|| {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(message.body.as_bytes()))
-        }))
+        Some(
+            message
+                .dedup_id
+                .clone()
+                .unwrap_or_else(|| hex::encode(sha2::Sha256::digest(message.body.as_bytes()))),
+        )
     }
 }
 
@@ -797,7 +842,7 @@ impl Queue for SqsQueue {
                 // The caller stops waiting; the poll finishes on its own
                 // and releases what it took (see the module's notes).
                 let queue = self.clone();
-                tokio::spawn(async move {
+                self.releases.spawn(async move {
                     if let Ok(out) = poll.await {
                         queue.release(&out).await;
                     }
@@ -956,6 +1001,17 @@ impl Queue for SqsQueue {
             in_flight: number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
             delayed: number(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
         })
+    }
+
+    async fn close(&self) {
+        self.releases.close();
+        let longest = super::MAX_WAIT + Duration::from_secs(5);
+        if tokio::time::timeout(longest, self.releases.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(queue = %self.name, "a cancelled receive's poll did not finish; what it took comes back when its visibility timeout ends");
+        }
     }
 }
 

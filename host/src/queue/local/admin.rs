@@ -67,49 +67,77 @@ impl LocalQueues {
 
     /// Changes an existing queue's visibility timeout or the receive count
     /// of its redrive policy: the one way a queue's settings change.
-    pub async fn set(
-        &self,
-        name: &str,
-        visibility_timeout: Option<Duration>,
-        max_receive_count: Option<u32>,
-    ) -> Result<QueueStats, QueueError> {
-        if visibility_timeout.is_some_and(|v| v > MAX_VISIBILITY) {
+    pub async fn set(&self, name: &str, changes: QueueChanges) -> Result<QueueStats, QueueError> {
+        if changes
+            .visibility_timeout
+            .is_some_and(|v| v > MAX_VISIBILITY)
+        {
             return Err(QueueError::Invalid(format!(
                 "queue `{name}`: visibility timeout over 12 hours"
             )));
         }
-        if max_receive_count.is_some_and(|n| !(1..=1000).contains(&n)) {
+        if changes
+            .max_receive_count
+            .is_some_and(|n| !(1..=1000).contains(&n))
+        {
             return Err(QueueError::Invalid(format!(
                 "queue `{name}`: max receive count must be 1-1000"
             )));
         }
         let queue = self.queue(name).await?;
-        let queue_name = queue.name.clone();
+        if let Some(dlq) = &changes.dlq {
+            if check_name(dlq)? != queue.fifo {
+                return Err(QueueError::Invalid(format!(
+                    "queue `{name}`: its dead-letter queue `{dlq}` must be {} like it",
+                    if queue.fifo { "FIFO" } else { "standard" }
+                )));
+            }
+            if *dlq == queue.name {
+                return Err(QueueError::Invalid(format!(
+                    "queue `{name}` cannot be its own dead-letter queue"
+                )));
+            }
+        }
+        let (queue_name, fifo) = (queue.name.clone(), queue.fifo);
         self.with_db(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let (_, redrive) = settings_of(&tx, &queue_name)?
+            let (visibility, redrive) = settings_of(&tx, &queue_name)?
                 .ok_or_else(|| QueueError::NoSuchQueue(queue_name.clone()))?;
-            if let Some(visibility) = visibility_timeout {
-                tx.execute(
-                    "UPDATE queues SET visibility_ms = ?2 WHERE name = ?1",
-                    params![queue_name, visibility.as_millis() as i64],
-                )
-                .map_err(db_err)?;
-            }
-            if let Some(count) = max_receive_count {
-                if redrive.is_none() {
+            let visibility = changes.visibility_timeout.unwrap_or(visibility);
+            let redrive = match (changes.dlq, redrive) {
+                (Some(dlq), old) => {
+                    insert_queue(&tx, &dlq, fifo, DEFAULT_VISIBILITY, None)?;
+                    Some(Redrive {
+                        dlq,
+                        max_receive_count: changes
+                            .max_receive_count
+                            .or(old.map(|r| r.max_receive_count))
+                            .unwrap_or(DEFAULT_MAX_RECEIVE_COUNT),
+                    })
+                }
+                (None, Some(old)) => Some(Redrive {
+                    max_receive_count: changes.max_receive_count.unwrap_or(old.max_receive_count),
+                    ..old
+                }),
+                (None, None) if changes.max_receive_count.is_some() => {
                     return Err(QueueError::Invalid(format!(
-                        "queue `{queue_name}` has no dead-letter queue, so no receive count to set"
+                        "queue `{queue_name}` has no dead-letter queue, so no receive count to set (give one with --dlq)"
                     )));
                 }
-                tx.execute(
-                    "UPDATE queues SET max_receive_count = ?2 WHERE name = ?1",
-                    params![queue_name, count],
-                )
-                .map_err(db_err)?;
-            }
+                (None, None) => None,
+            };
+            tx.execute(
+                "UPDATE queues SET visibility_ms = ?2, dlq = ?3, max_receive_count = ?4 WHERE name = ?1",
+                params![
+                    queue_name,
+                    visibility.as_millis() as i64,
+                    redrive.as_ref().map(|r| r.dlq.as_str()),
+                    redrive.as_ref().map(|r| r.max_receive_count)
+                ],
+            )
+            .map_err(db_err)?;
             tx.commit().map_err(db_err)
         })
         .await?;
@@ -266,13 +294,8 @@ impl QueueAdmin for LocalQueues {
         Ok(format!("local://{name}"))
     }
 
-    async fn set(
-        &self,
-        name: &str,
-        visibility_timeout: Option<Duration>,
-        max_receive_count: Option<u32>,
-    ) -> Result<QueueStats, QueueError> {
-        LocalQueues::set(self, name, visibility_timeout, max_receive_count).await
+    async fn set(&self, name: &str, changes: QueueChanges) -> Result<QueueStats, QueueError> {
+        LocalQueues::set(self, name, changes).await
     }
 
     async fn list(&self) -> Result<Vec<String>, QueueError> {
