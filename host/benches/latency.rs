@@ -402,6 +402,32 @@ fn wasq_job(
     })
 }
 
+/// Writes `data` to `target` in 1 MiB writes, as a processor would.
+async fn write_all(
+    blobs: &wasq::blobs::S3Blobs,
+    target: &wasq::blobs::BlobUri,
+    data: &[u8],
+    budget: &wasq::blobs::Budget,
+) -> anyhow::Result<()> {
+    use wasq::blobs::BlobStore as _;
+    let mut writer = blobs
+        .create(
+            target,
+            wasq::blobs::CreateOptions {
+                content_type: None,
+                overwrite: true,
+                owner: "bench",
+                budget,
+            },
+        )
+        .await?;
+    for chunk in data.chunks(1 << 20) {
+        writer.write(chunk.to_vec()).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
 fn grants(read: &str, write: &str) -> String {
     let level = std::env::var("WASQ_BENCH_LEVEL").unwrap_or_else(|_| "6".into());
     format!(
@@ -654,21 +680,7 @@ fn main() -> anyhow::Result<()> {
             let target = wasq::blobs::BlobUri::parse(&format!("s3://{big}/parts/copy.bin"))?;
             let data = noise(size, 4);
             let started = Instant::now();
-            let mut writer = blobs
-                .create(
-                    &target,
-                    wasq::blobs::CreateOptions {
-                        content_type: None,
-                        overwrite: true,
-                        owner: "bench",
-                        budget: &budget,
-                    },
-                )
-                .await?;
-            for chunk in data.chunks(1 << 20) {
-                writer.write(chunk.to_vec()).await?;
-            }
-            writer.finish().await?;
+            write_all(&blobs, &target, &data, &budget).await?;
             let write = started.elapsed().as_secs_f64();
             // Both at once, as a job that copies does.
             let started = Instant::now();
@@ -678,24 +690,7 @@ fn main() -> anyhow::Result<()> {
                 while !reader.read(1 << 20).await?.is_empty() {}
                 anyhow::Ok(())
             };
-            let writing = async {
-                let mut writer = blobs
-                    .create(
-                        &copy,
-                        wasq::blobs::CreateOptions {
-                            content_type: None,
-                            overwrite: true,
-                            owner: "bench",
-                            budget: &budget,
-                        },
-                    )
-                    .await?;
-                for chunk in data.chunks(1 << 20) {
-                    writer.write(chunk.to_vec()).await?;
-                }
-                writer.finish().await?;
-                anyhow::Ok(())
-            };
+            let writing = write_all(&blobs, &copy, &data, &budget);
             let (r, w) = tokio::join!(reading, writing);
             r?;
             w?;
