@@ -5,8 +5,10 @@
 
 use crate::job::{self, Job};
 use serde::Serialize;
+use std::cell::RefCell;
 use std::fmt;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
+use std::rc::Rc;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
@@ -15,6 +17,10 @@ pub const CHUNK: u32 = 1 << 20;
 /// Inputs at least this large get ZIP64 headers: deflate can add a little to
 /// incompressible data, so the switch comes a margin before 4 GiB.
 const LARGE_FILE: u64 = 0xF000_0000;
+/// Entries stored unchanged from this size on are appended by the store
+/// itself when it can (S3 copies them inside the bucket); below it a copy
+/// saves too little to be worth its requests.
+const COPY_AT_LEAST: u64 = 16 << 20;
 /// The table results are recorded in, under the job id.
 pub const RESULTS_TABLE: &str = "archives";
 
@@ -75,6 +81,19 @@ pub trait Store {
     /// Says which objects will be opened next, in order, so the store can
     /// start reading them; a hint that changes nothing else.
     fn prefetch(&self, _uris: &[String]) {}
+    /// Asks the store to append `length` bytes of the object `reader`
+    /// reads, from byte `offset` on, to `writer` without passing them
+    /// through here (a copy inside the store). `Ok(false)` when it cannot:
+    /// then nothing was appended. The reader's position does not move.
+    fn append_from(
+        &self,
+        _writer: &mut Self::Writer,
+        _reader: &Self::Reader,
+        _offset: u64,
+        _length: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// Why a job did not complete, and so what should become of its message.
@@ -156,9 +175,11 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
     let writer = store
         .create(&job.output, Some("application/zip"))
         .map_err(|err| Failure::from_store(&output_what, err))?;
-    let mut zip = ZipWriter::new_stream(BufWriter::with_capacity(CHUNK as usize, Sink(writer)));
+    let out = Rc::new(RefCell::new(Out::new(writer)));
+    let mut zip = ZipWriter::new_stream(Sink(out.clone()));
 
     let mut read = 0u64;
+    let mut chunk = Vec::with_capacity(CHUNK as usize);
     for (index, name) in names.iter().enumerate() {
         let uri = &job.files[index];
         let what = format!("files[{index}] `{uri}`");
@@ -181,29 +202,55 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
         let mut reader = store
             .open(uri)
             .map_err(|err| Failure::from_store(&what, err))?;
+        // A large stored entry's bytes are copied by the store; they are
+        // still read, for the CRC-32 the zip records, and dropped here.
+        let copied = method == CompressionMethod::Stored
+            && info.size >= COPY_AT_LEAST
+            && out
+                .borrow_mut()
+                .append_from(store, &reader, info.size)
+                .map_err(|err| Failure::from_store(&format!("{what}: copying it"), err))?;
+        // The compressor gets whole chunks whatever sizes the reads come
+        // in (they follow the network), so its output is the same on
+        // every store and every run.
+        let mut entry = 0u64;
         loop {
-            let chunk = reader
-                .read(CHUNK)
-                .map_err(|err| Failure::from_store(&what, err))?;
+            chunk.clear();
+            while chunk.len() < CHUNK as usize {
+                let read = reader
+                    .read(CHUNK - chunk.len() as u32)
+                    .map_err(|err| Failure::from_store(&what, err))?;
+                if read.is_empty() {
+                    break;
+                }
+                chunk.extend_from_slice(&read);
+            }
             if chunk.is_empty() {
                 break;
             }
+            entry += chunk.len() as u64;
             zip.write_all(&chunk)
                 .map_err(|err| io_failure(&output_what, err))?;
         }
+        if copied && entry != info.size {
+            return Err(Failure::Retry(format!(
+                "{what}: {entry} bytes read where {} were copied: the object changed",
+                info.size
+            )));
+        }
         read += info.size;
         store.debug(&format!(
-            "added {uri} as `{name}` ({} bytes, {method})",
-            info.size
+            "added {uri} as `{name}` ({} bytes, {method}{})",
+            info.size,
+            if copied { ", copied by the store" } else { "" }
         ));
     }
 
-    let buffered = zip.finish().map_err(|err| zip_failure(&output_what, err))?;
-    let Sink(writer) = buffered
+    drop(zip.finish().map_err(|err| zip_failure(&output_what, err))?);
+    let archive = Rc::try_unwrap(out)
+        .ok()
+        .expect("the zip writer is gone")
         .into_inner()
-        .into_inner()
-        .map_err(|err| io_failure(&output_what, err.into_error()))?;
-    let archive = writer
         .finish()
         .map_err(|err| Failure::from_store(&output_what, err))?;
     let url = store
@@ -223,12 +270,78 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
     })
 }
 
-/// Lets the zip writer write into a store writer.
-struct Sink<W>(W);
+/// The archive on its way to the store: written in chunks of [`CHUNK`],
+/// except for stretches the store appended itself, which the zip writer
+/// still writes (it computes their CRC-32) and which are dropped here.
+struct Out<W> {
+    writer: W,
+    buffer: Vec<u8>,
+    /// Bytes still to drop: the rest of a stretch the store appended.
+    skip: u64,
+}
+
+impl<W: ObjectWriter> Out<W> {
+    fn new(writer: W) -> Self {
+        Out {
+            writer,
+            buffer: Vec::with_capacity(CHUNK as usize),
+            skip: 0,
+        }
+    }
+
+    fn write(&mut self, mut bytes: &[u8]) -> Result<(), StoreError> {
+        let dropped = usize::try_from(self.skip)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        self.skip -= dropped as u64;
+        bytes = &bytes[dropped..];
+        if self.buffer.len() + bytes.len() > CHUNK as usize {
+            self.flush()?;
+        }
+        if bytes.len() >= CHUNK as usize {
+            self.writer.write(bytes)
+        } else {
+            self.buffer.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.buffer.is_empty() {
+            self.writer.write(&self.buffer)?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    /// Has the store append the first `length` bytes of what `reader`
+    /// reads, and drops them when the zip writer writes them next.
+    fn append_from<S: Store<Writer = W>>(
+        &mut self,
+        store: &S,
+        reader: &S::Reader,
+        length: u64,
+    ) -> Result<bool, StoreError> {
+        self.flush()?;
+        let copied = store.append_from(&mut self.writer, reader, 0, length)?;
+        if copied {
+            self.skip = length;
+        }
+        Ok(copied)
+    }
+
+    fn finish(mut self) -> Result<ObjectInfo, StoreError> {
+        self.flush()?;
+        self.writer.finish()
+    }
+}
+
+/// Lets the zip writer write into the archive's [`Out`].
+struct Sink<W>(Rc<RefCell<Out<W>>>);
 
 impl<W: ObjectWriter> Write for Sink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf).map_err(io::Error::other)?;
+        self.0.borrow_mut().write(buf).map_err(io::Error::other)?;
         Ok(buf.len())
     }
 
@@ -271,6 +384,12 @@ mod tests {
         objects: RefCell<BTreeMap<String, Vec<u8>>>,
         written: Rc<RefCell<BTreeMap<String, Vec<u8>>>>,
         records: RefCell<Vec<(String, String, String)>>,
+        /// Whether `append_from` copies, and how many bytes it copied.
+        copies: bool,
+        /// Whether reads return short chunks of varying size, as reads
+        /// over a network do.
+        ragged: bool,
+        copied: RefCell<u64>,
     }
 
     fn zeros_len(uri: &str) -> Option<u64> {
@@ -285,6 +404,7 @@ mod tests {
 
     enum MemReader {
         Bytes(Vec<u8>, usize),
+        Ragged(Vec<u8>, usize),
         Zeros(u64),
     }
 
@@ -293,6 +413,13 @@ mod tests {
             match self {
                 MemReader::Bytes(bytes, at) => {
                     let end = (*at + max as usize).min(bytes.len());
+                    let chunk = bytes[*at..end].to_vec();
+                    *at = end;
+                    Ok(chunk)
+                }
+                MemReader::Ragged(bytes, at) => {
+                    let short = 1 + (*at * 7919) % 70_000;
+                    let end = (*at + short.min(max as usize)).min(bytes.len());
                     let chunk = bytes[*at..end].to_vec();
                     *at = end;
                     Ok(chunk)
@@ -351,6 +478,7 @@ mod tests {
         fn open(&self, uri: &str) -> Result<MemReader, StoreError> {
             match zeros_len(uri) {
                 Some(n) => Ok(MemReader::Zeros(n)),
+                None if self.ragged => Ok(MemReader::Ragged(self.objects.borrow()[uri].clone(), 0)),
                 None => Ok(MemReader::Bytes(self.objects.borrow()[uri].clone(), 0)),
             }
         }
@@ -371,6 +499,26 @@ mod tests {
             Ok(())
         }
         fn info(&self, _: &str) {}
+        fn append_from(
+            &self,
+            writer: &mut MemWriter,
+            reader: &MemReader,
+            offset: u64,
+            length: u64,
+        ) -> Result<bool, StoreError> {
+            if !self.copies {
+                return Ok(false);
+            }
+            let (start, end) = (offset as usize, (offset + length) as usize);
+            match reader {
+                MemReader::Bytes(bytes, _) | MemReader::Ragged(bytes, _) => {
+                    writer.bytes.extend_from_slice(&bytes[start..end])
+                }
+                MemReader::Zeros(_) => writer.bytes.resize(writer.bytes.len() + end - start, 0),
+            }
+            *self.copied.borrow_mut() += length;
+            Ok(true)
+        }
     }
 
     fn archive(store: &MemStore, uri: &str) -> zip::ZipArchive<std::io::Cursor<Vec<u8>>> {
@@ -421,6 +569,75 @@ mod tests {
         );
         assert!(store.written.borrow().is_empty());
         assert!(store.records.borrow().is_empty());
+    }
+
+    /// A large stored entry the store copies itself gives the very archive
+    /// the zip writer would have written, small entries around it included.
+    #[test]
+    fn entries_the_store_copies_leave_the_archive_byte_identical() {
+        let mut big: Vec<u8> = (0..20u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        big[12345] = 7;
+        let body = serde_json::json!({
+            "job_id": "copy",
+            "files": ["s3://d/a.txt", "s3://d/film.mp4", "s3://d/zeros-17000000.jpg", "s3://d/small.mp4", "s3://d/b.txt"],
+            "output": "s3://o/copy.zip"
+        })
+        .to_string();
+        let made = |copies: bool| {
+            let store = MemStore {
+                copies,
+                ..MemStore::default()
+            };
+            let mut objects = store.objects.borrow_mut();
+            objects.insert("s3://d/a.txt".into(), b"first ".repeat(1000));
+            objects.insert("s3://d/film.mp4".into(), big.clone());
+            objects.insert("s3://d/small.mp4".into(), vec![9; 1 << 20]);
+            objects.insert("s3://d/b.txt".into(), b"last".to_vec());
+            drop(objects);
+            run(&store, &body, &Settings::default()).unwrap();
+            let bytes = store.written.borrow()["s3://o/copy.zip"].clone();
+            (bytes, *store.copied.borrow())
+        };
+        let (streamed, none) = made(false);
+        let (copied, bytes) = made(true);
+        assert_eq!(none, 0);
+        // The two large stored entries were copied; the small one was not.
+        assert_eq!(bytes, (20 << 20) + 17_000_000);
+        assert!(streamed == copied, "the archives differ");
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(copied)).unwrap();
+        let mut film = Vec::new();
+        zip.by_name("film.mp4")
+            .unwrap()
+            .read_to_end(&mut film)
+            .unwrap();
+        assert!(film == big);
+    }
+
+    /// Reads that come back in short chunks of any size, as over a network,
+    /// make the same archive as whole ones: the compressor is fed whole
+    /// chunks either way.
+    #[test]
+    fn read_sizes_do_not_change_the_archive() {
+        let text: Vec<u8> = (0..40_000)
+            .flat_map(|i| format!("line {i}: the quick brown fox {}\n", i % 97).into_bytes())
+            .collect();
+        let body =
+            r#"{"job_id":"r","files":["s3://d/a.txt","s3://d/b.csv"],"output":"s3://o/r.zip"}"#;
+        let made = |ragged: bool| {
+            let store = MemStore {
+                ragged,
+                ..MemStore::default()
+            };
+            let mut objects = store.objects.borrow_mut();
+            objects.insert("s3://d/a.txt".into(), text.clone());
+            objects.insert("s3://d/b.csv".into(), text[..1_234_567].to_vec());
+            drop(objects);
+            run(&store, body, &Settings::default()).unwrap();
+            store.written.take().remove("s3://o/r.zip").unwrap()
+        };
+        assert!(made(false) == made(true), "the archives differ");
     }
 
     /// More than 65,535 entries needs ZIP64's end-of-directory records.

@@ -122,6 +122,15 @@ mod component {
         fn prefetch(&self, uris: &[String]) {
             blobs::prefetch(uris);
         }
+        fn append_from(
+            &self,
+            writer: &mut blobs::Writer,
+            reader: &blobs::Reader,
+            offset: u64,
+            length: u64,
+        ) -> Result<bool, StoreError> {
+            Ok(writer.append_from(reader, offset, length)?)
+        }
     }
 
     bindings::export!(Compress with_types_in bindings);

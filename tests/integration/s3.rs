@@ -206,6 +206,167 @@ async fn an_archive_over_20_mib_goes_up_by_multipart_and_its_link_downloads_it(s
     assert!(body == stored, "the link served other bytes");
 }
 
+on_both_servers!(large_stored_entries_are_copied_inside_the_store_and_the_archive_is_unchanged);
+async fn large_stored_entries_are_copied_inside_the_store_and_the_archive_is_unchanged(
+    server: Server,
+) {
+    let docs = server.make_bucket("docs").await;
+    let archives = server.make_bucket("archives").await;
+    // Text before each large entry leaves bytes buffered, which are topped
+    // up to a part from the entry before the rest of it is copied.
+    let inputs = [
+        ("notes.txt", harness::text(300_000)),
+        ("film.mp4", noise(24 * MB + 777, 3)),
+        ("clip.mov", noise(40 * MB + 12_345, 4)),
+        ("small.mp4", noise(3 * MB, 5)),
+        ("end.txt", b"the end\n".to_vec()),
+    ];
+    let local = harness::Env::new();
+    for (name, bytes) in &inputs {
+        server
+            .put(&format!("s3://{docs}/{name}"), bytes.clone())
+            .await;
+        local.put(&format!("{docs}/{name}"), bytes);
+    }
+    let files: Vec<String> = inputs
+        .iter()
+        .map(|(name, _)| format!("s3://{docs}/{name}"))
+        .collect();
+    let plugin = harness::compress(Limits::default(), Default::default());
+    let job = |output: &str| {
+        let job = serde_json::json!({"job_id": "copy", "files": files, "output": output});
+        harness::message("m", &job.to_string())
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let services = Services {
+        blobs: std::sync::Arc::new(server.blobs()),
+        records: std::sync::Arc::new(SqliteRecords::open(&dir.path().join("records.db")).unwrap()),
+    };
+    let output = format!("s3://{archives}/copied.zip");
+    let (run, log) = harness::run(&plugin, &services, &job(&output)).await;
+    assert!(
+        matches!(run.outcome, wasq::runtime::Outcome::Done(_)),
+        "{:?}",
+        run.outcome
+    );
+    let copied: Vec<String> = log
+        .lines()
+        .into_iter()
+        .map(|line| line.message)
+        .filter(|line| line.contains("copied by the store"))
+        .collect();
+    assert_eq!(copied.len(), 2, "{copied:?}");
+    assert!(copied[0].contains("film.mp4") && copied[1].contains("clip.mov"));
+    assert_eq!(server.open_uploads(&archives).await, 0);
+    let stored = server.get(&output).await;
+
+    // The local store copies nothing; the same job makes the same bytes.
+    let (run, log) = harness::run(
+        &plugin,
+        &local.services,
+        &job(&format!("s3://{archives}/local.zip")),
+    )
+    .await;
+    assert!(
+        matches!(run.outcome, wasq::runtime::Outcome::Done(_)),
+        "{:?}",
+        run.outcome
+    );
+    assert!(
+        !log.lines()
+            .iter()
+            .any(|line| line.message.contains("copied by the store"))
+    );
+    let streamed = std::fs::read(local.root().join(format!("{archives}/local.zip"))).unwrap();
+    assert!(
+        stored == streamed,
+        "the copied archive differs from the streamed one"
+    );
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(stored)).unwrap();
+    for (name, bytes) in &inputs {
+        let mut read = Vec::new();
+        // Reading an entry to its end checks its CRC-32 too.
+        std::io::Read::read_to_end(&mut zip.by_name(name).unwrap(), &mut read).unwrap();
+        assert!(read == *bytes, "{name} differs");
+    }
+
+    // Bytes copied count against the bytes the processor may write, though
+    // they never pass through it.
+    let limited = harness::compress(
+        Limits {
+            bytes_written: 40 * MB as u64,
+            ..Limits::default()
+        },
+        Default::default(),
+    );
+    let output = format!("s3://{archives}/limited.zip");
+    let (run, _) = harness::run(&limited, &services, &job(&output)).await;
+    assert_eq!(
+        run.fault,
+        Some(wasq::runtime::Fault::BytesWritten(40 * MB as u64)),
+        "{:?}",
+        run.outcome
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.open_uploads(&archives).await, 0);
+}
+
+/// A copy inside the store names the source's version: an object replaced
+/// after it was opened is not copied, and the writer leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto and SeaweedFS: `bash tests/run.sh` starts them and runs this"]
+async fn a_source_replaced_before_its_copy_is_not_copied() {
+    let server = Server::seaweedfs().await;
+    let bucket = server.make_bucket("copies").await;
+    let source = format!("s3://{bucket}/source.mp4");
+    server.put(&source, noise(12 * MB, 1)).await;
+    let blobs = server.blobs();
+    let budget = Budget::default();
+    let reader = blobs
+        .open(&BlobUri::parse(&source).unwrap(), &budget)
+        .await
+        .unwrap();
+    let target = BlobUri::parse(&format!("s3://{bucket}/out.zip")).unwrap();
+    let options = CreateOptions {
+        content_type: None,
+        overwrite: false,
+        owner: "q/m",
+        budget: &budget,
+    };
+
+    // Too short to copy once the buffered bytes are topped up: declined.
+    let mut writer = blobs.create(&target, options).await.unwrap();
+    writer.write(vec![1; 1000]).await.unwrap();
+    assert_eq!(
+        writer.copy_in(reader.info(), 0, 9 * MB as u64).await,
+        Ok(false)
+    );
+    drop(writer);
+
+    server.put(&source, noise(12 * MB, 2)).await;
+    // With bytes buffered, the top-up read fails; with none, the copy.
+    for buffered in [1000, 0] {
+        let mut writer = blobs.create(&target, options).await.unwrap();
+        writer.write(vec![1; buffered]).await.unwrap();
+        let copied = writer.copy_in(reader.info(), 0, 12 * MB as u64).await;
+        let finished = match copied {
+            Ok(_) => writer.finish().await.map(|_| ()),
+            Err(err) => Err(err),
+        };
+        assert!(
+            matches!(&finished, Err(BlobError::Unavailable(m)) if m.contains("changed")),
+            "{buffered} bytes buffered: {finished:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.open_uploads(&bucket).await, 0);
+    assert!(matches!(
+        blobs.stat(&target).await,
+        Err(BlobError::NotFound(_))
+    ));
+}
+
 on_both_servers!(s3_writes_are_all_or_nothing_and_errors_name_the_object);
 async fn s3_writes_are_all_or_nothing_and_errors_name_the_object(server: Server) {
     let out = server.make_bucket("out").await;

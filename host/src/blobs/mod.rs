@@ -295,6 +295,18 @@ pub trait BlobReader: Send + Sync {
 #[async_trait]
 pub trait BlobWriter: Send + Sync {
     async fn write(&mut self, chunk: Vec<u8>) -> Result<(), BlobError>;
+    /// Appends `length` bytes of `source` (the version its ETag names) from
+    /// byte `offset` on, copied inside the store; `Ok(false)` when this
+    /// store cannot, and then nothing was appended. After an error the
+    /// writer must be dropped.
+    async fn copy_in(
+        &mut self,
+        _source: &ObjectInfo,
+        _offset: u64,
+        _length: u64,
+    ) -> Result<bool, BlobError> {
+        Ok(false)
+    }
     /// Makes the object visible (see [`CreateOptions`] for what happens
     /// when one is already there).
     async fn finish(self: Box<Self>) -> Result<ObjectInfo, BlobError>;

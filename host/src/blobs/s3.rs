@@ -18,6 +18,11 @@
 //!   `finish`, and aborted on any failure or when the writer is dropped, so
 //!   nothing partial is ever visible. Parts of 5 MiB bound an object at
 //!   10,000 parts, about 48 GiB.
+//! - A stretch of another object appended whole (`copy_in`, for entries a
+//!   processor stores unchanged) is copied inside S3 with `UploadPartCopy`
+//!   in parts of up to 32 MiB, after the bytes buffered are topped up to a
+//!   part from the source: the bytes never pass through the host. Each
+//!   copy names the source's ETag, so a replaced source fails the copy.
 //! - Requests are retried in the SDK's adaptive mode, which backs off and
 //!   slows its own rate when S3 answers `503 SlowDown`.
 //!
@@ -39,6 +44,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::time::Duration;
 
 /// The size of each part of a multipart upload but the last; S3 needs at
@@ -50,6 +56,11 @@ pub const RANGE_SIZE: u64 = 2 << 20;
 const READ_WINDOW: usize = 16;
 /// Parts one writer keeps uploading at once at most.
 const UPLOAD_WINDOW: usize = 8;
+/// The most one `UploadPartCopy` copies: few requests for a large object,
+/// and still several going at once.
+const COPY_PART_SIZE: u64 = 32 << 20;
+/// The most parts a multipart upload may have.
+const MAX_PARTS: u64 = 10_000;
 /// Attempts per request in the adaptive retry mode.
 const MAX_ATTEMPTS: u32 = 5;
 /// The metadata naming the message that wrote an object.
@@ -327,12 +338,7 @@ impl S3Reader {
                     .set_if_match(etag)
                     .send()
                     .await
-                    .map_err(|err| match status(&err) {
-                        Some(412) => BlobError::Unavailable(format!(
-                            "`{uri}` changed while it was being read"
-                        )),
-                        _ => error(&uri, &err),
-                    })?;
+                    .map_err(|err| changed_or(&uri, &err))?;
                 let bytes = out.body.collect().await.map_err(|err| {
                     BlobError::Unavailable(format!("`{uri}`: reading the object: {err}"))
                 })?;
@@ -361,12 +367,7 @@ impl S3Reader {
             .set_if_match(self.info.etag.clone())
             .send()
             .await
-            .map_err(|err| match status(&err) {
-                Some(412) => {
-                    BlobError::Unavailable(format!("`{uri}` changed while it was being read"))
-                }
-                _ => error(uri, &err),
-            })?;
+            .map_err(|err| changed_or(uri, &err))?;
         self.body = Some(out.body);
         self.next_start = end + 1;
         Ok(())
@@ -451,32 +452,38 @@ struct S3Writer {
 }
 
 impl S3Writer {
+    /// Starts the multipart upload, unless it is under way.
+    async fn start_upload(&mut self) -> Result<(), BlobError> {
+        if self.upload.is_some() {
+            return Ok(());
+        }
+        let out = self
+            .store
+            .client
+            .create_multipart_upload()
+            .bucket(self.uri.bucket())
+            .key(self.uri.key())
+            .set_content_type(self.content_type.clone())
+            .metadata(OWNER_METADATA, &self.owner)
+            .send()
+            .await
+            .map_err(|err| error(&self.uri, &err))?;
+        self.upload = Some(Upload {
+            id: out.upload_id().unwrap_or_default().to_string(),
+            parts: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
+            next_number: 1,
+            done: false,
+        });
+        Ok(())
+    }
+
     /// Sends the buffer as the next part, starting the upload if needed. The
     /// part goes up on its own while the processor writes on, as long as
     /// the budget holds its buffer; otherwise the oldest part is waited for
     /// first, and with none in flight this one is sent before returning.
     async fn flush_part(&mut self) -> Result<(), BlobError> {
-        if self.upload.is_none() {
-            let out = self
-                .store
-                .client
-                .create_multipart_upload()
-                .bucket(self.uri.bucket())
-                .key(self.uri.key())
-                .set_content_type(self.content_type.clone())
-                .metadata(OWNER_METADATA, &self.owner)
-                .send()
-                .await
-                .map_err(|err| error(&self.uri, &err))?;
-            let id = out.upload_id().unwrap_or_default().to_string();
-            self.upload = Some(Upload {
-                id,
-                parts: Vec::new(),
-                in_flight: std::collections::VecDeque::new(),
-                next_number: 1,
-                done: false,
-            });
-        }
+        self.start_upload().await?;
         let what = format!("`{}`", self.uri);
         let reservation = loop {
             let upload = self.upload.as_mut().expect("started above");
@@ -572,6 +579,134 @@ impl S3Writer {
     }
 }
 
+impl S3Writer {
+    /// Fills the buffer to a whole part with `source`'s bytes from `offset`
+    /// on, read with a ranged GET of that version.
+    async fn fill_from(
+        &mut self,
+        source: &ObjectInfo,
+        etag: &str,
+        offset: u64,
+    ) -> Result<(), BlobError> {
+        let want = PART_SIZE - self.buffer.len();
+        let uri = &source.uri;
+        let out = self
+            .store
+            .client
+            .get_object()
+            .bucket(uri.bucket())
+            .key(uri.key())
+            .range(format!("bytes={offset}-{}", offset + want as u64 - 1))
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|err| changed_or(uri, &err))?;
+        let mut body = out.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| {
+                BlobError::Unavailable(format!("`{uri}`: reading the object: {err}"))
+            })?;
+            if self.buffer.len() + chunk.len() > PART_SIZE {
+                return Err(BlobError::Unavailable(format!(
+                    "`{uri}`: the store sent more than the {want} bytes asked for"
+                )));
+            }
+            self.buffer.extend_from_slice(&chunk);
+        }
+        if self.buffer.len() < PART_SIZE {
+            return Err(BlobError::Unavailable(format!(
+                "`{uri}`: the store sent fewer than the {want} bytes asked for"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts copying `source`'s bytes `start..end` into the next part,
+    /// once the upload window has room (a copy holds no buffer here).
+    async fn copy_part(
+        &mut self,
+        source: &ObjectInfo,
+        etag: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<(), BlobError> {
+        self.start_upload().await?;
+        let upload = self.upload.as_mut().expect("started above");
+        while upload.in_flight.len() >= UPLOAD_WINDOW {
+            let (task, _) = upload.in_flight.pop_front().expect("the window is full");
+            let part = join_part(&self.uri, task).await?;
+            upload.parts.push(part);
+        }
+        let number = upload.next_number;
+        upload.next_number += 1;
+        let client = self.store.client.clone();
+        let (uri, id) = (self.uri.clone(), upload.id.clone());
+        let from = source.uri.clone();
+        let copy_source = format!(
+            "{}/{}",
+            from.bucket(),
+            utf8_percent_encode(from.key(), KEY_IN_COPY_SOURCE)
+        );
+        let etag = etag.to_string();
+        let copy = async move {
+            let started = std::time::Instant::now();
+            let out = client
+                .upload_part_copy()
+                .bucket(uri.bucket())
+                .key(uri.key())
+                .upload_id(id)
+                .part_number(number)
+                .copy_source(copy_source)
+                .copy_source_range(format!("bytes={start}-{}", end - 1))
+                .copy_source_if_match(etag)
+                .send()
+                .await
+                .map_err(|err| changed_or(&from, &err))?;
+            tracing::debug!(%uri, part = number, source = %from, bytes = end - start, took = ?started.elapsed(), "part copied");
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(
+                    out.copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .map(str::to_string),
+                )
+                .build())
+        };
+        upload.in_flight.push_back((tokio::spawn(copy), None));
+        Ok(())
+    }
+}
+
+/// The characters of a key escaped in `x-amz-copy-source`: all but letters,
+/// digits, `/` and the unreserved marks.
+const KEY_IN_COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A failed read of a source object: `412` means it was replaced since it
+/// was opened.
+fn changed_or<E>(uri: &BlobUri, err: &SdkError<E, HttpResponse>) -> BlobError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match status(err) {
+        Some(412) => BlobError::Unavailable(format!("`{uri}` changed while it was being read")),
+        _ => error(uri, err),
+    }
+}
+
+/// How `length` bytes copied inside the store are cut into parts: as few
+/// as [`COPY_PART_SIZE`] allows, of even size, so none falls under S3's
+/// 5 MiB minimum when `length` is at least that.
+fn copy_cuts(length: u64) -> impl Iterator<Item = (u64, u64)> {
+    let count = length.div_ceil(COPY_PART_SIZE).max(1);
+    let each = length.div_ceil(count);
+    (0..count).map(move |i| (i * each, ((i + 1) * each).min(length)))
+}
+
 /// The outcome of one part's upload task.
 async fn join_part(uri: &BlobUri, task: PartTask) -> Result<CompletedPart, BlobError> {
     task.await
@@ -595,6 +730,45 @@ impl BlobWriter for S3Writer {
             }
         }
         Ok(())
+    }
+
+    async fn copy_in(
+        &mut self,
+        source: &ObjectInfo,
+        offset: u64,
+        length: u64,
+    ) -> Result<bool, BlobError> {
+        let Some(etag) = source.etag.clone() else {
+            return Ok(false);
+        };
+        // The bytes buffered are topped up to a whole part from the source;
+        // what follows is copied, in parts of at least 5 MiB.
+        let top_up = match self.buffer.len() {
+            0 => 0,
+            held => (PART_SIZE - held) as u64,
+        };
+        let Some(copied) = length
+            .checked_sub(top_up)
+            .filter(|rest| *rest >= PART_SIZE as u64)
+        else {
+            return Ok(false);
+        };
+        let parts = copied.div_ceil(COPY_PART_SIZE) + u64::from(top_up > 0);
+        let next = self.upload.as_ref().map_or(1, |u| u.next_number);
+        if u64::try_from(next).unwrap_or(u64::MAX) + parts > MAX_PARTS + 1 {
+            return Ok(false);
+        }
+        if top_up > 0 {
+            self.fill_from(source, &etag, offset).await?;
+            self.flush_part().await?;
+        }
+        let start = offset + top_up;
+        for (from, to) in copy_cuts(copied) {
+            self.copy_part(source, &etag, start + from, start + to)
+                .await?;
+        }
+        self.size += length;
+        Ok(true)
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo, BlobError> {

@@ -201,6 +201,52 @@ impl wit::HostWriter for HostState {
         Ok(())
     }
 
+    async fn append_from(
+        &mut self,
+        writer: Resource<WriterHandle>,
+        source: Resource<ReaderHandle>,
+        offset: u64,
+        length: u64,
+    ) -> Result<bool, HostBlobError> {
+        let object = self.table.get(&source)?.0.info().clone();
+        if offset
+            .checked_add(length)
+            .is_none_or(|end| end > object.size)
+        {
+            return Err(BlobError::Invalid(format!(
+                "`{}` holds {} bytes: {length} bytes from byte {offset} are not all there",
+                object.uri, object.size
+            ))
+            .into());
+        }
+        let limit = self.limits.bytes_written;
+        if self.usage.bytes_written.saturating_add(length) > limit {
+            return Err(self.exceed(Fault::BytesWritten(limit)).into());
+        }
+        let handle = self.table.get_mut(&writer)?;
+        let Some(inner) = handle.writer.as_mut() else {
+            return Err(BlobError::Invalid(format!(
+                "`{}`: the writer is already finished",
+                handle.uri
+            ))
+            .into());
+        };
+        match inner.copy_in(&object, offset, length).await {
+            Ok(copied) => {
+                if copied {
+                    self.usage.bytes_written += length;
+                }
+                Ok(copied)
+            }
+            Err(err) => {
+                // Part of the stretch may be in the upload: the writer is
+                // spent, and dropping it discards the upload.
+                handle.writer = None;
+                Err(err.into())
+            }
+        }
+    }
+
     async fn finish(
         &mut self,
         writer: Resource<WriterHandle>,
