@@ -94,6 +94,18 @@ pub trait Store {
     ) -> Result<bool, StoreError> {
         Ok(false)
     }
+    /// The CRC-32 of the whole object `reader` reads, when the store keeps
+    /// one for that version.
+    fn checksum(&self, _reader: &Self::Reader) -> Result<Option<Checksum>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// A whole object's CRC-32 and the size it covers, as the store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checksum {
+    pub crc32: u32,
+    pub size: u64,
 }
 
 /// Why a job did not complete, and so what should become of its message.
@@ -210,6 +222,24 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
                 .borrow_mut()
                 .append_from(store, &reader, info.size)
                 .map_err(|err| Failure::from_store(&format!("{what}: copying it"), err))?;
+        // An entry copied whole whose CRC-32 the store keeps is not read.
+        let known = if copied {
+            store
+                .checksum(&reader)
+                .map_err(|err| Failure::from_store(&what, err))?
+                .filter(|sum| sum.size == info.size)
+        } else {
+            None
+        };
+        if let Some(sum) = known {
+            skip_entry(&mut zip, sum, &mut chunk).map_err(|err| zip_failure(&output_what, err))?;
+            read += info.size;
+            store.debug(&format!(
+                "added {uri} as `{name}` ({} bytes, {method}, copied by the store, CRC-32 from the store)",
+                info.size
+            ));
+            continue;
+        }
         // The compressor gets whole chunks whatever sizes the reads come
         // in (they follow the network), so its output is the same on
         // every store and every run.
@@ -350,6 +380,32 @@ impl<W: ObjectWriter> Write for Sink<W> {
     }
 }
 
+/// Finishes an entry whose bytes the store appended and whose CRC-32 it
+/// knows, without reading them: the zip writer is given as many zeros
+/// (dropped by [`Out`], which is skipping the appended stretch) so that its
+/// count of the entry's bytes and of its own position is right, then the
+/// store's CRC-32 for the one computed over the zeros.
+fn skip_entry<W: ObjectWriter>(
+    zip: &mut ZipWriter<zip::write::StreamWriter<Sink<W>>>,
+    sum: Checksum,
+    chunk: &mut Vec<u8>,
+) -> zip::result::ZipResult<()> {
+    chunk.clear();
+    chunk.resize(CHUNK as usize, 0);
+    let mut left = sum.size;
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
+        zip.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    // SAFETY: not memory safety; the zip crate's contract that the length
+    // and CRC-32 describe the entry's data. The store appended exactly
+    // `sum.size` bytes, the whole object of the version `sum` covers (the
+    // copy and the checksum both name the reader's version), and `sum.crc32`
+    // is the store's CRC-32 of those bytes.
+    unsafe { zip.set_file_metadata(sum.size, sum.crc32) }
+}
+
 /// A write that failed in the store keeps its store error; anything else is
 /// a fault of the archive itself.
 fn io_failure(what: &str, err: io::Error) -> Failure {
@@ -389,6 +445,10 @@ mod tests {
         /// Whether reads return short chunks of varying size, as reads
         /// over a network do.
         ragged: bool,
+        /// Whether the store keeps every object's CRC-32.
+        checksums: bool,
+        /// Per-object lines logged.
+        logged: RefCell<Vec<String>>,
         copied: RefCell<u64>,
     }
 
@@ -499,6 +559,32 @@ mod tests {
             Ok(())
         }
         fn info(&self, _: &str) {}
+        fn debug(&self, message: &str) {
+            self.logged.borrow_mut().push(message.to_string());
+        }
+        fn checksum(&self, reader: &MemReader) -> Result<Option<Checksum>, StoreError> {
+            if !self.checksums {
+                return Ok(None);
+            }
+            let (crc32, size) = match reader {
+                MemReader::Bytes(bytes, _) | MemReader::Ragged(bytes, _) => {
+                    (crc32fast::hash(bytes), bytes.len() as u64)
+                }
+                // The reader counts down; only a fresh one is asked.
+                MemReader::Zeros(left) => {
+                    let mut hasher = crc32fast::Hasher::new();
+                    let zeros = vec![0; 1 << 20];
+                    let mut n = *left;
+                    while n > 0 {
+                        let take = n.min(zeros.len() as u64);
+                        hasher.update(&zeros[..take as usize]);
+                        n -= take;
+                    }
+                    (hasher.finalize(), *left)
+                }
+            };
+            Ok(Some(Checksum { crc32, size }))
+        }
         fn append_from(
             &self,
             writer: &mut MemWriter,
@@ -585,9 +671,10 @@ mod tests {
             "output": "s3://o/copy.zip"
         })
         .to_string();
-        let made = |copies: bool| {
+        let made = |copies: bool, checksums: bool| {
             let store = MemStore {
                 copies,
+                checksums,
                 ..MemStore::default()
             };
             let mut objects = store.objects.borrow_mut();
@@ -598,14 +685,25 @@ mod tests {
             drop(objects);
             run(&store, &body, &Settings::default()).unwrap();
             let bytes = store.written.borrow()["s3://o/copy.zip"].clone();
-            (bytes, *store.copied.borrow())
+            let unread = store
+                .logged
+                .borrow()
+                .iter()
+                .filter(|line| line.contains("CRC-32 from the store"))
+                .count();
+            (bytes, *store.copied.borrow(), unread)
         };
-        let (streamed, none) = made(false);
-        let (copied, bytes) = made(true);
+        let (streamed, none, _) = made(false, false);
+        let (copied, bytes, unread) = made(true, false);
         assert_eq!(none, 0);
         // The two large stored entries were copied; the small one was not.
         assert_eq!(bytes, (20 << 20) + 17_000_000);
+        assert_eq!(unread, 0);
         assert!(streamed == copied, "the archives differ");
+        // With the store's CRC-32s the copied entries are not even read.
+        let (trusted, bytes, unread) = made(true, true);
+        assert_eq!((bytes, unread), ((20 << 20) + 17_000_000, 2));
+        assert!(streamed == trusted, "the archives differ");
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(copied)).unwrap();
         let mut film = Vec::new();
         zip.by_name("film.mp4")

@@ -10,7 +10,7 @@ pub mod job;
 #[cfg(target_arch = "wasm32")]
 mod component {
     use crate::archive::{
-        self, Failure, ObjectInfo, ObjectReader, ObjectWriter, Store, StoreError,
+        self, Checksum, Failure, ObjectInfo, ObjectReader, ObjectWriter, Store, StoreError,
     };
     use bindings::wasq::processor::{blobs, config, log, records, types};
     use bindings::{Guest, Message, Outcome};
@@ -121,6 +121,12 @@ mod component {
         }
         fn prefetch(&self, uris: &[String]) {
             blobs::prefetch(uris);
+        }
+        fn checksum(&self, reader: &blobs::Reader) -> Result<Option<Checksum>, StoreError> {
+            Ok(reader.checksum()?.map(|sum| Checksum {
+                crc32: sum.crc32,
+                size: sum.size,
+            }))
         }
         fn append_from(
             &self,

@@ -74,10 +74,14 @@ impl Server {
         format!("{}{name}", self.prefix)
     }
 
+    /// A client that sends a checksum only when asked to (`put_crc32`).
     fn client(&self) -> aws_sdk_s3::Client {
         aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&self.config)
                 .force_path_style(true)
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
                 .build(),
         )
     }
@@ -103,6 +107,20 @@ impl Server {
             .put_object()
             .bucket(uri.bucket())
             .key(uri.key())
+            .body(bytes.into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Puts an object with its CRC-32, which the server checks and keeps.
+    async fn put_crc32(&self, uri: &str, bytes: Vec<u8>) {
+        let uri = BlobUri::parse(uri).unwrap();
+        self.client()
+            .put_object()
+            .bucket(uri.bucket())
+            .key(uri.key())
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
             .body(bytes.into())
             .send()
             .await
@@ -222,10 +240,16 @@ async fn large_stored_entries_are_copied_inside_the_store_and_the_archive_is_unc
         ("end.txt", b"the end\n".to_vec()),
     ];
     let local = harness::Env::new();
+    // The film is put with its CRC-32, which the server keeps: its entry
+    // is copied and not read at all. The clip has none: it is copied, and
+    // read for its CRC-32.
     for (name, bytes) in &inputs {
-        server
-            .put(&format!("s3://{docs}/{name}"), bytes.clone())
-            .await;
+        let uri = format!("s3://{docs}/{name}");
+        if *name == "film.mp4" {
+            server.put_crc32(&uri, bytes.clone()).await;
+        } else {
+            server.put(&uri, bytes.clone()).await;
+        }
         local.put(&format!("{docs}/{name}"), bytes);
     }
     let files: Vec<String> = inputs
@@ -258,6 +282,10 @@ async fn large_stored_entries_are_copied_inside_the_store_and_the_archive_is_unc
         .collect();
     assert_eq!(copied.len(), 2, "{copied:?}");
     assert!(copied[0].contains("film.mp4") && copied[1].contains("clip.mov"));
+    assert!(
+        copied[0].contains("CRC-32 from the store") && !copied[1].contains("CRC-32"),
+        "{copied:?}"
+    );
     assert_eq!(server.open_uploads(&archives).await, 0);
     let stored = server.get(&output).await;
 

@@ -289,6 +289,18 @@ pub trait BlobReader: Send + Sync {
     fn info(&self) -> &ObjectInfo;
     /// Up to `max` bytes; empty at the end of the object.
     async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError>;
+    /// The CRC-32 of the whole object the store keeps for this version,
+    /// with the size it covers; `None` when it keeps none.
+    async fn checksum(&self) -> Result<Option<Checksum>, BlobError> {
+        Ok(None)
+    }
+}
+
+/// A whole object's CRC-32, as a store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checksum {
+    pub crc32: u32,
+    pub size: u64,
 }
 
 /// A new object being written. Dropping it unfinished discards it.

@@ -170,6 +170,17 @@ impl wit::HostReader for HostState {
         Ok(chunk)
     }
 
+    async fn checksum(
+        &mut self,
+        reader: Resource<ReaderHandle>,
+    ) -> Result<Option<wit::ObjectChecksum>, HostBlobError> {
+        let checksum = self.table.get(&reader)?.0.checksum().await?;
+        Ok(checksum.map(|c| wit::ObjectChecksum {
+            crc32: c.crc32,
+            size: c.size,
+        }))
+    }
+
     async fn drop(&mut self, reader: Resource<ReaderHandle>) -> wasmtime::Result<()> {
         self.table.delete(reader)?;
         self.release_handle();
