@@ -221,7 +221,13 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
             && out
                 .borrow_mut()
                 .append_from(store, &reader, info.size)
-                .map_err(|err| Failure::from_store(&format!("{what}: copying it"), err))?;
+                .map_err(|err| match err {
+                    // The object changed between `stat` and `open` (the
+                    // copy's range is checked against what the reader
+                    // reads): worth another try.
+                    StoreError::Invalid(_) => Failure::Retry(format!("{what}: copying it: {err}")),
+                    err => Failure::from_store(&format!("{what}: copying it"), err),
+                })?;
         // An entry copied whole whose CRC-32 the store keeps is not read.
         let known = if copied {
             store

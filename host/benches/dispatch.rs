@@ -99,6 +99,7 @@ async fn throughput(
         alarm_webhook: None,
         hurry: Default::default(),
         seal: wasq::dispatch::IdSeal::random()?,
+        controls: Default::default(),
     };
     let binding = Binding {
         config: BindingConfig {

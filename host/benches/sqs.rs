@@ -239,6 +239,7 @@ async fn dispatch(
         alarm_webhook: None,
         hurry: Default::default(),
         seal: wasq::dispatch::IdSeal::random()?,
+        controls: Default::default(),
     };
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let binding = Binding {

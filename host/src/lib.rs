@@ -19,6 +19,7 @@
 //! - [`reload`]: the watcher that reloads a binding's plugin when its files
 //!   change.
 //! - [`serve`]: the HTTP server: health, metrics, signed downloads.
+//! - [`console`]: the operator console the server shows at `/`.
 //! - [`secret`]: owner-only secrets on disk (link signing, the compile cache).
 //! - [`text`]: attacker-chosen text escaped and bounded before it is printed.
 //! - [`cli`]: the command line; the only module that knows clap.
@@ -27,6 +28,7 @@ pub mod aws;
 pub mod backends;
 pub mod blobs;
 pub mod cli;
+pub mod console;
 pub mod dispatch;
 pub mod fixture;
 pub mod offline;

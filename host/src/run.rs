@@ -3,7 +3,8 @@
 
 use crate::aws::AwsOptions;
 use crate::backends::{Backends, BlobBackend, LocalEnv, RecordsBackend};
-use crate::dispatch::{Binding, BindingConfig, Dispatcher, Metrics, Readiness};
+use crate::console::{BindingView, Console};
+use crate::dispatch::{Binding, BindingConfig, Controls, Dispatcher, Metrics, Readiness};
 use crate::queue::QueueOptions;
 use crate::queue::{Queue, QueueError, QueueStats, Redrive};
 use crate::reload::{Reloader, Watched};
@@ -102,6 +103,9 @@ pub struct HostConfig {
     pub grace: Duration,
     /// Where dead-letter alarms are POSTed, if anywhere.
     pub alarm_webhook: Option<crate::dispatch::Webhook>,
+    /// The token the console asks for; without one it is served on a
+    /// loopback listener only.
+    pub console_token: Option<String>,
     pub bindings: Vec<BindingSpec>,
 }
 
@@ -182,6 +186,7 @@ impl Host {
         let mut bound: Vec<Arc<dyn Queue>> = Vec::new();
         let mut watched = Vec::new();
         let mut advice = Vec::new();
+        let mut views = Vec::new();
         for (spec, (code, binding_config)) in config.bindings.iter().zip(codes) {
             let plugin = runtime.load_code(&code, &spec.limits, &spec.plugin_config)?;
             let grants = plugin.grants();
@@ -225,6 +230,14 @@ impl Host {
                 config: spec.plugin_config.clone(),
                 slot: slot.clone(),
             });
+            views.push(BindingView {
+                name: binding_config.name.clone(),
+                queue: spec.queue.to_string(),
+                dlq: dlq.as_ref().map(|dlq| dlq.name().to_string()),
+                plugin: spec.plugin.clone(),
+                max_concurrency: binding_config.max_concurrency,
+                dlq_alarm: binding_config.dlq_alarm,
+            });
             bound.push(queue.clone());
             bindings.push(Binding {
                 config: binding_config,
@@ -236,16 +249,31 @@ impl Host {
 
         let metrics = Arc::new(Metrics::default());
         let readiness = Readiness::default();
-        let serve = listener.map(|listener| {
-            (
-                listener,
-                ServeState {
-                    metrics: metrics.clone(),
-                    readiness: readiness.clone(),
-                    links: links.clone(),
-                },
-            )
-        });
+        let controls = Controls::default();
+        let serve = match listener {
+            Some(listener) => {
+                let console = Console::new(
+                    views,
+                    metrics.clone(),
+                    controls.clone(),
+                    listener.local_addr()?,
+                    config.console_token.as_deref(),
+                )?;
+                if !console.is_served() {
+                    warn!("listening beyond loopback without --console-token: the console is off");
+                }
+                Some((
+                    listener,
+                    ServeState {
+                        metrics: metrics.clone(),
+                        readiness: readiness.clone(),
+                        links: links.clone(),
+                        console: Some(console),
+                    },
+                ))
+            }
+            None => None,
+        };
         Ok(Host {
             reloader: Reloader {
                 runtime: runtime.clone(),
@@ -260,6 +288,7 @@ impl Host {
                 alarm_webhook: config.alarm_webhook.clone(),
                 hurry: tokio_util::sync::CancellationToken::new(),
                 seal,
+                controls,
             },
             metrics,
             readiness,
@@ -295,11 +324,20 @@ impl Host {
         keep_serving: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
     ) -> anyhow::Result<()> {
         let server_stop = tokio_util::sync::CancellationToken::new();
+        let console = self
+            .serve
+            .as_ref()
+            .and_then(|(_, state)| state.console.clone());
         let server = match self.serve {
             Some((listener, state)) => {
                 let stop = server_stop.clone();
                 let addr = listener.local_addr()?;
-                info!(%addr, "serving health, metrics and signed links");
+                match state.console.as_ref().filter(|c| c.is_served()) {
+                    Some(_) => {
+                        info!(%addr, console = %format!("http://{addr}/"), "serving the console, health, metrics and signed links")
+                    }
+                    None => info!(%addr, "serving health, metrics and signed links"),
+                }
                 Some(tokio::spawn(serve::serve(
                     listener,
                     serve::router(state),
@@ -311,6 +349,12 @@ impl Host {
         };
         let reloading = tokio_util::sync::CancellationToken::new();
         let reloader = tokio::spawn(self.reloader.run(reloading.clone()));
+        let shutdown = async move {
+            shutdown.await;
+            if let Some(console) = &console {
+                console.set_draining();
+            }
+        };
         self.dispatcher
             .run(self.bindings, self.readiness, shutdown)
             .await;

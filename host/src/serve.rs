@@ -38,6 +38,8 @@ pub struct ServeState {
     /// The local store, whose signer checks the links; `None` when blobs
     /// live elsewhere (S3 signs its own links).
     pub links: Option<LocalBlobs>,
+    /// The operator console at `/`, if this server shows one.
+    pub console: Option<crate::console::Console>,
 }
 
 /// How the server guards its connections.
@@ -127,12 +129,17 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
 }
 
 pub fn router(state: ServeState) -> Router {
-    Router::new()
+    let console = state.console.as_ref().map(|console| console.router());
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/blobs/{*path}", get(download).head(download))
-        .with_state(state)
+        .with_state(state);
+    match console {
+        Some(console) => router.merge(console),
+        None => router,
+    }
 }
 
 /// Serves `router` on `listener` until `stop` fires, then lets requests in

@@ -144,6 +144,7 @@ impl Rig {
             alarm_webhook: None,
             hurry: Default::default(),
             seal: self.seal.clone(),
+            controls: Default::default(),
         }
     }
 

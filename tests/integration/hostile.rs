@@ -379,6 +379,7 @@ async fn each_binding_keeps_the_instances_its_concurrency_needs() {
         links_follow_listen: false,
         grace: Duration::from_secs(1),
         alarm_webhook: None,
+        console_token: None,
         bindings: vec![
             binding("local://spin", &greedy, "5s", 64),
             binding("local://work", Path::new(wasq_test_guests::ROGUE), "5s", 1),

@@ -18,6 +18,7 @@ async fn server(env: &Env, guards: Guards) -> (SocketAddr, tokio_util::sync::Can
         metrics: Default::default(),
         readiness: Default::default(),
         links: Some(env.blobs.clone()),
+        console: None,
     };
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(serve::serve(

@@ -7,6 +7,7 @@ mod alerts;
 mod aws;
 mod cli;
 mod compress;
+mod console;
 mod dispatch;
 mod docs;
 mod examples;

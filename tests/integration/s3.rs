@@ -140,6 +140,19 @@ impl Server {
         out.body.collect().await.unwrap().to_vec()
     }
 
+    /// Waits for the multipart uploads left in `bucket` to be aborted (a
+    /// writer dropped unfinished aborts its upload on a task of its own).
+    async fn uploads_end(&self, bucket: &str) {
+        let started = Instant::now();
+        while self.open_uploads(bucket).await > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "an upload was left open in `{bucket}`"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn open_uploads(&self, bucket: &str) -> usize {
         self.client()
             .list_multipart_uploads()
@@ -336,8 +349,7 @@ async fn large_stored_entries_are_copied_inside_the_store_and_the_archive_is_unc
         "{:?}",
         run.outcome
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(server.open_uploads(&archives).await, 0);
+    server.uploads_end(&archives).await;
 }
 
 /// A copy inside the store names the source's version: an object replaced
@@ -387,8 +399,7 @@ async fn a_source_replaced_before_its_copy_is_not_copied() {
             "{buffered} bytes buffered: {finished:?}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(server.open_uploads(&bucket).await, 0);
+    server.uploads_end(&bucket).await;
     assert!(matches!(
         blobs.stat(&target).await,
         Err(BlobError::NotFound(_))

@@ -268,6 +268,7 @@ impl BlobStore for S3Blobs {
             buffer: Vec::new(),
             upload: None,
             size: 0,
+            failed: false,
             _reservation: reservation,
         }))
     }
@@ -426,6 +427,10 @@ impl BlobReader for S3Reader {
 
     async fn checksum(&self) -> Result<Option<Checksum>, BlobError> {
         let uri = &self.info.uri;
+        // Without an ETag the checksum could be another version's.
+        if self.info.etag.is_none() {
+            return Ok(None);
+        }
         let out = self
             .store
             .client
@@ -482,6 +487,9 @@ struct S3Writer {
     buffer: Vec<u8>,
     upload: Option<Upload>,
     size: u64,
+    /// Set once a call failed: every later one is refused, so an object
+    /// with a part missing is never completed.
+    failed: bool,
     /// The part buffer's share of the message's budget.
     _reservation: Reservation,
 }
@@ -542,6 +550,9 @@ impl S3Writer {
         };
         let upload = self.upload.as_mut().expect("started above");
         let number = upload.next_number;
+        if u64::try_from(number).unwrap_or(u64::MAX) > MAX_PARTS {
+            return Err(too_many_parts(&self.uri));
+        }
         upload.next_number += 1;
         let body = std::mem::take(&mut self.buffer);
         let client = self.store.client.clone();
@@ -587,6 +598,17 @@ impl S3Writer {
             upload.parts.push(part);
         }
         upload.parts.sort_by_key(|part| part.part_number());
+        let numbered = upload
+            .parts
+            .iter()
+            .map(|part| part.part_number())
+            .eq((1..upload.next_number).map(Some));
+        if !numbered {
+            return Err(BlobError::Unavailable(format!(
+                "`{}`: a part of the upload is missing; the object was discarded",
+                self.uri
+            )));
+        }
         let completed = self
             .store
             .client
@@ -673,6 +695,9 @@ impl S3Writer {
             upload.parts.push(part);
         }
         let number = upload.next_number;
+        if u64::try_from(number).unwrap_or(u64::MAX) > MAX_PARTS {
+            return Err(too_many_parts(&self.uri));
+        }
         upload.next_number += 1;
         let client = self.store.client.clone();
         let (uri, id) = (self.uri.clone(), upload.id.clone());
@@ -721,6 +746,12 @@ const KEY_IN_COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+fn too_many_parts(uri: &BlobUri) -> BlobError {
+    BlobError::Invalid(format!(
+        "`{uri}` is too large: an upload has at most {MAX_PARTS} parts"
+    ))
+}
+
 /// A failed read of a source object: `412` means it was replaced since it
 /// was opened.
 fn changed_or<E>(uri: &BlobUri, err: &SdkError<E, HttpResponse>) -> BlobError
@@ -748,9 +779,8 @@ async fn join_part(uri: &BlobUri, task: PartTask) -> Result<CompletedPart, BlobE
         .map_err(|err| BlobError::Unavailable(format!("`{uri}`: uploading a part: {err}")))?
 }
 
-#[async_trait]
-impl BlobWriter for S3Writer {
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<(), BlobError> {
+impl S3Writer {
+    async fn write_chunk(&mut self, chunk: Vec<u8>) -> Result<(), BlobError> {
         self.size += chunk.len() as u64;
         // The buffer never holds more than one part, however large the
         // chunk: it is taken a part's worth at a time.
@@ -767,7 +797,7 @@ impl BlobWriter for S3Writer {
         Ok(())
     }
 
-    async fn copy_in(
+    async fn copy_stretch(
         &mut self,
         source: &ObjectInfo,
         offset: u64,
@@ -790,7 +820,8 @@ impl BlobWriter for S3Writer {
         };
         let parts = copied.div_ceil(COPY_PART_SIZE) + u64::from(top_up > 0);
         let next = self.upload.as_ref().map_or(1, |u| u.next_number);
-        if u64::try_from(next).unwrap_or(u64::MAX) + parts > MAX_PARTS + 1 {
+        // The last part is left for what follows (a zip's directory).
+        if u64::try_from(next).unwrap_or(u64::MAX) + parts > MAX_PARTS {
             return Ok(false);
         }
         if top_up > 0 {
@@ -806,7 +837,45 @@ impl BlobWriter for S3Writer {
         Ok(true)
     }
 
+    /// Refuses every call once a call has failed: a part may be missing.
+    fn usable(&self) -> Result<(), BlobError> {
+        if self.failed {
+            return Err(BlobError::Unavailable(format!(
+                "`{}`: an earlier write failed; the object was discarded",
+                self.uri
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes a failure: the writer is spent.
+    fn spend_on<T>(&mut self, result: Result<T, BlobError>) -> Result<T, BlobError> {
+        self.failed |= result.is_err();
+        result
+    }
+}
+
+#[async_trait]
+impl BlobWriter for S3Writer {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<(), BlobError> {
+        self.usable()?;
+        let written = self.write_chunk(chunk).await;
+        self.spend_on(written)
+    }
+
+    async fn copy_in(
+        &mut self,
+        source: &ObjectInfo,
+        offset: u64,
+        length: u64,
+    ) -> Result<bool, BlobError> {
+        self.usable()?;
+        let copied = self.copy_stretch(source, offset, length).await;
+        self.spend_on(copied)
+    }
+
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo, BlobError> {
+        self.usable()?;
         let written = if self.upload.is_some() {
             self.finish_upload().await?
         } else {

@@ -133,6 +133,7 @@ pub async fn demo(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
         links_follow_listen: global.link_base.is_none(),
         grace: Duration::from_secs(10),
         alarm_webhook: None,
+        console_token: None,
         bindings: vec![binding],
     };
     let host = Host::start(config).await?;

@@ -30,9 +30,15 @@ pub struct RunArgs {
     /// Bindings and settings in TOML (default: wasq.toml, if present).
     #[arg(long = "config-file")]
     pub config_file: Option<PathBuf>,
-    /// The HTTP server's address: health, metrics, signed links.
+    /// The HTTP server's address: the console, health, metrics, signed
+    /// links.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// The token the console asks for (at least 16 characters). Without
+    /// one the console is served on a loopback listener only. The
+    /// environment variable keeps it out of the process list.
+    #[arg(long, env = "WASQ_CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
     /// How long in-flight messages may take to finish at shutdown.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub grace: Option<Duration>,
@@ -447,6 +453,7 @@ impl RunArgs {
                     Some(url) => Some(crate::dispatch::Webhook::new(url)?),
                     None => None,
                 },
+                console_token: self.console_token.clone(),
                 bindings,
             },
             self.until_empty,

@@ -122,6 +122,7 @@ metrics! {
     queue_depth: gauge, "queue_depth", "Messages visible or delayed in the queue";
     dlq_depth: gauge, "dlq_depth", "Messages in the dead-letter queue";
     dlq_alarm: gauge, "dlq_alarm", "1 while the dead-letter queue holds more than the binding's dlq-alarm threshold";
+    paused: gauge, "paused", "1 while the binding is paused (from the console): its pollers receive nothing";
     last_receive: gauge, "last_receive_timestamp_seconds", "When the binding last finished a receive (Unix seconds), messages or not";
     oldest_received_age: gauge, "oldest_received_age_seconds", "Age, since it was sent, of the oldest message received since the last stats tick";
     handle_seconds: histogram, "handle_duration_seconds", "Time to instantiate and run the processor on one message";

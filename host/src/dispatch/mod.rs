@@ -11,6 +11,7 @@
 
 pub mod alarm;
 pub mod backoff;
+pub mod control;
 pub mod metrics;
 pub mod seal;
 
@@ -22,6 +23,7 @@ mod settle;
 
 pub use alarm::Webhook;
 pub use backoff::Backoff;
+pub use control::Controls;
 pub use metrics::{BindingMetrics, Metrics};
 pub use seal::IdSeal;
 
@@ -113,6 +115,8 @@ pub struct Dispatcher {
     /// Seals the id a dead letter carries, and opens it when the letter
     /// comes back redriven.
     pub seal: IdSeal,
+    /// Each binding's pause switch.
+    pub controls: Controls,
 }
 
 /// Whether every binding's queue has answered at least once.
@@ -147,6 +151,9 @@ impl Dispatcher {
         for binding in bindings {
             let (deletes, delete_rx) = mpsc::channel(1024);
             let metrics = self.metrics.binding(&binding.config.name);
+            let paused = self
+                .controls
+                .watch(&binding.config.name, metrics.paused.clone());
             let alarm = binding.config.dlq_alarm.map(|threshold| {
                 std::sync::Mutex::new(alarm::Alarm::new(
                     threshold,
@@ -175,6 +182,7 @@ impl Dispatcher {
                 seal: self.seal.clone(),
                 deletes,
                 first_done: first_done.clone(),
+                paused,
                 stop: stop.clone(),
                 abort: abort.clone(),
                 tracker: tracker.clone(),
@@ -256,6 +264,8 @@ struct BindingState {
     deletes: mpsc::Sender<String>,
     /// Set by the first message done in this run, of any binding.
     first_done: Arc<AtomicBool>,
+    /// Set while the binding is paused: no receives.
+    paused: tokio::sync::watch::Receiver<bool>,
     /// Stops receiving.
     stop: CancellationToken,
     /// Abandons messages still running after the grace period.

@@ -23,6 +23,14 @@ impl BindingState {
             if self.binding.plugin.available(&self.stop).await.is_none() {
                 break;
             }
+            // A paused binding receives nothing until it is resumed.
+            let mut paused = self.paused.clone();
+            if *paused.borrow() {
+                tokio::select! {
+                    resumed = paused.wait_for(|p| !*p) => if resumed.is_err() { break },
+                    _ = self.stop.cancelled() => break,
+                }
+            }
             // One permit is waited for; more are taken as they come free
             // within a moment, so a batch never asks for more messages than
             // can start at once, and messages that finish together are
@@ -43,8 +51,35 @@ impl BindingState {
                     _ => break,
                 }
             }
-            let batch = self.receive_batch(permits.num_permits()).await;
+            // A pause cuts a receive under way short, as a stop does.
+            let receiving = self.stop.child_token();
+            let batch = {
+                let mut paused = self.paused.clone();
+                let cut_at_pause = async {
+                    let _ = paused.wait_for(|p| *p).await;
+                    receiving.cancel();
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    batch = self.receive_batch(permits.num_permits(), &receiving) => batch,
+                    _ = cut_at_pause => unreachable!("it never finishes"),
+                }
+            };
             self.mark_ready();
+            // A receive that returned as the pause came: its messages go
+            // straight back, to wait with the rest.
+            if *self.paused.borrow() && !self.stop.is_cancelled() && !batch.is_empty() {
+                let release: Vec<_> = batch
+                    .iter()
+                    .map(|m| (m.receipt.clone(), Duration::ZERO))
+                    .collect();
+                info!(
+                    count = release.len(),
+                    "paused: releasing messages received at the last moment"
+                );
+                self.change_visibility(&release).await;
+                continue;
+            }
             // A receive that was under way at shutdown still returns what it
             // took: give it straight back rather than start it now.
             if self.stop.is_cancelled() && !batch.is_empty() {
@@ -113,7 +148,11 @@ impl BindingState {
 
     /// One batch: a long poll, then, within the batching window, more
     /// receives to fill it.
-    pub(super) async fn receive_batch(&self, size: usize) -> Vec<Received> {
+    pub(super) async fn receive_batch(
+        &self,
+        size: usize,
+        cancel: &CancellationToken,
+    ) -> Vec<Received> {
         let config = self.config();
         let mut batch = Vec::new();
         let mut window_ends: Option<Instant> = None;
@@ -129,7 +168,7 @@ impl BindingState {
             match self
                 .binding
                 .queue
-                .receive(want, wait, config.visibility_timeout, &self.stop)
+                .receive(want, wait, config.visibility_timeout, cancel)
                 .await
             {
                 Ok(messages) => {

@@ -202,12 +202,17 @@ impl wit::HostWriter for HostState {
         let handle = self.table.get_mut(&writer)?;
         let Some(inner) = handle.writer.as_mut() else {
             return Err(BlobError::Invalid(format!(
-                "`{}`: the writer is already finished",
+                "`{}`: the writer is finished, or spent by an earlier failure",
                 handle.uri
             ))
             .into());
         };
-        inner.write(chunk).await?;
+        if let Err(err) = inner.write(chunk).await {
+            // The object may be missing bytes: the writer is spent, and
+            // dropping it discards the object.
+            handle.writer = None;
+            return Err(err.into());
+        }
         self.usage.bytes_written += len;
         Ok(())
     }
@@ -237,7 +242,7 @@ impl wit::HostWriter for HostState {
         let handle = self.table.get_mut(&writer)?;
         let Some(inner) = handle.writer.as_mut() else {
             return Err(BlobError::Invalid(format!(
-                "`{}`: the writer is already finished",
+                "`{}`: the writer is finished, or spent by an earlier failure",
                 handle.uri
             ))
             .into());
@@ -265,7 +270,7 @@ impl wit::HostWriter for HostState {
         let handle = self.table.get_mut(&writer)?;
         let Some(inner) = handle.writer.take() else {
             return Err(BlobError::Invalid(format!(
-                "`{}`: the writer is already finished",
+                "`{}`: the writer is finished, or spent by an earlier failure",
                 handle.uri
             ))
             .into());

@@ -1,0 +1,455 @@
+//! The operator console, served at `/` from the same listener as
+//! `/metrics`: every binding with its state, messages in flight, pollers,
+//! queue and dead-letter depth and alarm, and buttons that pause and resume
+//! a binding without restarting the host.
+//!
+//! It reads what the dispatcher counts (the same metrics `/metrics` serves)
+//! and acts through the dispatcher's own switches, so the console, the CLI
+//! and Prometheus never disagree.
+//!
+//! The console is an attack surface, so:
+//! - pages are rendered on the server with `maud`, which escapes every value
+//!   (binding, queue and plugin names included); no page runs a script;
+//! - every page carries a strict Content-Security-Policy
+//!   (`default-src 'none'`, styles from the console itself only), and may
+//!   not be framed;
+//! - every action is a POST carrying the console's CSRF token, and a
+//!   cross-site POST (by `Sec-Fetch-Site` or `Origin`) is refused;
+//! - on a loopback listener the console is open; on any other address it
+//!   is served only with a token (`--console-token`, or the
+//!   `WASQ_CONSOLE_TOKEN` environment variable), asked for once on a login
+//!   page and then kept in an HTTP-only, same-site cookie that holds a hash
+//!   of it, never the token itself. No token is ever put in a URL.
+
+mod pages;
+
+use crate::dispatch::{Controls, Metrics};
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The cookie a logged-in browser holds.
+const SESSION_COOKIE: &str = "wasq-console";
+
+/// What the console shows of one binding that does not change while the
+/// host runs.
+#[derive(Debug, Clone)]
+pub struct BindingView {
+    pub name: String,
+    /// The queue, as `local://NAME` or its SQS URL.
+    pub queue: String,
+    /// The dead-letter queue's name, if the binding has one.
+    pub dlq: Option<String>,
+    pub plugin: String,
+    pub max_concurrency: usize,
+    pub dlq_alarm: Option<u64>,
+}
+
+/// Who may use the console.
+#[derive(Clone)]
+enum Access {
+    /// A loopback listener without a token: anyone who can connect.
+    Open,
+    /// The SHA-256 of the token every request must show.
+    Token([u8; 32]),
+    /// A listener beyond loopback with no token: the console is off.
+    Refused,
+}
+
+/// The console's state, shared by its handlers.
+#[derive(Clone)]
+pub struct Console {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bindings: Vec<BindingView>,
+    metrics: Arc<Metrics>,
+    controls: Controls,
+    access: Access,
+    /// Every form carries it; a POST without it is refused.
+    csrf: String,
+    /// Set once the host is shutting down.
+    draining: AtomicBool,
+}
+
+impl Console {
+    /// The console for a host listening on `listen`; `token` is required on
+    /// any address but loopback.
+    pub fn new(
+        bindings: Vec<BindingView>,
+        metrics: Arc<Metrics>,
+        controls: Controls,
+        listen: SocketAddr,
+        token: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let access = match token {
+            Some(token) if token.len() < 16 => {
+                anyhow::bail!("the console token must be at least 16 characters long")
+            }
+            Some(token) => Access::Token(digest(token)),
+            None if listen.ip().is_loopback() => Access::Open,
+            None => Access::Refused,
+        };
+        let mut csrf = [0u8; 32];
+        getrandom::fill(&mut csrf)?;
+        Ok(Console {
+            inner: Arc::new(Inner {
+                bindings,
+                metrics,
+                controls,
+                access,
+                csrf: hex::encode(csrf),
+                draining: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Whether the console serves pages at all (it does not on a listener
+    /// beyond loopback without a token).
+    pub fn is_served(&self) -> bool {
+        !matches!(self.inner.access, Access::Refused)
+    }
+
+    /// Marks the host as shutting down: bindings show as draining.
+    pub fn set_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// The console's routes, to merge into the server's router.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(overview))
+            .route("/login", get(login_page).post(login))
+            .route("/bindings/{name}/pause", post(pause))
+            .route("/bindings/{name}/resume", post(resume))
+            .route("/console.css", get(stylesheet))
+            .with_state(self.clone())
+    }
+
+    /// Whether a request may see the console: `Err` is the answer to send
+    /// instead.
+    fn admit(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
+        match &self.inner.access {
+            Access::Open => Ok(()),
+            Access::Refused => Err(Box::new(page_response(
+                StatusCode::FORBIDDEN,
+                pages::refused(),
+            ))),
+            Access::Token(expected) => {
+                let shown = bearer(headers).map(digest).or_else(|| session(headers));
+                if shown.is_some_and(|shown| shown == *expected) {
+                    Ok(())
+                } else {
+                    Err(Box::new(Redirect::to("/login").into_response()))
+                }
+            }
+        }
+    }
+
+    /// Checks an action's CSRF token and that it came from the console's
+    /// own pages.
+    fn check_post(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Box<Response>> {
+        self.admit(headers)?;
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site != "same-origin")
+            || headers.get(header::ORIGIN).is_some_and(|origin| {
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                let origin = origin.to_str().unwrap_or("");
+                let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+                host.is_none() || origin_host != host
+            });
+        if cross_site || digest(csrf) != digest(&self.inner.csrf) {
+            return Err(Box::new(page_response(
+                StatusCode::FORBIDDEN,
+                pages::message(
+                    "Refused",
+                    "This action did not come from the console's own page (its CSRF token is missing or wrong). Reload the console and try again.",
+                ),
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// The token hash a session cookie holds.
+fn session(headers: &HeaderMap) -> Option<[u8; 32]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .and_then(|(_, value)| hex::decode(value).ok())
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+}
+
+/// A page with the console's security headers.
+fn page_response(status: StatusCode, page: maud::Markup) -> Response {
+    let mut response = (status, page).into_response();
+    secure(response.headers_mut());
+    response
+}
+
+/// The headers every console answer carries.
+fn secure(headers: &mut HeaderMap) {
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+}
+
+/// What the overview shows of one binding now.
+pub struct BindingNow {
+    pub view: BindingView,
+    pub state: &'static str,
+    pub in_flight: i64,
+    pub pollers: i64,
+    pub queue_depth: i64,
+    pub dlq_depth: i64,
+    pub alarm: bool,
+    pub done: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+impl Console {
+    fn now(&self) -> Vec<BindingNow> {
+        let draining = self.inner.draining.load(Ordering::Acquire);
+        self.inner
+            .bindings
+            .iter()
+            .map(|view| {
+                let m = self.inner.metrics.binding(&view.name);
+                let paused = self.inner.controls.is_paused(&view.name) == Some(true);
+                BindingNow {
+                    state: if draining {
+                        "draining"
+                    } else if paused {
+                        "paused"
+                    } else {
+                        "polling"
+                    },
+                    in_flight: m.in_flight.get(),
+                    pollers: m.pollers.get(),
+                    queue_depth: m.queue_depth.get(),
+                    dlq_depth: m.dlq_depth.get(),
+                    alarm: m.dlq_alarm.get() > 0,
+                    done: m.done.get(),
+                    retried: m.retried.get(),
+                    dead_lettered: m.dead_lettered.get(),
+                    view: view.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+async fn overview(State(console): State<Console>, headers: HeaderMap) -> Response {
+    if let Err(answer) = console.admit(&headers) {
+        return *answer;
+    }
+    page_response(
+        StatusCode::OK,
+        pages::overview(&console.now(), &console.inner.csrf),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn pause(
+    State(console): State<Console>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    switch(&console, &name, &headers, &form.csrf, true)
+}
+
+async fn resume(
+    State(console): State<Console>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    switch(&console, &name, &headers, &form.csrf, false)
+}
+
+fn switch(
+    console: &Console,
+    name: &str,
+    headers: &HeaderMap,
+    csrf: &str,
+    paused: bool,
+) -> Response {
+    if let Err(answer) = console.check_post(headers, csrf) {
+        return *answer;
+    }
+    if !console.inner.controls.set_paused(name, paused) {
+        return page_response(
+            StatusCode::NOT_FOUND,
+            pages::message(
+                "No such binding",
+                &format!("There is no binding named `{name}`."),
+            ),
+        );
+    }
+    tracing::info!(
+        binding = %crate::text::Escaped(name),
+        "binding {} from the console",
+        if paused { "paused" } else { "resumed" }
+    );
+    Redirect::to("/").into_response()
+}
+
+async fn login_page(State(console): State<Console>) -> Response {
+    match console.inner.access {
+        Access::Token(_) => page_response(StatusCode::OK, pages::login(None)),
+        _ => Redirect::to("/").into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+}
+
+async fn login(State(console): State<Console>, Form(form): Form<LoginForm>) -> Response {
+    let Access::Token(expected) = console.inner.access else {
+        return Redirect::to("/").into_response();
+    };
+    if digest(&form.token) != expected {
+        return page_response(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("That is not the console's token.")),
+        );
+    }
+    let mut response = Redirect::to("/").into_response();
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        hex::encode(expected)
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("console.css"),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(listen: &str, token: Option<&str>) -> Console {
+        Console::new(
+            Vec::new(),
+            Arc::new(Metrics::default()),
+            Controls::default(),
+            listen.parse().unwrap(),
+            token,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn loopback_is_open_elsewhere_a_token_is_needed() {
+        assert!(
+            console("127.0.0.1:9090", None)
+                .admit(&HeaderMap::new())
+                .is_ok()
+        );
+        let wide = console("0.0.0.0:9090", None);
+        assert!(!wide.is_served());
+        assert!(wide.admit(&HeaderMap::new()).is_err());
+        let token = "0123456789abcdef-token";
+        let guarded = console("0.0.0.0:9090", Some(token));
+        assert!(guarded.admit(&HeaderMap::new()).is_err());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        assert!(guarded.admit(&headers).is_ok());
+        let mut cookie = HeaderMap::new();
+        cookie.insert(
+            header::COOKIE,
+            format!("a=b; {SESSION_COOKIE}={}", hex::encode(digest(token)))
+                .parse()
+                .unwrap(),
+        );
+        assert!(guarded.admit(&cookie).is_ok());
+        assert!(
+            Console::new(
+                Vec::new(),
+                Arc::new(Metrics::default()),
+                Controls::default(),
+                "127.0.0.1:1".parse().unwrap(),
+                Some("short")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn posts_need_the_token_and_the_same_origin() {
+        let open = console("127.0.0.1:9090", None);
+        let csrf = open.inner.csrf.clone();
+        assert!(open.check_post(&HeaderMap::new(), "").is_err());
+        assert!(open.check_post(&HeaderMap::new(), "wrong").is_err());
+        assert!(open.check_post(&HeaderMap::new(), &csrf).is_ok());
+        let mut cross = HeaderMap::new();
+        cross.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert!(open.check_post(&cross, &csrf).is_err());
+        let mut other = HeaderMap::new();
+        other.insert(header::HOST, "127.0.0.1:9090".parse().unwrap());
+        other.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(open.check_post(&other, &csrf).is_err());
+        other.insert(header::ORIGIN, "http://127.0.0.1:9090".parse().unwrap());
+        assert!(open.check_post(&other, &csrf).is_ok());
+    }
+}

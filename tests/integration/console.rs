@@ -1,0 +1,258 @@
+//! The operator console, through a real `wasq run` and plain HTTP: the
+//! overview shows each binding, a binding pauses and resumes from it (its
+//! messages wait, then run), an action without the console's CSRF token or
+//! from another origin is refused, pages carry a strict CSP, and a console
+//! with a token admits no one without it.
+
+use crate::cli::free_port;
+use std::io::{Read, Write};
+use std::process::Child;
+use std::time::{Duration, Instant};
+use wasq::queue::{LocalQueues, Outgoing, Queue};
+
+/// One HTTP/1.0 exchange: status, head, body.
+fn http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A host on `local://jobs` running the rogue processor, listening on a
+/// free loopback port, once its server answers.
+fn host(dir: &std::path::Path, extra: &[&str]) -> (Killed, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["--listen", addr.as_str()];
+    args.extend_from_slice(extra);
+    let child = crate::harness::wasq_run(
+        &dir.join("data"),
+        wasq_test_guests::ROGUE,
+        &dir.join("host.log"),
+        &args,
+    )
+    .spawn()
+    .unwrap();
+    let host = Killed(child);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the host did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (host, addr)
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..at + 64].to_string()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_binding_pauses_and_resumes_from_the_console_and_actions_need_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let queues = LocalQueues::open(&dir.path().join("data")).unwrap();
+    runtime
+        .block_on(queues.create("jobs", crate::harness::with_dlq(3)))
+        .unwrap();
+    let (_host, addr) = host(dir.path(), &[]);
+
+    let (status, head, page) = http("GET", &addr, "/", &[], "");
+    assert_eq!(status, 200, "{page}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+    assert!(
+        page.contains("local://jobs") && page.contains("polling"),
+        "{page}"
+    );
+    assert!(!page.contains("<script"), "{page}");
+    let token = csrf(&page);
+
+    // Without the token, with a wrong one, or from another site: refused.
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    for (headers, body) in [
+        (vec![form], String::new()),
+        (vec![form], "csrf=0000".to_string()),
+        (
+            vec![form, ("Origin", "http://evil.example")],
+            format!("csrf={token}"),
+        ),
+        (
+            vec![form, ("Sec-Fetch-Site", "cross-site")],
+            format!("csrf={token}"),
+        ),
+    ] {
+        let (status, _, _) = http("POST", &addr, "/bindings/jobs/pause", &headers, &body);
+        assert_eq!(status, 403, "{headers:?} {body}");
+    }
+    let (_, _, page) = http("GET", &addr, "/", &[], "");
+    assert!(page.contains("polling"), "a refused pause paused");
+
+    // Paused: messages wait in the queue.
+    let (status, _, _) = http(
+        "POST",
+        &addr,
+        "/bindings/jobs/pause",
+        &[form],
+        &format!("csrf={token}"),
+    );
+    assert_eq!(status, 303);
+    let (_, _, page) = http("GET", &addr, "/", &[], "");
+    assert!(page.contains(">paused<"), "{page}");
+    let (_, _, metrics) = http("GET", &addr, "/metrics", &[], "");
+    assert!(
+        metrics.contains("wasq_paused{binding=\"jobs\"} 1"),
+        "{metrics}"
+    );
+    let jobs = runtime.block_on(queues.queue("jobs")).unwrap();
+    runtime
+        .block_on(
+            jobs.send_batch(
+                (0..5)
+                    .map(|_| Outgoing {
+                        body: "noop".into(),
+                        ..Outgoing::default()
+                    })
+                    .collect(),
+            ),
+        )
+        .unwrap();
+    // The long poll under way when the pause came was cut short: nothing is
+    // received.
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = runtime.block_on(jobs.stats()).unwrap();
+    assert_eq!(stats.visible, 5, "{stats:?}");
+
+    // Resumed: they run.
+    let (status, _, _) = http(
+        "POST",
+        &addr,
+        "/bindings/jobs/resume",
+        &[form],
+        &format!("csrf={token}"),
+    );
+    assert_eq!(status, 303);
+    wait_until("the messages did not run after the resume", || {
+        let stats = runtime.block_on(jobs.stats()).unwrap();
+        stats.visible + stats.in_flight == 0
+    });
+    let (_, _, page) = http("GET", &addr, "/", &[], "");
+    assert!(page.contains(">polling<"), "{page}");
+
+    // An unknown binding is named, not created.
+    let (status, _, page) = http(
+        "POST",
+        &addr,
+        "/bindings/%3Cb%3E/pause",
+        &[form],
+        &format!("csrf={token}"),
+    );
+    assert_eq!(status, 404);
+    assert!(
+        page.contains("&lt;b&gt;") && !page.contains("<b>"),
+        "{page}"
+    );
+}
+
+#[test]
+fn a_console_with_a_token_admits_no_one_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let queues = LocalQueues::open(&dir.path().join("data")).unwrap();
+    runtime
+        .block_on(queues.create("jobs", crate::harness::with_dlq(3)))
+        .unwrap();
+    let secret = "a-console-token-of-some-length";
+    let (_host, addr) = host(dir.path(), &["--console-token", secret]);
+
+    let (status, head, _) = http("GET", &addr, "/", &[], "");
+    assert_eq!(status, 303);
+    assert!(
+        head.to_ascii_lowercase().contains("location: /login"),
+        "{head}"
+    );
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let (status, _, _) = http("POST", &addr, "/bindings/jobs/pause", &[form], "csrf=x");
+    assert_eq!(status, 303, "an action without the token went through");
+    let (status, _, page) = http("POST", &addr, "/login", &[form], "token=wrong");
+    assert_eq!(status, 401, "{page}");
+
+    let (status, head, _) = http("POST", &addr, "/login", &[form], &format!("token={secret}"));
+    assert_eq!(status, 303);
+    let cookie = head
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("set-cookie: ")
+                .or_else(|| line.strip_prefix("Set-Cookie: "))
+        })
+        .expect("a session cookie")
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(secret),
+        "the cookie holds the token itself"
+    );
+    let session = cookie.split(';').next().unwrap();
+    let (status, _, page) = http("GET", &addr, "/", &[("Cookie", session)], "");
+    assert_eq!(status, 200, "{page}");
+    let (status, _, _) = http(
+        "GET",
+        &addr,
+        "/",
+        &[("Authorization", &format!("Bearer {secret}"))],
+        "",
+    );
+    assert_eq!(status, 200);
+    // /metrics and /healthz stay open to scrapers.
+    let (status, _, _) = http("GET", &addr, "/healthz", &[], "");
+    assert_eq!(status, 200);
+}
