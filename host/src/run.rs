@@ -237,6 +237,10 @@ impl Host {
                 plugin: spec.plugin.clone(),
                 max_concurrency: binding_config.max_concurrency,
                 dlq_alarm: binding_config.dlq_alarm,
+                admin: match &dlq {
+                    Some(_) => Some(backends.admin(&spec.queue).await?),
+                    None => None,
+                },
             });
             bound.push(queue.clone());
             bindings.push(Binding {

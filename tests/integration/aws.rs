@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use wasq::blobs::{BlobUri, S3Blobs};
 use wasq::queue::QueueOptions;
-use wasq::queue::{Outgoing, Queue, Redrive, SqsQueues};
+use wasq::queue::{LetterAction, Outgoing, Queue, Redrive, SqsQueues};
 use wasq::records::{DynamoRecords, PutOptions, Records};
 use wasq::runtime::{Limits, Services};
 
@@ -210,6 +210,65 @@ async fn a_redrive_moves_each_dead_letter_once() {
     dlq.send(letter("c")).await.unwrap();
     let moved = sqs.redrive("again-dlq", "again").await.unwrap();
     assert_eq!(moved, Some(2));
+}
+
+/// Chosen dead letters on SQS: found by receiving through the queue,
+/// redriven to the queue each names or deleted; the others are visible
+/// again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto server: `bash tests/run.sh` starts it and runs this"]
+async fn chosen_dead_letters_are_redriven_or_deleted_and_the_rest_stay() {
+    let _moto = moto().await;
+    let sqs = SqsQueues::connect(&moto_aws()).await;
+    for name in ["chosen", "chosen-dlq"] {
+        sqs.create(name, QueueOptions::default()).await.unwrap();
+    }
+    let dlq = sqs.queue("chosen-dlq").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(
+            dlq.send(Outgoing {
+                body: format!("job {n}"),
+                attributes: vec![("wasq-source-queue".into(), "chosen".into())],
+                ..Outgoing::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let redriven = sqs
+        .settle_letters("chosen-dlq", &ids[..2], LetterAction::Redrive)
+        .await
+        .unwrap();
+    assert_eq!(redriven, 2);
+    let deleted = sqs
+        .settle_letters(
+            "chosen-dlq",
+            &[ids[2].clone(), "no-such-id".into()],
+            LetterAction::Delete,
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let mut back: Vec<String> = sqs
+        .peek("chosen", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    back.sort();
+    assert_eq!(back, ["job 0", "job 1"]);
+    // The three left are visible now, not hidden for a visibility timeout.
+    let mut left: Vec<String> = sqs
+        .peek("chosen-dlq", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["job 3", "job 4", "job 5"]);
 }
 
 /// A cancelled SQS receive returns at once, and what its abandoned poll

@@ -256,3 +256,160 @@ fn a_console_with_a_token_admits_no_one_without_it() {
     let (status, _, _) = http("GET", &addr, "/healthz", &[], "");
     assert_eq!(status, 200);
 }
+
+/// The values of the hidden `id` fields of a page's forms.
+fn hidden_ids(page: &str) -> Vec<String> {
+    page.match_indices("type=\"hidden\" name=\"id\" value=\"")
+        .map(|(at, m)| {
+            let rest = &page[at + m.len()..];
+            rest[..rest.find('"').unwrap()].to_string()
+        })
+        .collect()
+}
+
+fn form_body(csrf: &str, queue: &str, action: &str, ids: &[String]) -> String {
+    let mut fields = vec![("csrf", csrf), ("queue", queue), ("action", action)];
+    fields.extend(ids.iter().map(|id| ("id", id.as_str())));
+    serde_urlencoded::to_string(fields).unwrap()
+}
+
+#[test]
+fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let queues = LocalQueues::open(&dir.path().join("data")).unwrap();
+    runtime
+        .block_on(queues.create("jobs", crate::harness::with_dlq(3)))
+        .unwrap();
+    let (_host, addr) = host(dir.path(), &[]);
+    let jobs = runtime.block_on(queues.queue("jobs")).unwrap();
+    let dlq = runtime.block_on(queues.queue("jobs-dlq")).unwrap();
+    // The rogue processor rejects what it does not know, naming the body in
+    // its reason: markup reaches both.
+    let hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>";
+    let mut bodies: Vec<String> = (0..3)
+        .map(|n| format!("{{\"job\": {n}, \"kind\": \"alpha\"}}"))
+        .collect();
+    bodies.extend([hostile.to_string(), hostile.to_string()]);
+    runtime
+        .block_on(
+            jobs.send_batch(
+                bodies
+                    .iter()
+                    .map(|body| Outgoing {
+                        body: body.clone(),
+                        ..Outgoing::default()
+                    })
+                    .collect(),
+            ),
+        )
+        .unwrap();
+    wait_until("the letters were not dead-lettered", || {
+        runtime.block_on(dlq.stats()).unwrap().visible == 5
+    });
+
+    let (status, _, page) = http("GET", &addr, "/dead-letters?queue=jobs-dlq", &[], "");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("5 of 5 letters match"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<script") && !page.contains("<img"),
+        "markup got through: {page}"
+    );
+    let token = csrf(&page);
+
+    let (_, _, alpha) = http(
+        "GET",
+        &addr,
+        "/dead-letters?queue=jobs-dlq&q=ALPHA+job",
+        &[],
+        "",
+    );
+    assert!(alpha.contains("3 of 5 letters match"), "{alpha}");
+    let chosen = hidden_ids(&alpha);
+    assert_eq!(chosen.len(), 3, "{alpha}");
+
+    // One letter in full: its JSON pretty-printed, wasq's reason apart from
+    // what the sender set.
+    let (status, _, detail) = http(
+        "GET",
+        &addr,
+        &format!("/dead-letters/letter?queue=jobs-dlq&id={}", chosen[0]),
+        &[],
+        "",
+    );
+    assert_eq!(status, 200, "{detail}");
+    assert!(detail.contains("\n  &quot;job&quot;: "), "{detail}");
+    assert!(
+        detail.contains("wasq-reason") && detail.contains("unknown command"),
+        "{detail}"
+    );
+    assert!(detail.contains("Set by the sender"), "{detail}");
+
+    // The console reaches only its bindings' dead-letter queues.
+    let (status, _, _) = http("GET", &addr, "/dead-letters?queue=jobs", &[], "");
+    assert_eq!(status, 404);
+
+    // Redrive the search's three, with the binding paused so they wait.
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let (status, _, _) = http(
+        "POST",
+        &addr,
+        "/bindings/jobs/pause",
+        &[form],
+        &format!("csrf={token}"),
+    );
+    assert_eq!(status, 303);
+    let (status, _, sure) = http(
+        "POST",
+        &addr,
+        "/dead-letters/confirm",
+        &[form],
+        &form_body(&token, "jobs-dlq", "redrive", &chosen),
+    );
+    assert_eq!(status, 200, "{sure}");
+    assert!(sure.contains("Redrive 3 dead letters?"), "{sure}");
+    let (status, _, _) = http(
+        "POST",
+        &addr,
+        "/dead-letters/act",
+        &[form],
+        &form_body("", "jobs-dlq", "redrive", &chosen),
+    );
+    assert_eq!(status, 403, "an action without the CSRF token went through");
+    let (status, _, done) = http(
+        "POST",
+        &addr,
+        "/dead-letters/act",
+        &[form],
+        &form_body(&token, "jobs-dlq", "redrive", &chosen),
+    );
+    assert_eq!(status, 200, "{done}");
+    assert!(done.contains("Redrove 3 of the 3"), "{done}");
+    assert_eq!(runtime.block_on(jobs.stats()).unwrap().visible, 3);
+    assert_eq!(runtime.block_on(dlq.stats()).unwrap().visible, 2);
+
+    // Delete the other two.
+    let (_, _, rest) = http(
+        "GET",
+        &addr,
+        "/dead-letters?queue=jobs-dlq&q=script",
+        &[],
+        "",
+    );
+    let doomed = hidden_ids(&rest);
+    assert_eq!(doomed.len(), 2, "{rest}");
+    let (status, _, done) = http(
+        "POST",
+        &addr,
+        "/dead-letters/act",
+        &[form],
+        &form_body(&token, "jobs-dlq", "delete", &doomed),
+    );
+    assert_eq!(status, 200, "{done}");
+    assert!(done.contains("Deleted 2 of the 2"), "{done}");
+    assert_eq!(runtime.block_on(dlq.stats()).unwrap().visible, 0);
+}

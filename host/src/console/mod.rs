@@ -1,7 +1,9 @@
 //! The operator console, served at `/` from the same listener as
 //! `/metrics`: every binding with its state, messages in flight, pollers,
 //! queue and dead-letter depth and alarm, and buttons that pause and resume
-//! a binding without restarting the host.
+//! a binding without restarting the host; and a browser of the bindings'
+//! dead letters (`letters`) that searches them and redrives or deletes the
+//! chosen ones.
 //!
 //! It reads what the dispatcher counts (the same metrics `/metrics` serves)
 //! and acts through the dispatcher's own switches, so the console, the CLI
@@ -21,6 +23,7 @@
 //!   page and then kept in an HTTP-only, same-site cookie that holds a hash
 //!   of it, never the token itself. No token is ever put in a URL.
 
+mod letters;
 mod pages;
 
 use crate::dispatch::{Controls, Metrics};
@@ -39,7 +42,7 @@ const SESSION_COOKIE: &str = "wasq-console";
 
 /// What the console shows of one binding that does not change while the
 /// host runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BindingView {
     pub name: String,
     /// The queue, as `local://NAME` or its SQS URL.
@@ -49,6 +52,8 @@ pub struct BindingView {
     pub plugin: String,
     pub max_concurrency: usize,
     pub dlq_alarm: Option<u64>,
+    /// How the dead-letter queue is read and acted on, if there is one.
+    pub admin: Option<Arc<dyn crate::queue::QueueAdmin>>,
 }
 
 /// Who may use the console.
@@ -129,6 +134,10 @@ impl Console {
             .route("/login", get(login_page).post(login))
             .route("/bindings/{name}/pause", post(pause))
             .route("/bindings/{name}/resume", post(resume))
+            .route("/dead-letters", get(letters::list))
+            .route("/dead-letters/letter", get(letters::letter))
+            .route("/dead-letters/confirm", post(letters::confirm))
+            .route("/dead-letters/act", post(letters::act))
             .route("/console.css", get(stylesheet))
             .with_state(self.clone())
     }

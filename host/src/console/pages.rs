@@ -4,7 +4,7 @@
 use super::BindingNow;
 use maud::{DOCTYPE, Markup, html};
 
-fn layout(title: &str, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -17,7 +17,7 @@ fn layout(title: &str, body: Markup) -> Markup {
             body {
                 header {
                     a.brand href="/" { "wasq" }
-                    nav { a href="/" { "Overview" } }
+                    nav { a href="/" { "Overview" } " " a href="/dead-letters" { "Dead letters" } }
                 }
                 main { (body) }
             }
@@ -50,7 +50,11 @@ pub fn overview(bindings: &[BindingNow], csrf: &str) -> Markup {
                             td.num { (b.in_flight) " / " (b.view.max_concurrency) }
                             td.num { (b.pollers) }
                             td.num { (b.queue_depth) }
-                            td { @if let Some(dlq) = &b.view.dlq { code { (dlq) } } @else { "none" } }
+                            td {
+                                @if let Some(dlq) = &b.view.dlq {
+                                    a href={ "/dead-letters?" (serde_urlencoded::to_string([("queue", dlq.as_str())]).unwrap_or_default()) } { code { (dlq) } }
+                                } @else { "none" }
+                            }
                             td.num { (b.dlq_depth) }
                             td {
                                 @match (b.view.dlq_alarm, b.alarm) {

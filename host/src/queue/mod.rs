@@ -294,7 +294,34 @@ pub trait QueueAdmin: Send + Sync {
     /// how many moved, or `None` when the service moves them on its own
     /// (SQS's message move task).
     async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError>;
+
+    /// Moves the dead letters of `dlq` with these ids back to the queue
+    /// each came from, or deletes them; returns how many it acted on. Ids
+    /// not found are skipped. The embedded queue does it in one
+    /// transaction. SQS has no way to reach a message by id: the queue is
+    /// received through (at most [`SCAN_CAP`] letters), the chosen ones
+    /// acted on, and the rest made visible again at once, one receive
+    /// added to their counts.
+    async fn settle_letters(
+        &self,
+        dlq: &str,
+        ids: &[String],
+        action: LetterAction,
+    ) -> Result<u64, QueueError>;
 }
+
+/// What becomes of chosen dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetterAction {
+    /// Back to the queue each came from, as a new delivery.
+    Redrive,
+    /// Gone.
+    Delete,
+}
+
+/// The most letters an SQS dead-letter queue is received through to find
+/// chosen ones, or to be searched.
+pub const SCAN_CAP: usize = 10_000;
 
 /// A message's size as SQS counts it against its limit: the body, and each
 /// attribute's name, type (`String`) and value.

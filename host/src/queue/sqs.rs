@@ -430,6 +430,78 @@ impl SqsQueues {
             .collect())
     }
 
+    /// Moves the dead letters with these ids back to the queue each came
+    /// from, or deletes them (see [`QueueAdmin::settle_letters`]).
+    pub async fn settle_letters(
+        &self,
+        dlq: &str,
+        ids: &[String],
+        action: super::LetterAction,
+    ) -> Result<u64, QueueError> {
+        let dlq = self.queue(dlq).await?;
+        let mut wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let cancel = CancellationToken::new();
+        let mut others = Vec::new();
+        let mut scanned = 0;
+        let mut settled = 0;
+        let outcome = async {
+            while !wanted.is_empty() && scanned < super::SCAN_CAP {
+                let batch = dlq
+                    .receive(
+                        MAX_BATCH,
+                        Duration::from_secs(1),
+                        Duration::from_secs(60),
+                        &cancel,
+                    )
+                    .await?;
+                if batch.is_empty() {
+                    break;
+                }
+                scanned += batch.len();
+                let (chosen, rest): (Vec<Received>, Vec<Received>) = batch
+                    .into_iter()
+                    .partition(|m| wanted.remove(m.id.as_str()));
+                others.extend(rest.into_iter().map(|m| (m.receipt, Duration::ZERO)));
+                if chosen.is_empty() {
+                    continue;
+                }
+                if action == super::LetterAction::Redrive {
+                    for m in &chosen {
+                        let source = m
+                            .moved_from
+                            .as_deref()
+                            .map(|arn| arn.rsplit(':').next().unwrap_or(arn).to_string())
+                            .or_else(|| {
+                                m.attributes
+                                    .iter()
+                                    .find(|(name, _)| name == super::SOURCE_ATTRIBUTE)
+                                    .map(|(_, value)| value.clone())
+                            })
+                            .ok_or_else(|| {
+                                QueueError::Invalid(format!(
+                                    "dead letter `{}` names no source queue to return to",
+                                    m.id
+                                ))
+                            })?;
+                        let to = self.queue(&source).await?;
+                        to.send(redriven(m, to.fifo)).await?;
+                    }
+                }
+                let receipts: Vec<_> = chosen.iter().map(|m| m.receipt.clone()).collect();
+                let failed = dlq.delete_batch(&receipts).await?;
+                settled += (chosen.len() - failed.len()) as u64;
+            }
+            Ok::<_, QueueError>(())
+        }
+        .await;
+        // Whatever happened, letters looked at and not chosen go back.
+        for chunk in others.chunks(MAX_BATCH) {
+            dlq.change_visibility_batch(chunk).await?;
+        }
+        outcome?;
+        Ok(settled)
+    }
+
     /// Moves the messages of dead-letter queue `dlq` back to `to`. Uses
     /// SQS's own message move task where the endpoint has one (returning
     /// `None`: the task runs on in the service), otherwise moves them here,
@@ -537,25 +609,24 @@ impl SqsQueues {
             if batch.is_empty() {
                 continue;
             }
-            let letters = batch
-                .iter()
-                .map(|m| Outgoing {
-                    body: m.body.clone(),
-                    attributes: m.attributes.clone(),
-                    delay: Duration::ZERO,
-                    group_id: to
-                        .fifo
-                        .then(|| m.group_id.clone().unwrap_or_else(|| m.id.clone())),
-                    dedup_id: to
-                        .fifo
-                        .then(|| m.dedup_id.clone().unwrap_or_else(|| m.id.clone())),
-                })
-                .collect();
+            let letters = batch.iter().map(|m| redriven(m, to.fifo)).collect();
             to.send_batch(letters).await?;
             let receipts: Vec<_> = batch.iter().map(|m| m.receipt.clone()).collect();
             let failed = dlq.delete_batch(&receipts).await?;
             moved += (batch.len() - failed.len()) as u64;
         }
+    }
+}
+
+/// A dead letter sent back to a queue: its body and attributes, and on a
+/// FIFO queue its group and deduplication id (its own id when it had none).
+fn redriven(m: &Received, fifo: bool) -> Outgoing {
+    Outgoing {
+        body: m.body.clone(),
+        attributes: m.attributes.clone(),
+        delay: Duration::ZERO,
+        group_id: fifo.then(|| m.group_id.clone().unwrap_or_else(|| m.id.clone())),
+        dedup_id: fifo.then(|| m.dedup_id.clone().unwrap_or_else(|| m.id.clone())),
     }
 }
 
@@ -596,6 +667,15 @@ impl QueueAdmin for SqsQueues {
             .redrive_policy(&url)
             .await?
             .map(|policy| policy.dlq_url))
+    }
+
+    async fn settle_letters(
+        &self,
+        dlq: &str,
+        ids: &[String],
+        action: super::LetterAction,
+    ) -> Result<u64, QueueError> {
+        SqsQueues::settle_letters(self, dlq, ids, action).await
     }
 
     async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError> {

@@ -228,6 +228,17 @@ impl LocalQueues {
     /// A message's source is where the queue's redrive put it from, or the
     /// `wasq-source-queue` attribute the dispatcher adds.
     pub async fn redrive(&self, dlq: &str, to: Option<&str>) -> Result<u64, QueueError> {
+        self.redrive_where(dlq, to, None).await
+    }
+
+    /// [`LocalQueues::redrive`] of only the letters with these ids, when
+    /// given.
+    async fn redrive_where(
+        &self,
+        dlq: &str,
+        to: Option<&str>,
+        ids: Option<std::collections::HashSet<String>>,
+    ) -> Result<u64, QueueError> {
         let dlq = self.queue(dlq).await?;
         let to = match to {
             Some(name) => Some(self.queue(name).await?.name),
@@ -236,18 +247,21 @@ impl LocalQueues {
         let moved = self
             .with_db(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
-                let rows: Vec<(i64, Option<String>, String)> = {
+                let rows: Vec<(i64, String, Option<String>, String)> = {
                     let mut stmt = tx
-                        .prepare("SELECT seq, source_queue, attributes FROM messages WHERE queue = ?1 ORDER BY seq")
+                        .prepare("SELECT seq, id, source_queue, attributes FROM messages WHERE queue = ?1 ORDER BY seq")
                         .map_err(db_err)?;
-                    stmt.query_map([&dlq.name], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                    stmt.query_map([&dlq.name], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
                         .map_err(db_err)?
                         .collect::<Result<_, _>>()
                         .map_err(db_err)?
                 };
                 let now = now_ms();
                 let mut moved = 0;
-                for (seq, source, attributes) in rows {
+                for (seq, id, source, attributes) in rows {
+                    if ids.as_ref().is_some_and(|ids| !ids.contains(&id)) {
+                        continue;
+                    }
                     let source = source.or_else(|| {
                         decode_attributes(&attributes)
                             .into_iter()
@@ -326,5 +340,37 @@ impl QueueAdmin for LocalQueues {
 
     async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError> {
         Ok(Some(LocalQueues::redrive(self, dlq, Some(to)).await?))
+    }
+
+    async fn settle_letters(
+        &self,
+        dlq: &str,
+        ids: &[String],
+        action: LetterAction,
+    ) -> Result<u64, QueueError> {
+        let chosen: std::collections::HashSet<String> = ids.iter().cloned().collect();
+        match action {
+            LetterAction::Redrive => self.redrive_where(dlq, None, Some(chosen)).await,
+            LetterAction::Delete => {
+                let dlq = self.queue(dlq).await?;
+                self.with_db(move |conn| {
+                    let tx = conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(db_err)?;
+                    let mut deleted = 0;
+                    for id in &chosen {
+                        deleted += tx
+                            .execute(
+                                "DELETE FROM messages WHERE queue = ?1 AND id = ?2",
+                                params![dlq.name, id],
+                            )
+                            .map_err(db_err)? as u64;
+                    }
+                    tx.commit().map_err(db_err)?;
+                    Ok(deleted)
+                })
+                .await
+            }
+        }
     }
 }

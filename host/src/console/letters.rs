@@ -1,0 +1,577 @@
+//! The dead-letter browser: the letters of each binding's dead-letter
+//! queue, searched and filtered, one letter in full, and redrive or delete
+//! of the chosen letters or of everything a search matched, each after a
+//! confirmation that states the count.
+//!
+//! It reads through the queue's admin interface, as `wasq dlq list` does:
+//! on the embedded queue letters are read in place; on SQS each look
+//! receives them and makes them visible again at once, which adds one to
+//! their receive counts, so a look reads at most [`LOOK_CAP`] letters.
+//! Every value shown (body, reason, attributes, ids) comes from a queue
+//! sender or a processor and is rendered as text.
+
+use super::pages::layout;
+use super::{Console, page_response};
+use crate::dispatch::{PLUGIN_ATTRIBUTE, REASON_ATTRIBUTE};
+use crate::queue::{LetterAction, Peeked, QueueAdmin};
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use maud::{Markup, html};
+use std::sync::Arc;
+
+/// The most letters one look at a dead-letter queue reads.
+pub const LOOK_CAP: usize = 2_000;
+/// Letters per page.
+const PAGE: usize = 50;
+/// How much of a body or reason a list shows.
+const PREVIEW: usize = 160;
+
+/// A search over one dead-letter queue, from the query string.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct Search {
+    /// The dead-letter queue, by name.
+    #[serde(default)]
+    pub queue: String,
+    /// Words to find in the body or the reason, case-insensitively.
+    #[serde(default)]
+    pub q: String,
+    /// The processor that dead-lettered the letter.
+    #[serde(default)]
+    pub plugin: String,
+    /// Text in the reason.
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub page: usize,
+}
+
+impl Search {
+    fn matches(&self, letter: &Peeked) -> bool {
+        let reason = wasq_attribute(letter, REASON_ATTRIBUTE).unwrap_or("");
+        let q = self.q.trim().to_lowercase();
+        let found = q.split_whitespace().all(|word| {
+            letter.body.to_lowercase().contains(word) || reason.to_lowercase().contains(word)
+        });
+        let plugin = self.plugin.trim();
+        let by_plugin =
+            plugin.is_empty() || wasq_attribute(letter, PLUGIN_ATTRIBUTE) == Some(plugin);
+        let reason_part = self.reason.trim().to_lowercase();
+        let by_reason = reason_part.is_empty() || reason.to_lowercase().contains(&reason_part);
+        found && by_plugin && by_reason
+    }
+
+    /// The query string that repeats this search.
+    fn query(&self) -> String {
+        serde_urlencoded::to_string([
+            ("queue", self.queue.as_str()),
+            ("q", self.q.as_str()),
+            ("plugin", self.plugin.as_str()),
+            ("reason", self.reason.as_str()),
+        ])
+        .unwrap_or_default()
+    }
+}
+
+/// An attribute wasq wrote on the letter; a letter the queue's own redrive
+/// moved carries only its sender's attributes, whatever their names.
+fn wasq_attribute<'a>(letter: &'a Peeked, name: &str) -> Option<&'a str> {
+    if letter.moved_by_queue {
+        return None;
+    }
+    letter
+        .attributes
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The start of `text`, cut on a character boundary.
+fn preview(text: &str) -> String {
+    match text.char_indices().nth(PREVIEW) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+fn sent_at(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+impl Console {
+    /// The admin of dead-letter queue `name`, if a binding of this host
+    /// uses it: the console reaches no other queue.
+    fn dead_letter_queue(&self, name: &str) -> Option<Arc<dyn QueueAdmin>> {
+        self.inner
+            .bindings
+            .iter()
+            .find(|b| b.dlq.as_deref() == Some(name))
+            .and_then(|b| b.admin.clone())
+    }
+
+    /// The dead-letter queues of this host's bindings, each once.
+    fn dead_letter_queues(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .bindings
+            .iter()
+            .filter_map(|b| b.dlq.clone())
+            .collect();
+        names.dedup();
+        names
+    }
+}
+
+/// The letters a look finds, and whether it read the whole queue.
+struct Look {
+    letters: Vec<Peeked>,
+    whole: bool,
+}
+
+async fn look(admin: &dyn QueueAdmin, queue: &str) -> Result<Look, String> {
+    let letters = admin
+        .peek(queue, LOOK_CAP)
+        .await
+        .map_err(|err| err.to_string())?;
+    Ok(Look {
+        whole: letters.len() < LOOK_CAP,
+        letters,
+    })
+}
+
+fn not_found(what: &str) -> Response {
+    page_response(
+        StatusCode::NOT_FOUND,
+        super::pages::message("Not found", what),
+    )
+}
+
+pub async fn list(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(search): Query<Search>,
+) -> Response {
+    if let Err(answer) = console.admit(&headers) {
+        return *answer;
+    }
+    let queues = console.dead_letter_queues();
+    let mut search = search;
+    if search.queue.is_empty()
+        && let Some(first) = queues.first()
+    {
+        search.queue = first.clone();
+    }
+    let Some(admin) = console.dead_letter_queue(&search.queue) else {
+        if queues.is_empty() {
+            return page_response(
+                StatusCode::OK,
+                super::pages::message(
+                    "Dead letters",
+                    "No binding of this host has a dead-letter queue.",
+                ),
+            );
+        }
+        return not_found(&format!(
+            "`{}` is not the dead-letter queue of a binding of this host.",
+            search.queue
+        ));
+    };
+    let looked = match look(admin.as_ref(), &search.queue).await {
+        Ok(looked) => looked,
+        Err(err) => {
+            return page_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                super::pages::message("Dead letters", &format!("Reading the queue failed: {err}")),
+            );
+        }
+    };
+    let matched: Vec<&Peeked> = looked
+        .letters
+        .iter()
+        .filter(|l| search.matches(l))
+        .collect();
+    page_response(
+        StatusCode::OK,
+        list_page(&queues, &search, &matched, &looked, &console.inner.csrf),
+    )
+}
+
+fn list_page(
+    queues: &[String],
+    search: &Search,
+    matched: &[&Peeked],
+    looked: &Look,
+    csrf: &str,
+) -> Markup {
+    let pages = matched.len().div_ceil(PAGE).max(1);
+    let page = search.page.min(pages - 1);
+    let shown = matched.iter().skip(page * PAGE).take(PAGE);
+    layout(
+        "Dead letters",
+        html! {
+            h1 { "Dead letters" }
+            form.search method="get" action="/dead-letters" {
+                label { "Queue "
+                    select name="queue" {
+                        @for q in queues {
+                            option value=(q) selected[*q == search.queue] { (q) }
+                        }
+                    }
+                }
+                label { "Search " input type="search" name="q" value=(search.q) placeholder="body or reason"; }
+                label { "Processor " input type="text" name="plugin" value=(search.plugin); }
+                label { "Reason " input type="text" name="reason" value=(search.reason); }
+                button type="submit" { "Search" }
+            }
+            p.count {
+                (matched.len()) " of " (looked.letters.len()) " letters match"
+                @if !looked.whole { " (the first " (LOOK_CAP) " letters of the queue were read)" }
+                "."
+            }
+            form method="post" action="/dead-letters/confirm" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="queue" value=(search.queue);
+                table.letters {
+                    thead { tr {
+                        th { "" } th { "Sent" } th { "Processor" } th { "Reason" } th { "Body" } th.num { "Receives" }
+                    } }
+                    tbody {
+                        @for letter in shown {
+                            tr {
+                                td { input type="checkbox" name="id" value=(letter.id); }
+                                td { a href={ "/dead-letters/letter?" (serde_urlencoded::to_string([("queue", search.queue.as_str()), ("id", letter.id.as_str())]).unwrap_or_default()) } { (sent_at(letter.sent_at_ms)) } }
+                                td { (wasq_attribute(letter, PLUGIN_ATTRIBUTE).unwrap_or("")) }
+                                td.reason { @if letter.moved_by_queue { em { "moved by the queue's redrive policy" } } @else { (preview(wasq_attribute(letter, REASON_ATTRIBUTE).unwrap_or(""))) } }
+                                td.body { code { (preview(&letter.body)) } }
+                                td.num { (letter.receive_count) }
+                            }
+                        }
+                    }
+                }
+                p.actions {
+                    button type="submit" name="action" value="redrive" { "Redrive selected" }
+                    " "
+                    button type="submit" name="action" value="delete" { "Delete selected" }
+                }
+            }
+            @if !matched.is_empty() {
+                form method="post" action="/dead-letters/confirm" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="queue" value=(search.queue);
+                    @for letter in matched { input type="hidden" name="id" value=(letter.id); }
+                    p.actions {
+                        button type="submit" name="action" value="redrive" { "Redrive all " (matched.len()) " matching" }
+                        " "
+                        button type="submit" name="action" value="delete" { "Delete all " (matched.len()) " matching" }
+                    }
+                }
+            }
+            @if pages > 1 {
+                nav.pages {
+                    @for p in 0..pages {
+                        @if p == page { strong { (p + 1) } } @else {
+                            a href={ "/dead-letters?" (search.query()) "&page=" (p) } { (p + 1) }
+                        }
+                        " "
+                    }
+                }
+            }
+        },
+    )
+}
+
+#[derive(serde::Deserialize)]
+pub struct LetterQuery {
+    queue: String,
+    id: String,
+}
+
+pub async fn letter(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(wanted): Query<LetterQuery>,
+) -> Response {
+    if let Err(answer) = console.admit(&headers) {
+        return *answer;
+    }
+    let Some(admin) = console.dead_letter_queue(&wanted.queue) else {
+        return not_found(&format!(
+            "`{}` is not the dead-letter queue of a binding of this host.",
+            wanted.queue
+        ));
+    };
+    let looked = match look(admin.as_ref(), &wanted.queue).await {
+        Ok(looked) => looked,
+        Err(err) => {
+            return page_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                super::pages::message("Dead letters", &format!("Reading the queue failed: {err}")),
+            );
+        }
+    };
+    let Some(letter) = looked.letters.iter().find(|l| l.id == wanted.id) else {
+        return not_found(&format!(
+            "No letter `{}` among the letters of `{}` read.",
+            wanted.id, wanted.queue
+        ));
+    };
+    page_response(
+        StatusCode::OK,
+        letter_page(&wanted.queue, letter, &console.inner.csrf),
+    )
+}
+
+fn letter_page(queue: &str, letter: &Peeked, csrf: &str) -> Markup {
+    let pretty = serde_json::from_str::<serde_json::Value>(&letter.body)
+        .ok()
+        .and_then(|json| serde_json::to_string_pretty(&json).ok());
+    let (wasqs, senders): (Vec<_>, Vec<_>) = letter
+        .attributes
+        .iter()
+        .partition(|(name, _)| !letter.moved_by_queue && name.starts_with("wasq-"));
+    layout(
+        "Dead letter",
+        html! {
+            h1 { "Dead letter " code { (letter.id) } }
+            dl {
+                dt { "Dead-letter queue" } dd { code { (queue) } }
+                dt { "Source queue" } dd { @if let Some(source) = &letter.source_queue { code { (source) } } @else { "unknown" } }
+                dt { "Sent" } dd { (sent_at(letter.sent_at_ms)) }
+                dt { "Receive count" } dd { (letter.receive_count) }
+                dt { "Reason" } dd.reason {
+                    @if letter.moved_by_queue {
+                        "Moved by the queue's redrive policy after too many receives, not by wasq."
+                    } @else {
+                        pre { (wasq_attribute(letter, REASON_ATTRIBUTE).unwrap_or("none recorded")) }
+                    }
+                }
+            }
+            h2 { "Body" @if pretty.is_some() { " (JSON)" } }
+            pre.body { (pretty.as_deref().unwrap_or(&letter.body)) }
+            h2 { "Written by wasq" }
+            @if wasqs.is_empty() { p { "Nothing." } } @else {
+                table { @for (name, value) in &wasqs { tr { th { (name) } td { code { (value) } } } } }
+            }
+            h2 { "Set by the sender" }
+            @if senders.is_empty() { p { "Nothing." } } @else {
+                table { @for (name, value) in &senders { tr { th { (name) } td { code { (value) } } } } }
+            }
+            form method="post" action="/dead-letters/confirm" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="queue" value=(queue);
+                input type="hidden" name="id" value=(letter.id);
+                p.actions {
+                    button type="submit" name="action" value="redrive" { "Redrive" }
+                    " "
+                    button type="submit" name="action" value="delete" { "Delete" }
+                }
+            }
+        },
+    )
+}
+
+/// A chosen set of letters and what to do with them, from a form.
+struct Choice {
+    csrf: String,
+    queue: String,
+    action: Option<LetterAction>,
+    ids: Vec<String>,
+}
+
+impl Choice {
+    fn from_form(fields: Vec<(String, String)>) -> Self {
+        let mut choice = Choice {
+            csrf: String::new(),
+            queue: String::new(),
+            action: None,
+            ids: Vec::new(),
+        };
+        for (name, value) in fields {
+            match name.as_str() {
+                "csrf" => choice.csrf = value,
+                "queue" => choice.queue = value,
+                "action" => {
+                    choice.action = match value.as_str() {
+                        "redrive" => Some(LetterAction::Redrive),
+                        "delete" => Some(LetterAction::Delete),
+                        _ => None,
+                    }
+                }
+                "id" => choice.ids.push(value),
+                _ => {}
+            }
+        }
+        choice.ids.sort();
+        choice.ids.dedup();
+        choice
+    }
+}
+
+fn verb(action: LetterAction) -> &'static str {
+    match action {
+        LetterAction::Redrive => "Redrive",
+        LetterAction::Delete => "Delete",
+    }
+}
+
+/// The confirmation of an action, stating the count.
+pub async fn confirm(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let choice = Choice::from_form(fields);
+    if let Err(answer) = console.check_post(&headers, &choice.csrf) {
+        return *answer;
+    }
+    if console.dead_letter_queue(&choice.queue).is_none() {
+        return not_found(&format!(
+            "`{}` is not the dead-letter queue of a binding of this host.",
+            choice.queue
+        ));
+    }
+    let Some(action) = choice.action else {
+        return page_response(
+            StatusCode::BAD_REQUEST,
+            super::pages::message("Nothing to do", "Choose redrive or delete."),
+        );
+    };
+    if choice.ids.is_empty() {
+        return page_response(
+            StatusCode::OK,
+            super::pages::message("Nothing chosen", "No letter was selected."),
+        );
+    }
+    let what = match action {
+        LetterAction::Redrive => "to the queues they came from, as new deliveries",
+        LetterAction::Delete => "for good",
+    };
+    page_response(
+        StatusCode::OK,
+        layout(
+            "Confirm",
+            html! {
+                h1 { (verb(action)) " " (choice.ids.len()) " dead letters?" }
+                p { (verb(action)) " " strong { (choice.ids.len()) } " letters of " code { (choice.queue) } " " (what) "." }
+                form method="post" action="/dead-letters/act" {
+                    input type="hidden" name="csrf" value=(console.inner.csrf);
+                    input type="hidden" name="queue" value=(choice.queue);
+                    input type="hidden" name="action" value=(verb(action).to_lowercase());
+                    @for id in &choice.ids { input type="hidden" name="id" value=(id); }
+                    button type="submit" { (verb(action)) " " (choice.ids.len()) }
+                    " "
+                    a href={ "/dead-letters?" (serde_urlencoded::to_string([("queue", choice.queue.as_str())]).unwrap_or_default()) } { "Cancel" }
+                }
+            },
+        ),
+    )
+}
+
+/// Carries out a confirmed action.
+pub async fn act(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let choice = Choice::from_form(fields);
+    if let Err(answer) = console.check_post(&headers, &choice.csrf) {
+        return *answer;
+    }
+    let Some(admin) = console.dead_letter_queue(&choice.queue) else {
+        return not_found(&format!(
+            "`{}` is not the dead-letter queue of a binding of this host.",
+            choice.queue
+        ));
+    };
+    let Some(action) = choice.action else {
+        return page_response(
+            StatusCode::BAD_REQUEST,
+            super::pages::message("Nothing to do", "Choose redrive or delete."),
+        );
+    };
+    let started = std::time::Instant::now();
+    match admin
+        .settle_letters(&choice.queue, &choice.ids, action)
+        .await
+    {
+        Ok(done) => {
+            tracing::info!(
+                queue = %crate::text::Escaped(&choice.queue),
+                chosen = choice.ids.len(),
+                done,
+                took = ?started.elapsed(),
+                "dead letters {} from the console",
+                if action == LetterAction::Redrive { "redriven" } else { "deleted" }
+            );
+            page_response(
+                StatusCode::OK,
+                super::pages::message(
+                    "Done",
+                    &format!(
+                        "{} {done} of the {} letters chosen ({} were no longer there).",
+                        match action {
+                            LetterAction::Redrive => "Redrove",
+                            LetterAction::Delete => "Deleted",
+                        },
+                        choice.ids.len(),
+                        choice.ids.len() as u64 - done.min(choice.ids.len() as u64)
+                    ),
+                ),
+            )
+        }
+        Err(err) => page_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            super::pages::message("Failed", &format!("{} failed: {err}", verb(action))),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(body: &str, reason: &str, plugin: &str, moved: bool) -> Peeked {
+        Peeked {
+            id: "m".into(),
+            body: body.into(),
+            attributes: vec![
+                (REASON_ATTRIBUTE.into(), reason.into()),
+                (PLUGIN_ATTRIBUTE.into(), plugin.into()),
+            ],
+            receive_count: 1,
+            sent_at_ms: 0,
+            source_queue: None,
+            moved_by_queue: moved,
+        }
+    }
+
+    #[test]
+    fn searches_match_body_and_reason_words_plugin_and_reason() {
+        let l = letter("{\"Job\": 42}", "trap: Out Of Bounds", "compress", false);
+        let search = |q: &str, plugin: &str, reason: &str| Search {
+            q: q.into(),
+            plugin: plugin.into(),
+            reason: reason.into(),
+            ..Search::default()
+        };
+        assert!(search("", "", "").matches(&l));
+        assert!(search("job bounds", "", "").matches(&l));
+        assert!(!search("job missing", "", "").matches(&l));
+        assert!(search("", "compress", "out of").matches(&l));
+        assert!(!search("", "other", "").matches(&l));
+        // A letter the queue moved has only its sender's attributes.
+        let moved = letter("x", "trap", "compress", true);
+        assert!(!search("", "compress", "").matches(&moved));
+        assert!(!search("trap", "", "").matches(&moved));
+    }
+
+    #[test]
+    fn previews_cut_on_characters() {
+        let long = "é".repeat(PREVIEW + 10);
+        let cut = preview(&long);
+        assert_eq!(cut.chars().count(), PREVIEW + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(preview("short"), "short");
+    }
+}
