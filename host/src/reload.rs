@@ -128,16 +128,20 @@ impl Reloader {
             Ok(Ok((plugin, source))) => {
                 info!(plugin = %watched.wanted, %source, "plugin reloaded; new messages run the new version");
                 watched.slot.replace(Some(plugin));
+                watched.slot.note_reload(None);
             }
             Ok(Err(err)) if !self.file_of(&watched.wanted).is_some_and(|f| f.exists()) => {
                 warn!(plugin = %watched.wanted, error = %format!("{err:#}"), "plugin removed: its bindings pause until it returns");
                 watched.slot.replace(None);
+                watched.slot.note_reload(Some(format!("{err:#}")));
             }
             Ok(Err(err)) => {
                 error!(plugin = %watched.wanted, error = %format!("{err:#}"), "plugin changed but cannot be used; the previous version keeps running");
+                watched.slot.note_reload(Some(format!("{err:#}")));
             }
             Err(join) => {
-                error!(plugin = %watched.wanted, error = %join, "reloading the plugin failed")
+                error!(plugin = %watched.wanted, error = %join, "reloading the plugin failed");
+                watched.slot.note_reload(Some(join.to_string()));
             }
         }
     }

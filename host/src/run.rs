@@ -241,6 +241,7 @@ impl Host {
                     Some(_) => Some(backends.admin(&spec.queue).await?),
                     None => None,
                 },
+                slot: slot.clone(),
             });
             bound.push(queue.clone());
             bindings.push(Binding {

@@ -49,17 +49,17 @@ impl Drop for Killed {
 /// A host on `local://jobs` running the rogue processor, listening on a
 /// free loopback port, once its server answers.
 fn host(dir: &std::path::Path, extra: &[&str]) -> (Killed, String) {
+    host_of(dir, wasq_test_guests::ROGUE, extra)
+}
+
+/// [`host`] running the processor at `plugin`.
+fn host_of(dir: &std::path::Path, plugin: &str, extra: &[&str]) -> (Killed, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut args = vec!["--listen", addr.as_str()];
     args.extend_from_slice(extra);
-    let child = crate::harness::wasq_run(
-        &dir.join("data"),
-        wasq_test_guests::ROGUE,
-        &dir.join("host.log"),
-        &args,
-    )
-    .spawn()
-    .unwrap();
+    let child = crate::harness::wasq_run(&dir.join("data"), plugin, &dir.join("host.log"), &args)
+        .spawn()
+        .unwrap();
     let host = Killed(child);
     let started = Instant::now();
     while std::net::TcpStream::connect(&addr).is_err() {
@@ -412,4 +412,36 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
     assert_eq!(status, 200, "{done}");
     assert!(done.contains("Deleted 2 of the 2"), "{done}");
     assert_eq!(runtime.block_on(dlq.stats()).unwrap().visible, 0);
+}
+
+#[test]
+fn the_processors_page_shows_the_running_code_and_a_failed_reload() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let queues = LocalQueues::open(&dir.path().join("data")).unwrap();
+    runtime
+        .block_on(queues.create("jobs", crate::harness::with_dlq(3)))
+        .unwrap();
+    let plugin = dir.path().join("rogue.wasm");
+    std::fs::copy(wasq_test_guests::ROGUE, &plugin).unwrap();
+    let sha256 = hex::encode(sha2::Sha256::digest(std::fs::read(&plugin).unwrap()));
+    let (_host, addr) = host_of(dir.path(), plugin.to_str().unwrap(), &[]);
+
+    let (status, _, page) = http("GET", &addr, "/processors", &[], "");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&sha256), "{page}");
+    assert!(page.contains("wasq:processor/blobs@0.1.0"), "{page}");
+    assert!(page.contains("none since the host started"), "{page}");
+
+    // A change that cannot be used: the old version runs on, and the page
+    // says why the new one did not load.
+    std::fs::write(&plugin, b"<b>not a component</b>").unwrap();
+    wait_until("the failed reload was not shown", || {
+        let (_, _, page) = http("GET", &addr, "/processors", &[], "");
+        page.contains("failed, the previous version runs on")
+    });
+    let (_, _, page) = http("GET", &addr, "/processors", &[], "");
+    assert!(page.contains(&sha256), "{page}");
+    assert!(!page.contains("<b>not"), "{page}");
 }

@@ -25,6 +25,7 @@
 
 mod letters;
 mod pages;
+mod processors;
 
 use crate::dispatch::{Controls, Metrics};
 use axum::Router;
@@ -54,6 +55,8 @@ pub struct BindingView {
     pub dlq_alarm: Option<u64>,
     /// How the dead-letter queue is read and acted on, if there is one.
     pub admin: Option<Arc<dyn crate::queue::QueueAdmin>>,
+    /// The processor's current version.
+    pub slot: crate::runtime::PluginSlot,
 }
 
 /// Who may use the console.
@@ -134,6 +137,7 @@ impl Console {
             .route("/login", get(login_page).post(login))
             .route("/bindings/{name}/pause", post(pause))
             .route("/bindings/{name}/resume", post(resume))
+            .route("/processors", get(processors::page))
             .route("/dead-letters", get(letters::list))
             .route("/dead-letters/letter", get(letters::letter))
             .route("/dead-letters/confirm", post(letters::confirm))

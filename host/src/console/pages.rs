@@ -17,7 +17,7 @@ pub(super) fn layout(title: &str, body: Markup) -> Markup {
             body {
                 header {
                     a.brand href="/" { "wasq" }
-                    nav { a href="/" { "Overview" } " " a href="/dead-letters" { "Dead letters" } }
+                    nav { a href="/" { "Overview" } " " a href="/dead-letters" { "Dead letters" } " " a href="/processors" { "Processors" } }
                 }
                 main { (body) }
             }

@@ -238,7 +238,19 @@ impl Runtime {
             .with_context(|| {
                 format!("plugin `{name}` ({source}): does not fit the processor world")
             })?;
-        Ok(Plugin::new(name, source, pre, limits, config))
+        let ty = component.component_type();
+        let identity = plugins::Identity {
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(wasm)),
+            imports: ty
+                .imports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect(),
+            exports: ty
+                .exports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect(),
+        };
+        Ok(Plugin::new(name, source, pre, limits, config).with_identity(identity))
     }
 
     /// Compiles a component, or loads it from the compile cache.

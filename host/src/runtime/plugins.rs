@@ -45,6 +45,17 @@ pub struct Plugin {
     pub(super) grants: Arc<Grants>,
     /// Where its grants came from; `None` when it has no manifest.
     manifest_origin: Option<String>,
+    /// What it is: its code's hash, and its imports and exports by name.
+    identity: Arc<Identity>,
+}
+
+/// A plugin's code as the console and `wasq plugins inspect` show it.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
 }
 
 impl Plugin {
@@ -63,7 +74,17 @@ impl Plugin {
             config: Arc::new(config),
             grants: Arc::new(Grants::default()),
             manifest_origin: None,
+            identity: Arc::default(),
         }
+    }
+
+    pub(super) fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Arc::new(identity);
+        self
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The same plugin, allowed what `grants` allows.

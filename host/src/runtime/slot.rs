@@ -15,6 +15,15 @@ pub struct PluginSlot {
 struct SlotInner {
     current: RwLock<Option<Arc<Plugin>>>,
     changed: Notify,
+    /// The last reload tried, if any.
+    reloaded: std::sync::Mutex<Option<Reload>>,
+}
+
+/// When the plugin was last reloaded, and why it could not be, if so.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub at: std::time::SystemTime,
+    pub error: Option<String>,
 }
 
 impl PluginSlot {
@@ -23,8 +32,30 @@ impl PluginSlot {
             inner: Arc::new(SlotInner {
                 current: RwLock::new(Some(Arc::new(plugin))),
                 changed: Notify::new(),
+                reloaded: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// Notes a reload just tried: `error` says why it failed.
+    pub fn note_reload(&self, error: Option<String>) {
+        *self
+            .inner
+            .reloaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Reload {
+            at: std::time::SystemTime::now(),
+            error,
+        });
+    }
+
+    /// The last reload tried, if any.
+    pub fn last_reload(&self) -> Option<Reload> {
+        self.inner
+            .reloaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The plugin to run the next message on; `None` while its file is gone.
