@@ -16,17 +16,23 @@ cargo clippy --manifest-path guest-compress/Cargo.toml --all-targets -- -D warni
 export WASQ_EXAMPLES_DIR="${CARGO_TARGET_DIR:-$PWD/target}/examples"
 OUT="$WASQ_EXAMPLES_DIR" bash examples/build.sh
 
-# Prometheus (Debian's package) checks the shipped alerting rules, and a
-# test runs the real server against a host.
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-    else
-        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-    fi
+# Debian's packages: Prometheus checks the shipped alerting rules and a
+# test runs the real server against a host; chromium and its chromedriver
+# drive the console in a real browser.
+wanted=()
+command -v promtool >/dev/null && command -v prometheus >/dev/null || wanted+=(prometheus)
+command -v chromium >/dev/null || wanted+=(chromium)
+command -v chromedriver >/dev/null || wanted+=(chromium-driver)
+if [ "${#wanted[@]}" -gt 0 ]; then
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}" >/dev/null
 fi
 promtool check rules deploy/prometheus/wasq-rules.yml
 export WASQ_TEST_PROMETHEUS="$(command -v prometheus)"
+export WASQ_TEST_CHROMIUM="$(command -v chromium)"
+export WASQ_TEST_CHROMEDRIVER="$(command -v chromedriver)"
 
 # A real SQS, S3 and DynamoDB API on loopback: moto server, pinned, in the
 # project's virtualenv; cfn-lint checks the CloudFormation template.

@@ -100,6 +100,7 @@ async fn throughput(
         hurry: Default::default(),
         seal: wasq::dispatch::IdSeal::random()?,
         controls: Default::default(),
+        timelines: Default::default(),
     };
     let binding = Binding {
         config: BindingConfig {

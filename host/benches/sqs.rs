@@ -240,6 +240,7 @@ async fn dispatch(
         hurry: Default::default(),
         seal: wasq::dispatch::IdSeal::random()?,
         controls: Default::default(),
+        timelines: Default::default(),
     };
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let binding = Binding {

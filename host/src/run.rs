@@ -4,7 +4,9 @@
 use crate::aws::AwsOptions;
 use crate::backends::{Backends, BlobBackend, LocalEnv, RecordsBackend};
 use crate::console::{BindingView, Console};
-use crate::dispatch::{Binding, BindingConfig, Controls, Dispatcher, Metrics, Readiness};
+use crate::dispatch::{
+    Binding, BindingConfig, Controls, Dispatcher, Metrics, Readiness, Timelines,
+};
 use crate::queue::QueueOptions;
 use crate::queue::{Queue, QueueError, QueueStats, Redrive};
 use crate::reload::{Reloader, Watched};
@@ -221,6 +223,7 @@ impl Host {
                 max_receive_count = binding_config.max_receive_count,
                 "bound"
             );
+            let plugin_name = plugin.name().to_string();
             let slot = PluginSlot::new(plugin);
             watched.push(Watched {
                 wanted: spec.plugin.clone(),
@@ -234,7 +237,7 @@ impl Host {
                 name: binding_config.name.clone(),
                 queue: spec.queue.to_string(),
                 dlq: dlq.as_ref().map(|dlq| dlq.name().to_string()),
-                plugin: spec.plugin.clone(),
+                plugin: plugin_name,
                 max_concurrency: binding_config.max_concurrency,
                 dlq_alarm: binding_config.dlq_alarm,
                 admin: match &dlq {
@@ -255,12 +258,14 @@ impl Host {
         let metrics = Arc::new(Metrics::default());
         let readiness = Readiness::default();
         let controls = Controls::default();
+        let timelines = Timelines::default();
         let serve = match listener {
             Some(listener) => {
                 let console = Console::new(
                     views,
                     metrics.clone(),
                     controls.clone(),
+                    timelines.clone(),
                     listener.local_addr()?,
                     config.console_token.as_deref(),
                 )?;
@@ -294,6 +299,7 @@ impl Host {
                 hurry: tokio_util::sync::CancellationToken::new(),
                 seal,
                 controls,
+                timelines,
             },
             metrics,
             readiness,

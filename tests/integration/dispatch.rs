@@ -145,6 +145,7 @@ impl Rig {
             hurry: Default::default(),
             seal: self.seal.clone(),
             controls: Default::default(),
+            timelines: Default::default(),
         }
     }
 

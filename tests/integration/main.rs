@@ -5,6 +5,7 @@
 
 mod alerts;
 mod aws;
+mod browser;
 mod cli;
 mod compress;
 mod console;

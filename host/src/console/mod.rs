@@ -27,7 +27,7 @@ mod letters;
 mod pages;
 mod processors;
 
-use crate::dispatch::{Controls, Metrics};
+use crate::dispatch::{Controls, Metrics, Timelines};
 use axum::Router;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -80,6 +80,7 @@ struct Inner {
     bindings: Vec<BindingView>,
     metrics: Arc<Metrics>,
     controls: Controls,
+    timelines: Timelines,
     access: Access,
     /// Every form carries it; a POST without it is refused.
     csrf: String,
@@ -94,6 +95,7 @@ impl Console {
         bindings: Vec<BindingView>,
         metrics: Arc<Metrics>,
         controls: Controls,
+        timelines: Timelines,
         listen: SocketAddr,
         token: Option<&str>,
     ) -> anyhow::Result<Self> {
@@ -112,6 +114,7 @@ impl Console {
                 bindings,
                 metrics,
                 controls,
+                timelines,
                 access,
                 csrf: hex::encode(csrf),
                 draining: AtomicBool::new(false),
@@ -142,7 +145,20 @@ impl Console {
             .route("/dead-letters/letter", get(letters::letter))
             .route("/dead-letters/confirm", post(letters::confirm))
             .route("/dead-letters/act", post(letters::act))
+            .route("/overview.json", get(overview_json))
             .route("/console.css", get(stylesheet))
+            .route(
+                "/console.js",
+                get(|| asset("text/javascript", include_str!("console.js"))),
+            )
+            .route(
+                "/uplot.js",
+                get(|| asset("text/javascript", include_str!("assets/uPlot.iife.min.js"))),
+            )
+            .route(
+                "/uplot.css",
+                get(|| asset("text/css", include_str!("assets/uPlot.min.css"))),
+            )
             .with_state(self.clone())
     }
 
@@ -230,11 +246,13 @@ fn secure(headers: &mut HeaderMap) {
     for (name, value) in [
         (
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: with it a browser sends `Origin: null` on the
+        // console's own form posts, and the same-origin check refuses them.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -383,15 +401,51 @@ async fn login(State(console): State<Console>, Form(form): Form<LoginForm>) -> R
 }
 
 async fn stylesheet() -> Response {
+    asset("text/css", include_str!("console.css")).await
+}
+
+/// A file the console ships inside the binary.
+async fn asset(kind: &'static str, text: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_TYPE, kind),
             (header::CACHE_CONTROL, "max-age=3600"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        include_str!("console.css"),
+        text,
     )
         .into_response()
+}
+
+#[derive(serde::Serialize)]
+struct OverviewJson {
+    bindings: Vec<BindingSeries>,
+}
+
+#[derive(serde::Serialize)]
+struct BindingSeries {
+    name: String,
+    series: crate::dispatch::timeline::Series,
+}
+
+/// Each binding's last hours, for the overview's charts.
+async fn overview_json(State(console): State<Console>, headers: HeaderMap) -> Response {
+    if let Err(answer) = console.admit(&headers) {
+        return *answer;
+    }
+    let bindings = console
+        .inner
+        .bindings
+        .iter()
+        .map(|b| BindingSeries {
+            name: b.name.clone(),
+            series: console.inner.timelines.binding(&b.name).series(),
+        })
+        .collect();
+    let body = serde_json::to_string(&OverviewJson { bindings }).unwrap_or_default();
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    secure(response.headers_mut());
+    response
 }
 
 #[cfg(test)]
@@ -403,6 +457,7 @@ mod tests {
             Vec::new(),
             Arc::new(Metrics::default()),
             Controls::default(),
+            Timelines::default(),
             listen.parse().unwrap(),
             token,
         )
@@ -441,6 +496,7 @@ mod tests {
                 Vec::new(),
                 Arc::new(Metrics::default()),
                 Controls::default(),
+                Timelines::default(),
                 "127.0.0.1:1".parse().unwrap(),
                 Some("short")
             )

@@ -12,6 +12,7 @@ pub(super) fn layout(title: &str, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · wasq" }
+                link rel="stylesheet" href="/uplot.css";
                 link rel="stylesheet" href="/console.css";
             }
             body {
@@ -83,6 +84,10 @@ pub fn overview(bindings: &[BindingNow], csrf: &str) -> Markup {
                 "Pausing a binding stops its receives: messages wait in the queue, and those in flight finish. "
                 "Counts are since this host started; /metrics has them all."
             }
+            h2 { "The last hours" }
+            div #charts {}
+            script src="/uplot.js" {}
+            script src="/console.js" {}
         },
     )
 }

@@ -112,6 +112,7 @@ impl BindingState {
             self.metrics
                 .handle_seconds
                 .observe(run.elapsed.as_secs_f64());
+            self.timeline.observe(run.elapsed);
             if let Some(fault) = &run.fault {
                 warn!(%fault, "processor failed");
             }

@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod control;
 pub mod metrics;
 pub mod seal;
+pub mod timeline;
 
 mod deletes;
 mod depth;
@@ -26,6 +27,7 @@ pub use backoff::Backoff;
 pub use control::Controls;
 pub use metrics::{BindingMetrics, Metrics};
 pub use seal::IdSeal;
+pub use timeline::Timelines;
 
 use crate::queue::{
     MAX_ATTRIBUTES, Moved, Outgoing, Queue, QueueError, Received, SOURCE_ATTRIBUTE,
@@ -117,6 +119,8 @@ pub struct Dispatcher {
     pub seal: IdSeal,
     /// Each binding's pause switch.
     pub controls: Controls,
+    /// Each binding's last hours, for the console's charts.
+    pub timelines: Timelines,
 }
 
 /// Whether every binding's queue has answered at least once.
@@ -154,6 +158,7 @@ impl Dispatcher {
             let paused = self
                 .controls
                 .watch(&binding.config.name, metrics.paused.clone());
+            let timeline = self.timelines.binding(&binding.config.name);
             let alarm = binding.config.dlq_alarm.map(|threshold| {
                 std::sync::Mutex::new(alarm::Alarm::new(
                     threshold,
@@ -183,6 +188,7 @@ impl Dispatcher {
                 deletes,
                 first_done: first_done.clone(),
                 paused,
+                timeline,
                 stop: stop.clone(),
                 abort: abort.clone(),
                 tracker: tracker.clone(),
@@ -264,6 +270,8 @@ struct BindingState {
     deletes: mpsc::Sender<String>,
     /// Set by the first message done in this run, of any binding.
     first_done: Arc<AtomicBool>,
+    /// The binding's last hours, a minute at a time.
+    timeline: Arc<timeline::Timeline>,
     /// Set while the binding is paused: no receives.
     paused: tokio::sync::watch::Receiver<bool>,
     /// Stops receiving.

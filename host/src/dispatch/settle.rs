@@ -46,6 +46,7 @@ impl BindingState {
                     info!("first message done");
                 }
                 self.metrics.done.inc();
+                self.timeline.count(timeline::Event::Done);
                 self.delete(received.receipt.clone()).await;
                 true
             }
@@ -81,6 +82,7 @@ impl BindingState {
             let delay = delay.unwrap_or_else(|| config.backoff.delay(received.receive_count));
             info!(%reason, delay_secs = delay.as_secs_f64(), "retry");
             self.metrics.retried.inc();
+            self.timeline.count(timeline::Event::Retried);
             self.change_visibility(&[(received.receipt.clone(), delay)])
                 .await;
         }
@@ -117,6 +119,7 @@ impl BindingState {
         let Some(dlq) = &self.binding.dlq else {
             error!(%reason, "no dead-letter queue (opted out): dropping the message");
             self.metrics.dead_lettered.inc();
+            self.timeline.count(timeline::Event::DeadLettered);
             self.delete(received.receipt.clone()).await;
             return;
         };
@@ -195,6 +198,7 @@ impl BindingState {
                     Some(reason.clone());
                 warn!(%reason, dlq = dlq.name(), "dead-lettered");
                 self.metrics.dead_lettered.inc();
+                self.timeline.count(timeline::Event::DeadLettered);
                 if moved == Moved::Sent {
                     self.delete(received.receipt.clone()).await;
                 }
