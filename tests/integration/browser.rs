@@ -207,7 +207,7 @@ async fn the_console_works_in_a_browser_and_hostile_text_stays_text() {
         .goto(&format!("{base}/dead-letters?queue=jobs-dlq"))
         .await
         .unwrap();
-    wait_for_text(&client, "5 of 5 letters match").await;
+    wait_for_text(&client, "5 letters match").await;
     wait_for_text(&client, "<script>document.title='pwned'</script>").await;
     wait_for_text(&client, "onerror=").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -242,7 +242,7 @@ async fn the_console_works_in_a_browser_and_hostile_text_stays_text() {
         .click()
         .await
         .unwrap();
-    wait_for_text(&client, "3 of 5 letters match").await;
+    wait_for_text(&client, "3 letters match").await;
     client
         .find(Locator::Css("table.letters td a"))
         .await
@@ -254,7 +254,7 @@ async fn the_console_works_in_a_browser_and_hostile_text_stays_text() {
     wait_for_text(&client, "\"kind\": \"alpha\"").await;
     shoot(&client, "dead-letter").await;
     client.back().await.unwrap();
-    wait_for_text(&client, "3 of 5 letters match").await;
+    wait_for_text(&client, "3 letters match").await;
     // Pause first, so the redriven letters wait where the CLI can see them.
     client.goto(&format!("{base}/")).await.unwrap();
     client

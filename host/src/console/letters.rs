@@ -4,24 +4,27 @@
 //! confirmation that states the count.
 //!
 //! It reads through the queue's admin interface, as `wasq dlq list` does:
-//! on the embedded queue letters are read in place; on SQS each look
-//! receives them and makes them visible again at once, which adds one to
-//! their receive counts, so a look reads at most [`LOOK_CAP`] letters.
+//! on the embedded queue every letter is searched in place; on SQS each
+//! look receives them and makes them visible again at once, which adds one
+//! to their receive counts, so a look reads at most
+//! [`crate::queue::LOOK_CAP`] letters.
 //! Every value shown (body, reason, attributes, ids) comes from a queue
 //! sender or a processor and is rendered as text.
 
 use super::pages::layout;
 use super::{Console, page_response};
-use crate::dispatch::{PLUGIN_ATTRIBUTE, REASON_ATTRIBUTE};
-use crate::queue::{LetterAction, Peeked, QueueAdmin};
+use crate::queue::{
+    LOOK_CAP, LetterAction, LetterFilter, LetterPage, PLUGIN_ATTRIBUTE, Peeked, QueueAdmin,
+    REASON_ATTRIBUTE,
+};
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use maud::{Markup, html};
 use std::sync::Arc;
 
-/// The most letters one look at a dead-letter queue reads.
-pub const LOOK_CAP: usize = 2_000;
+/// The most letters one action on all a search matched takes.
+const ALL_CAP: usize = 100_000;
 /// Letters per page.
 const PAGE: usize = 50;
 /// How much of a body or reason a list shows.
@@ -47,18 +50,14 @@ pub struct Search {
 }
 
 impl Search {
-    fn matches(&self, letter: &Peeked) -> bool {
-        let reason = wasq_attribute(letter, REASON_ATTRIBUTE).unwrap_or("");
-        let q = self.q.trim().to_lowercase();
-        let found = q.split_whitespace().all(|word| {
-            letter.body.to_lowercase().contains(word) || reason.to_lowercase().contains(word)
-        });
-        let plugin = self.plugin.trim();
-        let by_plugin =
-            plugin.is_empty() || wasq_attribute(letter, PLUGIN_ATTRIBUTE) == Some(plugin);
-        let reason_part = self.reason.trim().to_lowercase();
-        let by_reason = reason_part.is_empty() || reason.to_lowercase().contains(&reason_part);
-        found && by_plugin && by_reason
+    fn filter(&self) -> LetterFilter {
+        let given = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
+        LetterFilter {
+            words: self.q.split_whitespace().map(str::to_string).collect(),
+            plugin: given(&self.plugin),
+            reason: given(&self.reason),
+            id: None,
+        }
     }
 
     /// The query string that repeats this search.
@@ -123,23 +122,6 @@ impl Console {
     }
 }
 
-/// The letters a look finds, and whether it read the whole queue.
-struct Look {
-    letters: Vec<Peeked>,
-    whole: bool,
-}
-
-async fn look(admin: &dyn QueueAdmin, queue: &str) -> Result<Look, String> {
-    let letters = admin
-        .peek(queue, LOOK_CAP)
-        .await
-        .map_err(|err| err.to_string())?;
-    Ok(Look {
-        whole: letters.len() < LOOK_CAP,
-        letters,
-    })
-}
-
 fn not_found(what: &str) -> Response {
     page_response(
         StatusCode::NOT_FOUND,
@@ -177,36 +159,31 @@ pub async fn list(
             search.queue
         ));
     };
-    let looked = match look(admin.as_ref(), &search.queue).await {
-        Ok(looked) => looked,
-        Err(err) => {
-            return page_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                super::pages::message("Dead letters", &format!("Reading the queue failed: {err}")),
-            );
-        }
+    let page = match admin
+        .browse(&search.queue, &search.filter(), search.page * PAGE, PAGE)
+        .await
+    {
+        Ok(page) => page,
+        Err(err) => return unavailable(&err.to_string()),
     };
-    let matched: Vec<&Peeked> = looked
-        .letters
-        .iter()
-        .filter(|l| search.matches(l))
-        .collect();
     page_response(
         StatusCode::OK,
-        list_page(&queues, &search, &matched, &looked, &console.inner.csrf),
+        list_page(&queues, &search, &page, &console.inner.csrf),
     )
 }
 
-fn list_page(
-    queues: &[String],
-    search: &Search,
-    matched: &[&Peeked],
-    looked: &Look,
-    csrf: &str,
-) -> Markup {
-    let pages = matched.len().div_ceil(PAGE).max(1);
+fn unavailable(err: &str) -> Response {
+    page_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        super::pages::message("Dead letters", &format!("Reading the queue failed: {err}")),
+    )
+}
+
+fn list_page(queues: &[String], search: &Search, found: &LetterPage, csrf: &str) -> Markup {
+    let matched = found.matched as usize;
+    let pages = matched.div_ceil(PAGE).max(1);
     let page = search.page.min(pages - 1);
-    let shown = matched.iter().skip(page * PAGE).take(PAGE);
+    let shown = found.letters.iter();
     layout(
         "Dead letters",
         html! {
@@ -225,8 +202,8 @@ fn list_page(
                 button type="submit" { "Search" }
             }
             p.count {
-                (matched.len()) " of " (looked.letters.len()) " letters match"
-                @if !looked.whole { " (the first " (LOOK_CAP) " letters of the queue were read)" }
+                (matched) @if matched == 1 { " letter matches" } @else { " letters match" }
+                @if !found.whole { " among the first " (LOOK_CAP) " of the queue (each look at an SQS queue reads at most that many)" }
                 "."
             }
             form method="post" action="/dead-letters/confirm" {
@@ -255,15 +232,18 @@ fn list_page(
                     button type="submit" name="action" value="delete" { "Delete selected" }
                 }
             }
-            @if !matched.is_empty() {
+            @if matched > 0 {
                 form method="post" action="/dead-letters/confirm" {
                     input type="hidden" name="csrf" value=(csrf);
                     input type="hidden" name="queue" value=(search.queue);
-                    @for letter in matched { input type="hidden" name="id" value=(letter.id); }
+                    input type="hidden" name="all" value="1";
+                    input type="hidden" name="q" value=(search.q);
+                    input type="hidden" name="plugin" value=(search.plugin);
+                    input type="hidden" name="reason" value=(search.reason);
                     p.actions {
-                        button type="submit" name="action" value="redrive" { "Redrive all " (matched.len()) " matching" }
+                        button type="submit" name="action" value="redrive" { "Redrive all " (matched) " matching" }
                         " "
-                        button type="submit" name="action" value="delete" { "Delete all " (matched.len()) " matching" }
+                        button type="submit" name="action" value="delete" { "Delete all " (matched) " matching" }
                     }
                 }
             }
@@ -301,16 +281,15 @@ pub async fn letter(
             wanted.queue
         ));
     };
-    let looked = match look(admin.as_ref(), &wanted.queue).await {
-        Ok(looked) => looked,
-        Err(err) => {
-            return page_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                super::pages::message("Dead letters", &format!("Reading the queue failed: {err}")),
-            );
-        }
+    let filter = LetterFilter {
+        id: Some(wanted.id.clone()),
+        ..LetterFilter::default()
     };
-    let Some(letter) = looked.letters.iter().find(|l| l.id == wanted.id) else {
+    let found = match admin.browse(&wanted.queue, &filter, 0, 1).await {
+        Ok(found) => found,
+        Err(err) => return unavailable(&err.to_string()),
+    };
+    let Some(letter) = found.letters.first() else {
         return not_found(&format!(
             "No letter `{}` among the letters of `{}` read.",
             wanted.id, wanted.queue
@@ -371,12 +350,15 @@ fn letter_page(queue: &str, letter: &Peeked, csrf: &str) -> Markup {
     )
 }
 
-/// A chosen set of letters and what to do with them, from a form.
+/// A chosen set of letters and what to do with them, from a form: the
+/// letters by id, or all that a search matches.
 struct Choice {
     csrf: String,
     queue: String,
     action: Option<LetterAction>,
     ids: Vec<String>,
+    /// Set for "all matching": the search that picks them.
+    all: Option<Search>,
 }
 
 impl Choice {
@@ -386,11 +368,18 @@ impl Choice {
             queue: String::new(),
             action: None,
             ids: Vec::new(),
+            all: None,
         };
+        let mut search = Search::default();
+        let mut all = false;
         for (name, value) in fields {
             match name.as_str() {
                 "csrf" => choice.csrf = value,
                 "queue" => choice.queue = value,
+                "all" => all = value == "1",
+                "q" => search.q = value,
+                "plugin" => search.plugin = value,
+                "reason" => search.reason = value,
                 "action" => {
                     choice.action = match value.as_str() {
                         "redrive" => Some(LetterAction::Redrive),
@@ -404,7 +393,37 @@ impl Choice {
         }
         choice.ids.sort();
         choice.ids.dedup();
+        if all {
+            search.queue = choice.queue.clone();
+            choice.all = Some(search);
+        }
         choice
+    }
+
+    /// The hidden fields that carry this choice on.
+    fn fields(&self) -> Markup {
+        html! {
+            input type="hidden" name="queue" value=(self.queue);
+            @if let Some(search) = &self.all {
+                input type="hidden" name="all" value="1";
+                input type="hidden" name="q" value=(search.q);
+                input type="hidden" name="plugin" value=(search.plugin);
+                input type="hidden" name="reason" value=(search.reason);
+            } @else {
+                @for id in &self.ids { input type="hidden" name="id" value=(id); }
+            }
+        }
+    }
+
+    /// The ids of the letters chosen, looked up now for "all matching".
+    async fn ids(&self, admin: &dyn QueueAdmin) -> Result<Vec<String>, String> {
+        match &self.all {
+            Some(search) => admin
+                .matching_ids(&self.queue, &search.filter(), ALL_CAP)
+                .await
+                .map_err(|err| err.to_string()),
+            None => Ok(self.ids.clone()),
+        }
     }
 }
 
@@ -425,19 +444,26 @@ pub async fn confirm(
     if let Err(answer) = console.check_post(&headers, &choice.csrf) {
         return *answer;
     }
-    if console.dead_letter_queue(&choice.queue).is_none() {
+    let Some(admin) = console.dead_letter_queue(&choice.queue) else {
         return not_found(&format!(
             "`{}` is not the dead-letter queue of a binding of this host.",
             choice.queue
         ));
-    }
+    };
     let Some(action) = choice.action else {
         return page_response(
             StatusCode::BAD_REQUEST,
             super::pages::message("Nothing to do", "Choose redrive or delete."),
         );
     };
-    if choice.ids.is_empty() {
+    let count = match &choice.all {
+        Some(search) => match admin.browse(&choice.queue, &search.filter(), 0, 0).await {
+            Ok(found) => (found.matched as usize).min(ALL_CAP),
+            Err(err) => return unavailable(&err.to_string()),
+        },
+        None => choice.ids.len(),
+    };
+    if count == 0 {
         return page_response(
             StatusCode::OK,
             super::pages::message("Nothing chosen", "No letter was selected."),
@@ -452,14 +478,16 @@ pub async fn confirm(
         layout(
             "Confirm",
             html! {
-                h1 { (verb(action)) " " (choice.ids.len()) " dead letters?" }
-                p { (verb(action)) " " strong { (choice.ids.len()) } " letters of " code { (choice.queue) } " " (what) "." }
+                h1 { (verb(action)) " " (count) " dead letters?" }
+                p { (verb(action)) " " strong { (count) } " letters of " code { (choice.queue) } " " (what) "." }
+                @if choice.all.is_some() {
+                    p.note { "All the letters the search matches when you confirm are taken (at most " (ALL_CAP) ")." }
+                }
                 form method="post" action="/dead-letters/act" {
                     input type="hidden" name="csrf" value=(console.inner.csrf);
-                    input type="hidden" name="queue" value=(choice.queue);
                     input type="hidden" name="action" value=(verb(action).to_lowercase());
-                    @for id in &choice.ids { input type="hidden" name="id" value=(id); }
-                    button type="submit" { (verb(action)) " " (choice.ids.len()) }
+                    (choice.fields())
+                    button type="submit" { (verb(action)) " " (count) }
                     " "
                     a href={ "/dead-letters?" (serde_urlencoded::to_string([("queue", choice.queue.as_str())]).unwrap_or_default()) } { "Cancel" }
                 }
@@ -491,14 +519,15 @@ pub async fn act(
         );
     };
     let started = std::time::Instant::now();
-    match admin
-        .settle_letters(&choice.queue, &choice.ids, action)
-        .await
-    {
+    let ids = match choice.ids(admin.as_ref()).await {
+        Ok(ids) => ids,
+        Err(err) => return unavailable(&err),
+    };
+    match admin.settle_letters(&choice.queue, &ids, action).await {
         Ok(done) => {
             tracing::info!(
                 queue = %crate::text::Escaped(&choice.queue),
-                chosen = choice.ids.len(),
+                chosen = ids.len(),
                 done,
                 took = ?started.elapsed(),
                 "dead letters {} from the console",
@@ -514,8 +543,8 @@ pub async fn act(
                             LetterAction::Redrive => "Redrove",
                             LetterAction::Delete => "Deleted",
                         },
-                        choice.ids.len(),
-                        choice.ids.len() as u64 - done.min(choice.ids.len() as u64)
+                        ids.len(),
+                        ids.len() as u64 - done.min(ids.len() as u64)
                     ),
                 ),
             )
@@ -531,41 +560,6 @@ pub async fn act(
 mod tests {
     use super::*;
 
-    fn letter(body: &str, reason: &str, plugin: &str, moved: bool) -> Peeked {
-        Peeked {
-            id: "m".into(),
-            body: body.into(),
-            attributes: vec![
-                (REASON_ATTRIBUTE.into(), reason.into()),
-                (PLUGIN_ATTRIBUTE.into(), plugin.into()),
-            ],
-            receive_count: 1,
-            sent_at_ms: 0,
-            source_queue: None,
-            moved_by_queue: moved,
-        }
-    }
-
-    #[test]
-    fn searches_match_body_and_reason_words_plugin_and_reason() {
-        let l = letter("{\"Job\": 42}", "trap: Out Of Bounds", "compress", false);
-        let search = |q: &str, plugin: &str, reason: &str| Search {
-            q: q.into(),
-            plugin: plugin.into(),
-            reason: reason.into(),
-            ..Search::default()
-        };
-        assert!(search("", "", "").matches(&l));
-        assert!(search("job bounds", "", "").matches(&l));
-        assert!(!search("job missing", "", "").matches(&l));
-        assert!(search("", "compress", "out of").matches(&l));
-        assert!(!search("", "other", "").matches(&l));
-        // A letter the queue moved has only its sender's attributes.
-        let moved = letter("x", "trap", "compress", true);
-        assert!(!search("", "compress", "").matches(&moved));
-        assert!(!search("trap", "", "").matches(&moved));
-    }
-
     #[test]
     fn previews_cut_on_characters() {
         let long = "é".repeat(PREVIEW + 10);
@@ -573,5 +567,24 @@ mod tests {
         assert_eq!(cut.chars().count(), PREVIEW + 1);
         assert!(cut.ends_with('…'));
         assert_eq!(preview("short"), "short");
+    }
+
+    #[test]
+    fn a_search_becomes_a_filter() {
+        let search = Search {
+            q: " job  Bounds ".into(),
+            plugin: " ".into(),
+            reason: "out of".into(),
+            ..Search::default()
+        };
+        assert_eq!(
+            search.filter(),
+            LetterFilter {
+                words: vec!["job".into(), "Bounds".into()],
+                plugin: None,
+                reason: Some("out of".into()),
+                id: None,
+            }
+        );
     }
 }

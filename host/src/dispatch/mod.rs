@@ -49,10 +49,8 @@ use tracing::{Instrument, debug, error, error_span, info, warn};
 /// The table where results of `done` are recorded, under `QUEUE/MESSAGE_ID`.
 pub const RESULTS_TABLE: &str = "results";
 /// Attributes a dead letter carries.
-pub const REASON_ATTRIBUTE: &str = "wasq-reason";
-pub const PLUGIN_ATTRIBUTE: &str = "wasq-plugin";
 pub const RECEIVE_COUNT_ATTRIBUTE: &str = "wasq-receive-count";
-pub use crate::queue::MESSAGE_ID_ATTRIBUTE;
+pub use crate::queue::{MESSAGE_ID_ATTRIBUTE, PLUGIN_ATTRIBUTE, REASON_ATTRIBUTE};
 /// How one binding behaves; validated by the command line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindingConfig {

@@ -21,9 +21,9 @@ pub use queue::LocalQueue;
 
 use super::{
     BatchFailure, DEDUP_WINDOW, DEFAULT_MAX_RECEIVE_COUNT, DEFAULT_VISIBILITY, LetterAction,
-    MAX_BATCH, MAX_VISIBILITY, MAX_WAIT, Moved, Outgoing, Peeked, Queue, QueueAdmin, QueueChanges,
-    QueueError, QueueOptions, QueueStats, Received, Redrive, SOURCE_ATTRIBUTE, check_name,
-    check_outgoing,
+    LetterFilter, LetterPage, MAX_BATCH, MAX_VISIBILITY, MAX_WAIT, Moved, Outgoing, Peeked, Queue,
+    QueueAdmin, QueueChanges, QueueError, QueueOptions, QueueStats, Received, Redrive,
+    SOURCE_ATTRIBUTE, check_name, check_outgoing,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};

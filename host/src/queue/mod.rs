@@ -28,6 +28,10 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub const MAX_ATTRIBUTES: usize = 10;
 /// The attribute that names the queue a dead letter came from.
 pub const SOURCE_ATTRIBUTE: &str = "wasq-source-queue";
+/// Why wasq dead-lettered a message.
+pub const REASON_ATTRIBUTE: &str = "wasq-reason";
+/// The processor that dead-lettered a message.
+pub const PLUGIN_ATTRIBUTE: &str = "wasq-plugin";
 /// The attribute that names the message a dead letter was (sealed: see
 /// `dispatch::seal`).
 pub const MESSAGE_ID_ATTRIBUTE: &str = "wasq-message-id";
@@ -308,6 +312,101 @@ pub trait QueueAdmin: Send + Sync {
         ids: &[String],
         action: LetterAction,
     ) -> Result<u64, QueueError>;
+
+    /// A page of the letters of `name` that `filter` picks, oldest first,
+    /// and how many it picks in all. The embedded queue searches every
+    /// letter in place; this default (SQS) looks at the first
+    /// [`LOOK_CAP`] letters as `peek` does (a receive each, made visible
+    /// again at once).
+    async fn browse(
+        &self,
+        name: &str,
+        filter: &LetterFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<LetterPage, QueueError> {
+        let looked = self.peek(name, LOOK_CAP).await?;
+        let whole = looked.len() < LOOK_CAP;
+        let picked: Vec<Peeked> = looked.into_iter().filter(|l| filter.matches(l)).collect();
+        Ok(LetterPage {
+            matched: picked.len() as u64,
+            letters: picked.into_iter().skip(offset).take(limit).collect(),
+            whole,
+        })
+    }
+
+    /// The ids of the letters of `name` that `filter` picks, oldest first,
+    /// at most `cap`.
+    async fn matching_ids(
+        &self,
+        name: &str,
+        filter: &LetterFilter,
+        cap: usize,
+    ) -> Result<Vec<String>, QueueError> {
+        Ok(self
+            .browse(name, filter, 0, cap)
+            .await?
+            .letters
+            .into_iter()
+            .map(|l| l.id)
+            .collect())
+    }
+}
+
+/// The most letters the default [`QueueAdmin::browse`] looks at: on SQS
+/// each look adds a receive to every letter it reads.
+pub const LOOK_CAP: usize = 2_000;
+
+/// Which dead letters a look picks; every part given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LetterFilter {
+    /// Words that must each appear in the body or in wasq's reason, ASCII
+    /// case aside.
+    pub words: Vec<String>,
+    /// The processor that dead-lettered it (wasq's `wasq-plugin`).
+    pub plugin: Option<String>,
+    /// Text in wasq's reason, ASCII case aside.
+    pub reason: Option<String>,
+    /// One letter, by id.
+    pub id: Option<String>,
+}
+
+impl LetterFilter {
+    /// Whether `letter` is picked. A letter the queue's own redrive moved
+    /// carries only its sender's attributes: it has no wasq reason or
+    /// processor, whatever its attributes are named.
+    pub fn matches(&self, letter: &Peeked) -> bool {
+        let wasq = |name: &str| {
+            (!letter.moved_by_queue)
+                .then(|| letter.attributes.iter().find(|(n, _)| n == name))
+                .flatten()
+                .map(|(_, v)| v.as_str())
+        };
+        let reason = wasq(REASON_ATTRIBUTE).unwrap_or("").to_ascii_lowercase();
+        let body = letter.body.to_ascii_lowercase();
+        self.words.iter().all(|word| {
+            let word = word.to_ascii_lowercase();
+            body.contains(&word) || reason.contains(&word)
+        }) && self
+            .plugin
+            .as_deref()
+            .is_none_or(|p| wasq(PLUGIN_ATTRIBUTE) == Some(p))
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|r| reason.contains(&r.to_ascii_lowercase()))
+            && self.id.as_deref().is_none_or(|id| letter.id == id)
+    }
+}
+
+/// A page of picked letters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LetterPage {
+    pub letters: Vec<Peeked>,
+    /// How many letters the filter picks in all (of those looked at).
+    pub matched: u64,
+    /// Whether every letter of the queue was looked at.
+    pub whole: bool,
 }
 
 /// What becomes of chosen dead letters.

@@ -193,6 +193,45 @@ impl LocalQueues {
         .await
     }
 
+    /// A page of the letters of `name` that `filter` picks, oldest first,
+    /// searched in place (every letter, no cap), and how many it picks.
+    pub async fn browse(
+        &self,
+        name: &str,
+        filter: &LetterFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<LetterPage, QueueError> {
+        let queue = self.queue(name).await?;
+        let (clause, values) = filter_sql(&queue.name, filter);
+        self.with_db(move |conn| {
+            let matched: i64 = conn
+                .query_row(
+                    &format!("SELECT count(*) FROM messages WHERE {clause}"),
+                    rusqlite::params_from_iter(values.iter()),
+                    |row| row.get(0),
+                )
+                .map_err(db_err)?;
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT id, body, attributes, receive_count, sent_ms, source_queue
+                     FROM messages WHERE {clause} ORDER BY seq LIMIT {limit} OFFSET {offset}"
+                ))
+                .map_err(db_err)?;
+            let letters = stmt
+                .query_map(rusqlite::params_from_iter(values.iter()), peeked)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            Ok(LetterPage {
+                letters,
+                matched: matched as u64,
+                whole: true,
+            })
+        })
+        .await
+    }
+
     /// Up to `max` messages of a queue, oldest first, without receiving them.
     pub async fn peek(&self, name: &str, max: usize) -> Result<Vec<Peeked>, QueueError> {
         let queue = self.queue(name).await?;
@@ -204,17 +243,7 @@ impl LocalQueues {
                 )
                 .map_err(db_err)?;
             let rows = stmt
-                .query_map(params![queue.name, max as i64], |row| {
-                    Ok(Peeked {
-                        id: row.get(0)?,
-                        body: row.get(1)?,
-                        attributes: decode_attributes(&row.get::<_, String>(2)?),
-                        receive_count: row.get(3)?,
-                        sent_at_ms: row.get::<_, i64>(4)? as u64,
-                        moved_by_queue: row.get::<_, Option<String>>(5)?.is_some(),
-                        source_queue: row.get(5)?,
-                    })
-                })
+                .query_map(params![queue.name, max as i64], peeked)
                 .map_err(db_err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(db_err)?;
@@ -297,8 +326,64 @@ impl LocalQueues {
     }
 }
 
+/// A row of `id, body, attributes, receive_count, sent_ms, source_queue`.
+fn peeked(row: &rusqlite::Row<'_>) -> rusqlite::Result<Peeked> {
+    Ok(Peeked {
+        id: row.get(0)?,
+        body: row.get(1)?,
+        attributes: decode_attributes(&row.get::<_, String>(2)?),
+        receive_count: row.get(3)?,
+        sent_at_ms: row.get::<_, i64>(4)? as u64,
+        moved_by_queue: row.get::<_, Option<String>>(5)?.is_some(),
+        source_queue: row.get(5)?,
+    })
+}
+
+/// A `WHERE` clause picking the letters of `queue` that `filter` picks, as
+/// [`LetterFilter::matches`] does, and its values in order. SQLite's
+/// `lower` folds ASCII letters only, as the filter does.
+fn filter_sql(queue: &str, filter: &LetterFilter) -> (String, Vec<String>) {
+    // A letter the queue's own redrive moved has no wasq attributes.
+    const REASON: &str = "(CASE WHEN source_queue IS NULL THEN lower(coalesce(json_extract(attributes, '$.\"wasq-reason\"'), '')) ELSE '' END)";
+    let mut clause = vec!["queue = ?".to_string()];
+    let mut values = vec![queue.to_string()];
+    for word in &filter.words {
+        clause.push(format!(
+            "(instr(lower(body), ?) > 0 OR instr({REASON}, ?) > 0)"
+        ));
+        values.push(word.to_ascii_lowercase());
+        values.push(word.to_ascii_lowercase());
+    }
+    if let Some(plugin) = &filter.plugin {
+        clause.push(
+            "(source_queue IS NULL AND json_extract(attributes, '$.\"wasq-plugin\"') = ?)"
+                .to_string(),
+        );
+        values.push(plugin.clone());
+    }
+    if let Some(reason) = &filter.reason {
+        clause.push(format!("instr({REASON}, ?) > 0"));
+        values.push(reason.to_ascii_lowercase());
+    }
+    if let Some(id) = &filter.id {
+        clause.push("id = ?".to_string());
+        values.push(id.clone());
+    }
+    (clause.join(" AND "), values)
+}
+
 #[async_trait]
 impl QueueAdmin for LocalQueues {
+    async fn browse(
+        &self,
+        name: &str,
+        filter: &LetterFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<LetterPage, QueueError> {
+        LocalQueues::browse(self, name, filter, offset, limit).await
+    }
+
     async fn open(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
         Ok(Arc::new(self.queue(name).await?))
     }

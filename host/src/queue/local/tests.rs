@@ -495,3 +495,100 @@ async fn empty_batches_do_nothing_on_every_call() {
     assert!(q.change_visibility_batch(&[]).await.unwrap().is_empty());
     assert_eq!(q.stats().await.unwrap().visible, 0);
 }
+
+/// The embedded queue searches letters in SQL; what it picks is what
+/// `LetterFilter::matches` picks over the same letters, a letter the
+/// queue's own redrive moved included (its `wasq-*` attributes are its
+/// sender's, so no reason or processor).
+#[tokio::test]
+async fn a_search_in_sql_picks_what_the_filter_picks() {
+    let (_dir, queues) = open();
+    let dlq = queue(&queues, "letters").await;
+    let letter = |body: &str, reason: &str, plugin: &str| Outgoing {
+        body: body.into(),
+        attributes: vec![
+            (crate::queue::REASON_ATTRIBUTE.into(), reason.into()),
+            (crate::queue::PLUGIN_ATTRIBUTE.into(), plugin.into()),
+        ],
+        ..Outgoing::default()
+    };
+    dlq.send_batch(vec![
+        letter("{\"job\": 1}", "trap: Out Of Bounds", "compress"),
+        letter("{\"JOB\": 2}", "invalid: no files", "compress"),
+        letter("plain text", "timeout", "wordcount"),
+        letter("<script>x</script>", "unknown command `<script>`", "rogue"),
+        letter("ünïcode Job", "reason with ß", "rogue"),
+    ])
+    .await
+    .unwrap();
+    // A letter the queue's redrive policy moved here: its attributes are
+    // a sender's.
+    {
+        let db = queues.db.lock().unwrap();
+        db.execute(
+            "UPDATE messages SET source_queue = 'jobs' WHERE body = 'plain text'",
+            [],
+        )
+        .unwrap();
+    }
+    let everything = queues.peek("letters", 100).await.unwrap();
+    let filters = [
+        LetterFilter::default(),
+        LetterFilter {
+            words: vec!["job".into()],
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            words: vec!["JOB".into(), "bounds".into()],
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            words: vec!["timeout".into()],
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            plugin: Some("compress".into()),
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            plugin: Some("wordcount".into()),
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            reason: Some("UNKNOWN command".into()),
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            words: vec!["<script>".into()],
+            plugin: Some("rogue".into()),
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            words: vec!["%".into()],
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            id: Some(everything[1].id.clone()),
+            ..LetterFilter::default()
+        },
+    ];
+    for filter in filters {
+        let wanted: Vec<&str> = everything
+            .iter()
+            .filter(|l| filter.matches(l))
+            .map(|l| l.body.as_str())
+            .collect();
+        let page = queues.browse("letters", &filter, 0, 100).await.unwrap();
+        let found: Vec<&str> = page.letters.iter().map(|l| l.body.as_str()).collect();
+        assert_eq!(found, wanted, "{filter:?}");
+        assert_eq!(page.matched, wanted.len() as u64, "{filter:?}");
+    }
+    // Pages: offset and limit over the matches, the count over all.
+    let page = queues
+        .browse("letters", &LetterFilter::default(), 1, 2)
+        .await
+        .unwrap();
+    assert_eq!(page.matched, 5);
+    assert_eq!(page.letters.len(), 2);
+    assert_eq!(page.letters[0].body, everything[1].body);
+}
