@@ -1,0 +1,235 @@
+//! The console's dead-letter browser at scale, run with `cargo bench -p
+//! wasq --bench console`. Figures and method are recorded in
+//! docs/PERFORMANCE.md.
+//!
+//! 100,000 dead letters are put into an embedded dead-letter queue; a
+//! release `wasq run` serves the console over it (its binding paused, so
+//! redriven letters wait). Timed over plain HTTP on loopback, median of 7
+//! after one warm-up: the first page of dead letters, rendered on the
+//! server; the first page of a full-text search; then one redrive of all
+//! the letters a search matches (10,000 of them), from the confirmed POST
+//! to its answer.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wasq::queue::{LocalQueues, Outgoing, Queue, QueueOptions, Redrive};
+
+const LETTERS: usize = 100_000;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One HTTP/1.0 exchange: status and body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no response head"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// The median time of `runs` GETs of `path`, after one warm-up, each
+/// checked to contain `expect`.
+fn timed_get(addr: &str, path: &str, expect: &str, runs: usize) -> anyhow::Result<Duration> {
+    let mut samples = Vec::new();
+    for run in 0..=runs {
+        let started = Instant::now();
+        let (status, page) = http(addr, "GET", path, "")?;
+        let took = started.elapsed();
+        anyhow::ensure!(
+            status == 200 && page.contains(expect),
+            "GET {path}: {status}\n{page}"
+        );
+        if run > 0 {
+            samples.push(took);
+        }
+    }
+    Ok(median(samples))
+}
+
+fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let runtime = tokio::runtime::Runtime::new()?;
+    let queues = LocalQueues::open(&data)?;
+    let filling = Instant::now();
+    runtime.block_on(async {
+        queues
+            .create(
+                "jobs",
+                QueueOptions {
+                    redrive: Some(Redrive {
+                        dlq: "jobs-dlq".into(),
+                        max_receive_count: 3,
+                    }),
+                    ..QueueOptions::default()
+                },
+            )
+            .await?;
+        let dlq = queues.queue("jobs-dlq").await?;
+        let kinds = ["resize", "archive", "index", "notify", "export", "render", "sync", "bill", "audit", "alpha"];
+        let mut batch = Vec::new();
+        for i in 0..LETTERS {
+            batch.push(Outgoing {
+                body: format!(
+                    "{{\"job_id\": \"job-{i:06}\", \"customer\": \"customer-{}\", \"kind\": \"{}\", \"files\": [\"s3://docs/{i}/a.pdf\", \"s3://docs/{i}/b.png\"]}}",
+                    i % 997,
+                    kinds[i % kinds.len()]
+                ),
+                attributes: vec![
+                    ("wasq-reason".into(), format!("trap: wasm trap: out of bounds memory access in step {}", i % 53)),
+                    ("wasq-plugin".into(), if i % 3 == 0 { "wordcount" } else { "compress" }.into()),
+                    ("wasq-source-queue".into(), "jobs".into()),
+                ],
+                ..Outgoing::default()
+            });
+            if batch.len() == 10 {
+                dlq.send_batch(std::mem::take(&mut batch)).await?;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    println!(
+        "{LETTERS} dead letters put in {:.1} s",
+        filling.elapsed().as_secs_f64()
+    );
+
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let wasq = env!("CARGO_BIN_EXE_wasq");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(wasq_test_guests::ROGUE, plugins.join("rogue.wasm"))?;
+    let host = Command::new(wasq)
+        .current_dir(dir.path())
+        .env("WASQ_DATA_DIR", &data)
+        .env("WASQ_PLUGINS_DIR", &plugins)
+        .env("WASQ_LOG", "warn")
+        .args([
+            "run",
+            "--queue",
+            "local://jobs",
+            "--plugin",
+            "rogue",
+            "--listen",
+            &addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let _host = Killed(host);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the host did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, overview) = http(&addr, "GET", "/", "")?;
+    let at = overview
+        .find("name=\"csrf\" value=\"")
+        .ok_or_else(|| anyhow::anyhow!("no CSRF token on the overview"))?
+        + 19;
+    let csrf = overview[at..at + 64].to_string();
+    let (status, _) = http(
+        &addr,
+        "POST",
+        "/bindings/jobs/pause",
+        &format!("csrf={csrf}"),
+    )?;
+    anyhow::ensure!(status == 303, "pausing: {status}");
+
+    let first = timed_get(
+        &addr,
+        "/dead-letters?queue=jobs-dlq",
+        "100000 letters match",
+        7,
+    )?;
+    let search = timed_get(
+        &addr,
+        "/dead-letters?queue=jobs-dlq&q=alpha+customer-42",
+        "letters match",
+        7,
+    )?;
+    let wide = timed_get(
+        &addr,
+        "/dead-letters?queue=jobs-dlq&q=alpha",
+        "10000 letters match",
+        7,
+    )?;
+    let last_page = timed_get(
+        &addr,
+        "/dead-letters?queue=jobs-dlq&q=alpha&page=199",
+        "10000 letters match",
+        7,
+    )?;
+
+    let redrive = serde_urlencoded::to_string([
+        ("csrf", csrf.as_str()),
+        ("queue", "jobs-dlq"),
+        ("action", "redrive"),
+        ("all", "1"),
+        ("q", "alpha"),
+    ])?;
+    let started = Instant::now();
+    let (status, answer) = http(&addr, "POST", "/dead-letters/act", &redrive)?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        status == 200 && answer.contains("Redrove 10000 of the 10000"),
+        "redrive: {status}\n{answer}"
+    );
+    let jobs = runtime.block_on(queues.queue("jobs"))?;
+    let waiting = runtime.block_on(jobs.stats())?.visible;
+    anyhow::ensure!(waiting == 10_000, "{waiting} letters back in the queue");
+
+    println!("\nconsole over {LETTERS} dead letters (median of 7, over HTTP on loopback):");
+    println!(
+        "  first page of dead letters           {:>8.1} ms",
+        first.as_secs_f64() * 1e3
+    );
+    println!(
+        "  search, first page (two words)       {:>8.1} ms",
+        search.as_secs_f64() * 1e3
+    );
+    println!(
+        "  search, first page (10,000 matches)  {:>8.1} ms",
+        wide.as_secs_f64() * 1e3
+    );
+    println!(
+        "  search, page 200 of 200              {:>8.1} ms",
+        last_page.as_secs_f64() * 1e3
+    );
+    println!(
+        "  redrive of 10,000 matching letters   {:>8.1} ms, {:.0} letters/s",
+        took.as_secs_f64() * 1e3,
+        10_000.0 / took.as_secs_f64()
+    );
+    Ok(())
+}
