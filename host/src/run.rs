@@ -244,7 +244,7 @@ impl Host {
                     Some(_) => Some(backends.admin(&spec.queue).await?),
                     None => None,
                 },
-                slot: slot.clone(),
+                slot: Some(slot.clone()),
             });
             bound.push(queue.clone());
             bindings.push(Binding {

@@ -452,3 +452,90 @@ fn the_processors_page_shows_the_running_code_and_a_failed_reload() {
     assert!(page.contains(&sha256), "{page}");
     assert!(!page.contains("<b>not"), "{page}");
 }
+
+/// `wasq console` serves a data directory's queues and dead letters with
+/// no host running: depths shown, letters redriven, nothing to pause.
+#[test]
+fn wasq_console_serves_a_data_directory_without_a_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let queues = LocalQueues::open(&data).unwrap();
+    runtime
+        .block_on(queues.create("jobs", crate::harness::with_dlq(3)))
+        .unwrap();
+    let dlq = runtime.block_on(queues.queue("jobs-dlq")).unwrap();
+    runtime
+        .block_on(
+            dlq.send_batch(
+                (0..4)
+                    .map(|n| Outgoing {
+                        body: format!("job {n}"),
+                        attributes: vec![
+                            ("wasq-reason".into(), "trap: boom".into()),
+                            ("wasq-source-queue".into(), "jobs".into()),
+                        ],
+                        ..Outgoing::default()
+                    })
+                    .collect(),
+            ),
+        )
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", &data)
+        .args(["console", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _console = Killed(child);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the console did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (status, _, page) = http("GET", &addr, "/", &[], "");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("No host is running here"), "{page}");
+    assert!(
+        page.contains("local://jobs") && page.contains(">no host<"),
+        "{page}"
+    );
+    assert!(!page.contains(">pause<"), "{page}");
+    wait_until("the dead-letter depth was not shown", || {
+        let (_, _, page) = http("GET", &addr, "/", &[], "");
+        page.contains("<td class=\"num\">4</td>")
+    });
+    let (_, _, page) = http("GET", &addr, "/", &[], "");
+    let token = {
+        let (_, _, letters) = http("GET", &addr, "/dead-letters?queue=jobs-dlq", &[], "");
+        assert!(letters.contains("4 letters match"), "{letters}");
+        csrf(&letters)
+    };
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let (status, _, _) = http(
+        "POST",
+        &addr,
+        "/bindings/jobs/pause",
+        &[form],
+        &format!("csrf={token}"),
+    );
+    assert_eq!(status, 404, "{page}");
+    let all = serde_urlencoded::to_string([
+        ("csrf", token.as_str()),
+        ("queue", "jobs-dlq"),
+        ("action", "redrive"),
+        ("all", "1"),
+    ])
+    .unwrap();
+    let (status, _, done) = http("POST", &addr, "/dead-letters/act", &[form], &all);
+    assert_eq!(status, 200, "{done}");
+    assert!(done.contains("Redrove 4 of the 4"), "{done}");
+    let jobs = runtime.block_on(queues.queue("jobs")).unwrap();
+    assert_eq!(runtime.block_on(jobs.stats()).unwrap().visible, 4);
+}

@@ -2,6 +2,7 @@
 //! then validated settings the rest of wasq runs on. Nothing else knows clap.
 
 mod admin;
+mod console;
 mod demo;
 mod plugins;
 mod run;
@@ -99,6 +100,9 @@ pub enum Command {
     Plugins(plugins::PluginsCommand),
     /// Run a processor on fixture messages against the local backends.
     Test(TestArgs),
+    /// The operator console over the data directory's embedded queues,
+    /// when no host is running: their depths and their dead letters.
+    Console(console::ConsoleArgs),
     /// The whole flow on the embedded backends: seed sample documents,
     /// enqueue good and bad jobs, run until the queue is drained, print the
     /// download links and the dead letters, and serve the links.
@@ -242,6 +246,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Queue(command) => admin::queue(command, &cli.global).await,
         Command::Dlq(command) => admin::dlq(command, &cli.global).await,
         Command::Demo(args) => demo::demo(args, &cli.global).await,
+        Command::Console(args) => console::console(args, &cli.global).await,
         Command::Plugins(command) => plugins::plugins(command, &cli.global).await,
     }
 }

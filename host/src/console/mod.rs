@@ -55,8 +55,8 @@ pub struct BindingView {
     pub dlq_alarm: Option<u64>,
     /// How the dead-letter queue is read and acted on, if there is one.
     pub admin: Option<Arc<dyn crate::queue::QueueAdmin>>,
-    /// The processor's current version.
-    pub slot: crate::runtime::PluginSlot,
+    /// The processor's current version; `None` without a host.
+    pub slot: Option<crate::runtime::PluginSlot>,
 }
 
 /// Who may use the console.
@@ -86,6 +86,9 @@ struct Inner {
     csrf: String,
     /// Set once the host is shutting down.
     draining: AtomicBool,
+    /// Whether a host runs the bindings (`wasq run`), or the console only
+    /// shows a data directory's queues (`wasq console`).
+    hosted: bool,
 }
 
 impl Console {
@@ -118,8 +121,18 @@ impl Console {
                 access,
                 csrf: hex::encode(csrf),
                 draining: AtomicBool::new(false),
+                hosted: true,
             }),
         })
+    }
+
+    /// The console of a data directory with no host running: queues show
+    /// no live state and cannot be paused.
+    pub fn without_host(mut self) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.hosted = false;
+        }
+        self
     }
 
     /// Whether the console serves pages at all (it does not on a listener
@@ -283,7 +296,9 @@ impl Console {
                 let m = self.inner.metrics.binding(&view.name);
                 let paused = self.inner.controls.is_paused(&view.name) == Some(true);
                 BindingNow {
-                    state: if draining {
+                    state: if !self.inner.hosted {
+                        "no host"
+                    } else if draining {
                         "draining"
                     } else if paused {
                         "paused"
@@ -311,7 +326,7 @@ async fn overview(State(console): State<Console>, headers: HeaderMap) -> Respons
     }
     page_response(
         StatusCode::OK,
-        pages::overview(&console.now(), &console.inner.csrf),
+        pages::overview(&console.now(), &console.inner.csrf, console.inner.hosted),
     )
 }
 

@@ -26,11 +26,14 @@ pub(super) fn layout(title: &str, body: Markup) -> Markup {
     }
 }
 
-pub fn overview(bindings: &[BindingNow], csrf: &str) -> Markup {
+pub fn overview(bindings: &[BindingNow], csrf: &str, hosted: bool) -> Markup {
     layout(
         "Overview",
         html! {
-            h1 { "Bindings" }
+            h1 { @if hosted { "Bindings" } @else { "Queues" } }
+            @if !hosted {
+                p.note { "No host is running here: this console shows the data directory's queues that have a dead-letter queue, and their dead letters. Start " code { "wasq run" } " for live bindings." }
+            }
             table.bindings {
                 thead {
                     tr {
@@ -69,7 +72,7 @@ pub fn overview(bindings: &[BindingNow], csrf: &str) -> Markup {
                             td.num { (b.dead_lettered) }
                             td {
                                 @let action = if b.state == "paused" { "resume" } else { "pause" };
-                                @if b.state != "draining" {
+                                @if b.state == "polling" || b.state == "paused" {
                                     form method="post" action={ "/bindings/" (path_segment(&b.view.name)) "/" (action) } {
                                         input type="hidden" name="csrf" value=(csrf);
                                         button type="submit" { (action) }

@@ -39,8 +39,11 @@ pub async fn page(State(console): State<Console>, headers: HeaderMap) -> Respons
 }
 
 fn processor(binding: &super::BindingView) -> Markup {
-    let reload = binding.slot.last_reload();
-    let Some(plugin) = binding.slot.current() else {
+    let Some(slot) = &binding.slot else {
+        return html! { p { "No host is running this queue: there is no processor to show." } };
+    };
+    let reload = slot.last_reload();
+    let Some(plugin) = slot.current() else {
         return html! {
             p.error { "The plugin's file is gone: the binding is paused until it returns." }
             (reload_row(reload.as_ref()))
