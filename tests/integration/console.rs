@@ -115,6 +115,19 @@ fn a_binding_pauses_and_resumes_from_the_console_and_actions_need_its_token() {
     assert!(!page.contains("<script>"), "{page}");
     let token = csrf(&page);
 
+    // A page of another name that resolves to 127.0.0.1 (DNS rebinding)
+    // sees nothing.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET / HTTP/1.0\r\nHost: rebind.evil.example\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 403"), "{answer}");
+    assert!(!answer.contains(&token), "the CSRF token leaked");
+
     // Without the token, with a wrong one, or from another site: refused.
     let form = ("Content-Type", "application/x-www-form-urlencoded");
     for (headers, body) in [

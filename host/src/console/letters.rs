@@ -23,6 +23,13 @@ use axum::response::Response;
 use maud::{Markup, html};
 use std::sync::Arc;
 
+/// The most words a search uses, and the longest any field may be.
+const MAX_WORDS: usize = 8;
+const MAX_FIELD: usize = 200;
+/// The largest body shown pretty-printed; larger ones are shown as sent.
+const PRETTY_UP_TO: usize = 64 << 10;
+/// The last page a list goes to.
+const MAX_PAGE: usize = 100_000;
 /// The most letters one action on all a search matched takes.
 const ALL_CAP: usize = 100_000;
 /// Letters per page.
@@ -51,9 +58,16 @@ pub struct Search {
 
 impl Search {
     fn filter(&self) -> LetterFilter {
-        let given = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
+        let cut = |text: &str| text.chars().take(MAX_FIELD).collect::<String>();
+        let given = |text: &str| Some(cut(text.trim())).filter(|t| !t.is_empty());
+        let mut words: Vec<String> = Vec::new();
+        for word in self.q.split_whitespace().map(cut) {
+            if !words.contains(&word) && words.len() < MAX_WORDS {
+                words.push(word);
+            }
+        }
         LetterFilter {
-            words: self.q.split_whitespace().map(str::to_string).collect(),
+            words,
             plugin: given(&self.plugin),
             reason: given(&self.reason),
             id: None,
@@ -159,6 +173,7 @@ pub async fn list(
             search.queue
         ));
     };
+    search.page = search.page.min(MAX_PAGE);
     let page = match admin
         .browse(&search.queue, &search.filter(), search.page * PAGE, PAGE)
         .await
@@ -249,11 +264,12 @@ fn list_page(queues: &[String], search: &Search, found: &LetterPage, csrf: &str)
             }
             @if pages > 1 {
                 nav.pages {
-                    @for p in 0..pages {
-                        @if p == page { strong { (p + 1) } } @else {
-                            a href={ "/dead-letters?" (search.query()) "&page=" (p) } { (p + 1) }
-                        }
-                        " "
+                    @if page > 0 {
+                        a href={ "/dead-letters?" (search.query()) "&page=" (page - 1) } { "← earlier" } " "
+                    }
+                    "page " (page + 1) " of " (pages)
+                    @if page + 1 < pages && page < MAX_PAGE {
+                        " " a href={ "/dead-letters?" (search.query()) "&page=" (page + 1) } { "later →" }
                     }
                 }
             }
@@ -302,8 +318,9 @@ pub async fn letter(
 }
 
 fn letter_page(queue: &str, letter: &Peeked, csrf: &str) -> Markup {
-    let pretty = serde_json::from_str::<serde_json::Value>(&letter.body)
-        .ok()
+    let pretty = (letter.body.len() <= PRETTY_UP_TO)
+        .then(|| serde_json::from_str::<serde_json::Value>(&letter.body).ok())
+        .flatten()
         .and_then(|json| serde_json::to_string_pretty(&json).ok());
     let (wasqs, senders): (Vec<_>, Vec<_>) = letter
         .attributes

@@ -11,17 +11,23 @@
 //!
 //! The console is an attack surface, so:
 //! - pages are rendered on the server with `maud`, which escapes every value
-//!   (binding, queue and plugin names included); no page runs a script;
+//!   (binding, queue and plugin names included); the only scripts are the
+//!   console's own files (the charts), which set text, never markup;
 //! - every page carries a strict Content-Security-Policy
 //!   (`default-src 'none'`, styles from the console itself only), and may
 //!   not be framed;
 //! - every action is a POST carrying the console's CSRF token, and a
 //!   cross-site POST (by `Sec-Fetch-Site` or `Origin`) is refused;
-//! - on a loopback listener the console is open; on any other address it
-//!   is served only with a token (`--console-token`, or the
-//!   `WASQ_CONSOLE_TOKEN` environment variable), asked for once on a login
-//!   page and then kept in an HTTP-only, same-site cookie that holds a hash
-//!   of it, never the token itself. No token is ever put in a URL.
+//! - on a loopback listener the console is open, to requests that name a
+//!   loopback host (a page on another name that resolves to 127.0.0.1 is
+//!   refused: DNS rebinding); on any other address it is served only with a
+//!   token (`--console-token`, or the `WASQ_CONSOLE_TOKEN` environment
+//!   variable), asked for once on a login page and then kept in an
+//!   HTTP-only, same-site cookie holding a session key derived from it with
+//!   a key of this process (so it ends with the process, and tells nothing
+//!   of the token). No token is ever put in a URL;
+//! - a page asked for by another site (`Sec-Fetch-Site: cross-site` or
+//!   `same-site`) is refused: looking at SQS dead letters receives them.
 
 mod letters;
 mod pages;
@@ -64,8 +70,9 @@ pub struct BindingView {
 enum Access {
     /// A loopback listener without a token: anyone who can connect.
     Open,
-    /// The SHA-256 of the token every request must show.
-    Token([u8; 32]),
+    /// The SHA-256 of the token every request must show, and the session
+    /// key a login cookie carries.
+    Token { token: [u8; 32], session: [u8; 32] },
     /// A listener beyond loopback with no token: the console is off.
     Refused,
 }
@@ -106,7 +113,17 @@ impl Console {
             Some(token) if token.len() < 16 => {
                 anyhow::bail!("the console token must be at least 16 characters long")
             }
-            Some(token) => Access::Token(digest(token)),
+            Some(token) => {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key)?;
+                let mut session = Sha256::new();
+                session.update(key);
+                session.update(token.as_bytes());
+                Access::Token {
+                    token: digest(token),
+                    session: session.finalize().into(),
+                }
+            }
             None if listen.ip().is_loopback() => Access::Open,
             None => Access::Refused,
         };
@@ -178,15 +195,31 @@ impl Console {
     /// Whether a request may see the console: `Err` is the answer to send
     /// instead.
     fn admit(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
+        let refused = |text: &str| {
+            Err(Box::new(page_response(
+                StatusCode::FORBIDDEN,
+                pages::message("Refused", text),
+            )))
+        };
+        if headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site == "cross-site" || site == "same-site")
+        {
+            return refused("The console answers its own pages only, not another site's.");
+        }
         match &self.inner.access {
+            Access::Open if !loopback_host(headers) => refused(
+                "This console is served to loopback names only (localhost, 127.0.0.1, [::1]).",
+            ),
             Access::Open => Ok(()),
             Access::Refused => Err(Box::new(page_response(
                 StatusCode::FORBIDDEN,
                 pages::refused(),
             ))),
-            Access::Token(expected) => {
-                let shown = bearer(headers).map(digest).or_else(|| session(headers));
-                if shown.is_some_and(|shown| shown == *expected) {
+            Access::Token { token, session } => {
+                let by_bearer = bearer(headers).is_some_and(|shown| same(&digest(shown), token));
+                let by_cookie = session_cookie(headers).is_some_and(|shown| same(&shown, session));
+                if by_bearer || by_cookie {
                     Ok(())
                 } else {
                     Err(Box::new(Redirect::to("/login").into_response()))
@@ -225,6 +258,27 @@ fn digest(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
+/// Compares two keys in time that does not depend on where they differ.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether the request names a loopback host: `localhost`, or a loopback
+/// address, with any port.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The token of an `Authorization: Bearer` header.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -234,8 +288,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-/// The token hash a session cookie holds.
-fn session(headers: &HeaderMap) -> Option<[u8; 32]> {
+/// The session key a login cookie holds.
+fn session_cookie(headers: &HeaderMap) -> Option<[u8; 32]> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -383,7 +437,7 @@ fn switch(
 
 async fn login_page(State(console): State<Console>) -> Response {
     match console.inner.access {
-        Access::Token(_) => page_response(StatusCode::OK, pages::login(None)),
+        Access::Token { .. } => page_response(StatusCode::OK, pages::login(None)),
         _ => Redirect::to("/").into_response(),
     }
 }
@@ -395,10 +449,10 @@ struct LoginForm {
 }
 
 async fn login(State(console): State<Console>, Form(form): Form<LoginForm>) -> Response {
-    let Access::Token(expected) = console.inner.access else {
+    let Access::Token { token, session } = console.inner.access else {
         return Redirect::to("/").into_response();
     };
-    if digest(&form.token) != expected {
+    if !same(&digest(&form.token), &token) {
         return page_response(
             StatusCode::UNAUTHORIZED,
             pages::login(Some("That is not the console's token.")),
@@ -406,8 +460,8 @@ async fn login(State(console): State<Console>, Form(form): Form<LoginForm>) -> R
     }
     let mut response = Redirect::to("/").into_response();
     let cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        hex::encode(expected)
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200",
+        hex::encode(session)
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
@@ -479,33 +533,65 @@ mod tests {
         .unwrap()
     }
 
+    fn host(name: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, name.parse().unwrap());
+        headers
+    }
+
     #[test]
-    fn loopback_is_open_elsewhere_a_token_is_needed() {
-        assert!(
-            console("127.0.0.1:9090", None)
-                .admit(&HeaderMap::new())
-                .is_ok()
-        );
+    fn loopback_is_open_to_loopback_names_elsewhere_a_token_is_needed() {
+        let open = console("127.0.0.1:9090", None);
+        for name in [
+            "127.0.0.1:9090",
+            "localhost:9090",
+            "[::1]:9090",
+            "LOCALHOST",
+        ] {
+            assert!(open.admit(&host(name)).is_ok(), "{name}");
+        }
+        // DNS rebinding: another name that resolves to 127.0.0.1.
+        for name in ["rebind.evil.example:9090", "127.0.0.1.evil.example", ""] {
+            assert!(open.admit(&host(name)).is_err(), "{name}");
+        }
+        assert!(open.admit(&HeaderMap::new()).is_err());
+        // Another site's page asking: refused.
+        let mut cross = host("127.0.0.1:9090");
+        cross.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert!(open.admit(&cross).is_err());
+
         let wide = console("0.0.0.0:9090", None);
         assert!(!wide.is_served());
-        assert!(wide.admit(&HeaderMap::new()).is_err());
+        assert!(wide.admit(&host("10.0.0.1:9090")).is_err());
         let token = "0123456789abcdef-token";
         let guarded = console("0.0.0.0:9090", Some(token));
-        assert!(guarded.admit(&HeaderMap::new()).is_err());
-        let mut headers = HeaderMap::new();
+        assert!(guarded.admit(&host("10.0.0.1:9090")).is_err());
+        let mut headers = host("10.0.0.1:9090");
         headers.insert(
             header::AUTHORIZATION,
             format!("Bearer {token}").parse().unwrap(),
         );
         assert!(guarded.admit(&headers).is_ok());
-        let mut cookie = HeaderMap::new();
-        cookie.insert(
-            header::COOKIE,
-            format!("a=b; {SESSION_COOKIE}={}", hex::encode(digest(token)))
-                .parse()
-                .unwrap(),
+        let Access::Token { session, .. } = guarded.inner.access else {
+            panic!("a token console");
+        };
+        assert!(
+            !same(&session, &digest(token)),
+            "the cookie would be the token's hash"
         );
-        assert!(guarded.admit(&cookie).is_ok());
+        let cookie = |value: String| {
+            let mut headers = host("10.0.0.1:9090");
+            headers.insert(
+                header::COOKIE,
+                format!("a=b; {SESSION_COOKIE}={value}").parse().unwrap(),
+            );
+            headers
+        };
+        assert!(guarded.admit(&cookie(hex::encode(session))).is_ok());
+        assert!(guarded.admit(&cookie(hex::encode(digest(token)))).is_err());
+        // Another process's sessions do not hold.
+        let restarted = console("0.0.0.0:9090", Some(token));
+        assert!(restarted.admit(&cookie(hex::encode(session))).is_err());
         assert!(
             Console::new(
                 Vec::new(),
@@ -523,14 +609,14 @@ mod tests {
     fn posts_need_the_token_and_the_same_origin() {
         let open = console("127.0.0.1:9090", None);
         let csrf = open.inner.csrf.clone();
-        assert!(open.check_post(&HeaderMap::new(), "").is_err());
-        assert!(open.check_post(&HeaderMap::new(), "wrong").is_err());
-        assert!(open.check_post(&HeaderMap::new(), &csrf).is_ok());
-        let mut cross = HeaderMap::new();
+        let local = host("127.0.0.1:9090");
+        assert!(open.check_post(&local, "").is_err());
+        assert!(open.check_post(&local, "wrong").is_err());
+        assert!(open.check_post(&local, &csrf).is_ok());
+        let mut cross = host("127.0.0.1:9090");
         cross.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(open.check_post(&cross, &csrf).is_err());
-        let mut other = HeaderMap::new();
-        other.insert(header::HOST, "127.0.0.1:9090".parse().unwrap());
+        let mut other = host("127.0.0.1:9090");
         other.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
         assert!(open.check_post(&other, &csrf).is_err());
         other.insert(header::ORIGIN, "http://127.0.0.1:9090".parse().unwrap());

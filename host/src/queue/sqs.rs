@@ -404,13 +404,18 @@ impl SqsQueues {
             }
             seen.extend(batch);
         }
+        // Every chunk is made visible again, whatever one of them met.
+        let mut released = Ok(());
         for chunk in seen.chunks(MAX_BATCH) {
             let entries: Vec<_> = chunk
                 .iter()
                 .map(|m| (m.receipt.clone(), Duration::ZERO))
                 .collect();
-            queue.change_visibility_batch(&entries).await?;
+            if let Err(err) = queue.change_visibility_batch(&entries).await {
+                released = Err(err);
+            }
         }
+        released?;
         Ok(seen
             .into_iter()
             .map(|m| Peeked {
@@ -465,41 +470,71 @@ impl SqsQueues {
                 if chosen.is_empty() {
                     continue;
                 }
-                if action == super::LetterAction::Redrive {
-                    for m in &chosen {
-                        let source = m
-                            .moved_from
-                            .as_deref()
-                            .map(|arn| arn.rsplit(':').next().unwrap_or(arn).to_string())
-                            .or_else(|| {
-                                m.attributes
-                                    .iter()
-                                    .find(|(name, _)| name == super::SOURCE_ATTRIBUTE)
-                                    .map(|(_, value)| value.clone())
-                            })
-                            .ok_or_else(|| {
-                                QueueError::Invalid(format!(
-                                    "dead letter `{}` names no source queue to return to",
-                                    m.id
-                                ))
-                            })?;
-                        let to = self.queue(&source).await?;
-                        to.send(redriven(m, to.fifo)).await?;
+                // Each letter is deleted only once it was sent back, and
+                // every one sent is deleted, even when a later one fails:
+                // nothing is lost and nothing goes back twice.
+                let mut sent = Vec::new();
+                let mut failure = None;
+                for m in &chosen {
+                    if failure.is_some() {
+                        others.push((m.receipt.clone(), Duration::ZERO));
+                        continue;
                     }
+                    if action == super::LetterAction::Redrive
+                        && let Err(err) = self.send_back(m).await
+                    {
+                        failure = Some(err);
+                        others.push((m.receipt.clone(), Duration::ZERO));
+                        continue;
+                    }
+                    sent.push(m.receipt.clone());
                 }
-                let receipts: Vec<_> = chosen.iter().map(|m| m.receipt.clone()).collect();
-                let failed = dlq.delete_batch(&receipts).await?;
-                settled += (chosen.len() - failed.len()) as u64;
+                if !sent.is_empty() {
+                    let failed = dlq.delete_batch(&sent).await?;
+                    settled += (sent.len() - failed.len()) as u64;
+                }
+                if let Some(err) = failure {
+                    return Err(err);
+                }
             }
             Ok::<_, QueueError>(())
         }
         .await;
-        // Whatever happened, letters looked at and not chosen go back.
+        // Whatever happened, letters looked at and not acted on go back at
+        // once, every chunk tried.
+        let mut released = Ok(());
         for chunk in others.chunks(MAX_BATCH) {
-            dlq.change_visibility_batch(chunk).await?;
+            if let Err(err) = dlq.change_visibility_batch(chunk).await {
+                released = Err(err);
+            }
         }
         outcome?;
+        released?;
         Ok(settled)
+    }
+
+    /// Sends a dead letter back to the queue it came from: the one its
+    /// queue's redrive policy moved it from, or the one wasq named.
+    async fn send_back(&self, m: &Received) -> Result<(), QueueError> {
+        let source = m
+            .moved_from
+            .as_deref()
+            .map(|arn| arn.rsplit(':').next().unwrap_or(arn).to_string())
+            .or_else(|| {
+                m.attributes
+                    .iter()
+                    .find(|(name, _)| name == super::SOURCE_ATTRIBUTE)
+                    .map(|(_, value)| value.clone())
+            })
+            .ok_or_else(|| {
+                QueueError::Invalid(format!(
+                    "dead letter `{}` names no source queue to return to",
+                    m.id
+                ))
+            })?;
+        let to = self.queue(&source).await?;
+        to.send(redriven(m, to.fifo)).await?;
+        Ok(())
     }
 
     /// Moves the messages of dead-letter queue `dlq` back to `to`. Uses

@@ -232,6 +232,30 @@ impl LocalQueues {
         .await
     }
 
+    /// The ids of the letters of `name` that `filter` picks, oldest first,
+    /// at most `cap`: ids alone, however large the letters.
+    pub async fn matching_ids(
+        &self,
+        name: &str,
+        filter: &LetterFilter,
+        cap: usize,
+    ) -> Result<Vec<String>, QueueError> {
+        let queue = self.queue(name).await?;
+        let (clause, values) = filter_sql(&queue.name, filter);
+        self.with_db(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT id FROM messages WHERE {clause} ORDER BY seq LIMIT {cap}"
+                ))
+                .map_err(db_err)?;
+            stmt.query_map(rusqlite::params_from_iter(values.iter()), |row| row.get(0))
+                .map_err(db_err)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(db_err)
+        })
+        .await
+    }
+
     /// Up to `max` messages of a queue, oldest first, without receiving them.
     pub async fn peek(&self, name: &str, max: usize) -> Result<Vec<Peeked>, QueueError> {
         let queue = self.queue(name).await?;
@@ -384,6 +408,15 @@ impl QueueAdmin for LocalQueues {
         LocalQueues::browse(self, name, filter, offset, limit).await
     }
 
+    async fn matching_ids(
+        &self,
+        name: &str,
+        filter: &LetterFilter,
+        cap: usize,
+    ) -> Result<Vec<String>, QueueError> {
+        LocalQueues::matching_ids(self, name, filter, cap).await
+    }
+
     async fn open(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
         Ok(Arc::new(self.queue(name).await?))
     }
@@ -442,15 +475,14 @@ impl QueueAdmin for LocalQueues {
                     let tx = conn
                         .transaction_with_behavior(TransactionBehavior::Immediate)
                         .map_err(db_err)?;
-                    let mut deleted = 0;
-                    for id in &chosen {
-                        deleted += tx
-                            .execute(
-                                "DELETE FROM messages WHERE queue = ?1 AND id = ?2",
-                                params![dlq.name, id],
-                            )
-                            .map_err(db_err)? as u64;
-                    }
+                    // One pass over the queue's rows, the ids as one set.
+                    let ids = serde_json::Value::from(chosen.into_iter().collect::<Vec<_>>());
+                    let deleted = tx
+                        .execute(
+                            "DELETE FROM messages WHERE queue = ?1 AND id IN (SELECT value FROM json_each(?2))",
+                            params![dlq.name, ids.to_string()],
+                        )
+                        .map_err(db_err)? as u64;
                     tx.commit().map_err(db_err)?;
                     Ok(deleted)
                 })
