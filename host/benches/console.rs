@@ -9,6 +9,13 @@
 //! server; the first page of a full-text search; then one redrive of all
 //! the letters a search matches (10,000 of them), from the confirmed POST
 //! to its answer.
+//!
+//! Then whether the console slows dispatch: 20,000 no-op messages through
+//! a release `wasq run` (max concurrency 16), timed from the first message
+//! done to the last by the host's own counter, with nobody looking and with
+//! a client fetching the overview and its chart data every second (a
+//! browser left open fetches the data every 15 s), alternately, five runs
+//! each.
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +23,8 @@ use std::time::{Duration, Instant};
 use wasq::queue::{LocalQueues, Outgoing, Queue, QueueOptions, Redrive};
 
 const LETTERS: usize = 100_000;
+/// Runs of the dispatch figure with and without the console polled.
+const RUNS: usize = 5;
 
 struct Killed(Child);
 
@@ -70,6 +79,107 @@ fn timed_get(addr: &str, path: &str, expect: &str, runs: usize) -> anyhow::Resul
         }
     }
     Ok(median(samples))
+}
+
+/// Messages per second through `wasq run` on `MESSAGES` no-op messages,
+/// with the overview fetched every second when `watched`.
+fn dispatch_rate(watched: bool) -> anyhow::Result<f64> {
+    const MESSAGES: usize = 20_000;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let runtime = tokio::runtime::Runtime::new()?;
+    let queues = LocalQueues::open(&data)?;
+    runtime.block_on(async {
+        queues.create("noop", QueueOptions::default()).await?;
+        let queue = queues.queue("noop").await?;
+        for _ in 0..MESSAGES / 10 {
+            queue
+                .send_batch(
+                    (0..10)
+                        .map(|_| Outgoing {
+                            body: "noop".into(),
+                            ..Outgoing::default()
+                        })
+                        .collect(),
+                )
+                .await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let host = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .current_dir(dir.path())
+        .env("WASQ_DATA_DIR", &data)
+        .env("WASQ_LOG", "warn")
+        .args([
+            "run",
+            "--queue",
+            "local://noop",
+            "--no-dlq",
+            "--plugin",
+            wasq_test_guests::ROGUE,
+        ])
+        .args(["--max-concurrency", "16", "--listen", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let _host = Killed(host);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watched.then(|| {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let what = std::env::var("WASQ_BENCH_WATCH").unwrap_or_else(|_| "both".into());
+            let mut slowest = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                if what != "json" {
+                    let _ = http(&addr, "GET", "/", "");
+                }
+                if what != "page" {
+                    let _ = http(&addr, "GET", "/overview.json", "");
+                }
+                slowest = slowest.max(started.elapsed());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            eprintln!("  (slowest overview fetch: {slowest:?})");
+        })
+    });
+    let done = |addr: &str| -> f64 {
+        http(addr, "GET", "/metrics", "")
+            .ok()
+            .and_then(|(_, text)| {
+                text.lines()
+                    .find(|l| l.starts_with("wasq_messages_done_total"))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    let mut first = None;
+    loop {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "the messages did not all run"
+        );
+        let count = done(&addr);
+        if count >= 1.0 && first.is_none() {
+            first = Some((Instant::now(), count));
+        }
+        if count >= MESSAGES as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (at, counted) = first.expect("a first message was seen");
+    let rate = (MESSAGES as f64 - counted) / at.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(watcher) = watcher {
+        let _ = watcher.join();
+    }
+    Ok(rate)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -230,6 +340,26 @@ fn main() -> anyhow::Result<()> {
         "  redrive of 10,000 matching letters   {:>8.1} ms, {:.0} letters/s",
         took.as_secs_f64() * 1e3,
         10_000.0 / took.as_secs_f64()
+    );
+
+    let (mut alone, mut watched) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        alone.push(dispatch_rate(false)?);
+        watched.push(dispatch_rate(true)?);
+    }
+    let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
+    println!("\nno-op dispatch, 20,000 messages, concurrency 16 ({RUNS} runs each, alternating):");
+    println!(
+        "  nobody looking             {:>8.0} messages/s  {alone:.0?}",
+        mean(&alone)
+    );
+    println!(
+        "  overview fetched every 1 s {:>8.0} messages/s  {watched:.0?}",
+        mean(&watched)
+    );
+    println!(
+        "  change with the console polled: {:+.1} %",
+        (mean(&watched) / mean(&alone) - 1.0) * 100.0
     );
     Ok(())
 }
