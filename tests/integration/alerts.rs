@@ -6,10 +6,11 @@
 //! README lists, the rules and the dashboard use, and `/metrics` serves are
 //! one set.
 
+use crate::harness::Killed;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wasq::queue::{LocalQueues, Outgoing, Queue};
 
@@ -94,15 +95,6 @@ fn the_readme_rules_and_dashboard_name_the_metrics_served() {
                 "{file} uses {name}, which /metrics does not serve"
             );
         }
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -8,31 +8,12 @@
 //! under the target directory (`console-screenshots/`).
 
 use crate::cli::free_port;
+use crate::harness::{Killed, wait_for_port};
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wasq::queue::{LocalQueues, Outgoing, Queue};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(addr: &str) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "nothing listens on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Chromium under chromedriver, headless, and a WebDriver session on it.
 async fn browser() -> (Killed, Client) {

@@ -5,8 +5,8 @@
 //! with a token admits no one without it.
 
 use crate::cli::free_port;
+use crate::harness::Killed;
 use std::io::{Read, Write};
-use std::process::Child;
 use std::time::{Duration, Instant};
 use wasq::queue::{LocalQueues, Outgoing, Queue};
 
@@ -37,15 +37,6 @@ fn http(
     (status, head.to_string(), body.to_string())
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A host on `local://jobs` running the rogue processor, listening on a
 /// free loopback port, once its server answers.
 fn host(dir: &std::path::Path, extra: &[&str]) -> (Killed, String) {
@@ -61,14 +52,7 @@ fn host_of(dir: &std::path::Path, plugin: &str, extra: &[&str]) -> (Killed, Stri
         .spawn()
         .unwrap();
     let host = Killed(child);
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the host did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::harness::wait_for_port(&addr);
     (host, addr)
 }
 
@@ -503,14 +487,7 @@ fn wasq_console_serves_a_data_directory_without_a_host() {
         .spawn()
         .unwrap();
     let _console = Killed(child);
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the console did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::harness::wait_for_port(&addr);
 
     let (status, _, page) = http("GET", &addr, "/", &[], "");
     assert_eq!(status, 200, "{page}");

@@ -282,3 +282,26 @@ pub fn with_dlq(max_receive_count: u32) -> wasq::queue::QueueOptions {
         ..wasq::queue::QueueOptions::default()
     }
 }
+
+/// A child process killed and reaped when dropped, so a failing test
+/// leaves no server behind.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something listens on `addr` (at most 30 s).
+pub fn wait_for_port(addr: &str) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -477,6 +477,20 @@ struct Upload {
     done: bool,
 }
 
+impl Upload {
+    /// The next part's number; S3 allows at most [`MAX_PARTS`].
+    fn take_number(&mut self, uri: &BlobUri) -> Result<i32, BlobError> {
+        let number = self.next_number;
+        if u64::try_from(number).unwrap_or(u64::MAX) > MAX_PARTS {
+            return Err(BlobError::Invalid(format!(
+                "`{uri}` is too large: an upload has at most {MAX_PARTS} parts"
+            )));
+        }
+        self.next_number += 1;
+        Ok(number)
+    }
+}
+
 struct S3Writer {
     store: S3Blobs,
     uri: BlobUri,
@@ -549,11 +563,7 @@ impl S3Writer {
             }
         };
         let upload = self.upload.as_mut().expect("started above");
-        let number = upload.next_number;
-        if u64::try_from(number).unwrap_or(u64::MAX) > MAX_PARTS {
-            return Err(too_many_parts(&self.uri));
-        }
-        upload.next_number += 1;
+        let number = upload.take_number(&self.uri)?;
         let body = std::mem::take(&mut self.buffer);
         let client = self.store.client.clone();
         let (uri, id) = (self.uri.clone(), upload.id.clone());
@@ -694,11 +704,7 @@ impl S3Writer {
             let part = join_part(&self.uri, task).await?;
             upload.parts.push(part);
         }
-        let number = upload.next_number;
-        if u64::try_from(number).unwrap_or(u64::MAX) > MAX_PARTS {
-            return Err(too_many_parts(&self.uri));
-        }
-        upload.next_number += 1;
+        let number = upload.take_number(&self.uri)?;
         let client = self.store.client.clone();
         let (uri, id) = (self.uri.clone(), upload.id.clone());
         let from = source.uri.clone();
@@ -745,12 +751,6 @@ const KEY_IN_COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
-
-fn too_many_parts(uri: &BlobUri) -> BlobError {
-    BlobError::Invalid(format!(
-        "`{uri}` is too large: an upload has at most {MAX_PARTS} parts"
-    ))
-}
 
 /// A failed read of a source object: `412` means it was replaced since it
 /// was opened.

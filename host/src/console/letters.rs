@@ -451,27 +451,39 @@ fn verb(action: LetterAction) -> &'static str {
     }
 }
 
+/// A posted choice checked: the console's own form, one of its bindings'
+/// dead-letter queues, and an action.
+fn chosen(
+    console: &Console,
+    headers: &HeaderMap,
+    fields: Vec<(String, String)>,
+) -> Result<(Choice, Arc<dyn QueueAdmin>, LetterAction), Box<Response>> {
+    let choice = Choice::from_form(fields);
+    console.check_post(headers, &choice.csrf)?;
+    let Some(admin) = console.dead_letter_queue(&choice.queue) else {
+        return Err(Box::new(not_found(&format!(
+            "`{}` is not the dead-letter queue of a binding of this host.",
+            choice.queue
+        ))));
+    };
+    let Some(action) = choice.action else {
+        return Err(Box::new(page_response(
+            StatusCode::BAD_REQUEST,
+            super::pages::message("Nothing to do", "Choose redrive or delete."),
+        )));
+    };
+    Ok((choice, admin, action))
+}
+
 /// The confirmation of an action, stating the count.
 pub async fn confirm(
     State(console): State<Console>,
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let choice = Choice::from_form(fields);
-    if let Err(answer) = console.check_post(&headers, &choice.csrf) {
-        return *answer;
-    }
-    let Some(admin) = console.dead_letter_queue(&choice.queue) else {
-        return not_found(&format!(
-            "`{}` is not the dead-letter queue of a binding of this host.",
-            choice.queue
-        ));
-    };
-    let Some(action) = choice.action else {
-        return page_response(
-            StatusCode::BAD_REQUEST,
-            super::pages::message("Nothing to do", "Choose redrive or delete."),
-        );
+    let (choice, admin, action) = match chosen(&console, &headers, fields) {
+        Ok(chosen) => chosen,
+        Err(answer) => return *answer,
     };
     let count = match &choice.all {
         Some(search) => match admin.browse(&choice.queue, &search.filter(), 0, 0).await {
@@ -519,21 +531,9 @@ pub async fn act(
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let choice = Choice::from_form(fields);
-    if let Err(answer) = console.check_post(&headers, &choice.csrf) {
-        return *answer;
-    }
-    let Some(admin) = console.dead_letter_queue(&choice.queue) else {
-        return not_found(&format!(
-            "`{}` is not the dead-letter queue of a binding of this host.",
-            choice.queue
-        ));
-    };
-    let Some(action) = choice.action else {
-        return page_response(
-            StatusCode::BAD_REQUEST,
-            super::pages::message("Nothing to do", "Choose redrive or delete."),
-        );
+    let (choice, admin, action) = match chosen(&console, &headers, fields) {
+        Ok(chosen) => chosen,
+        Err(answer) => return *answer,
     };
     let started = std::time::Instant::now();
     let ids = match choice.ids(admin.as_ref()).await {
