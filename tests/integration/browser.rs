@@ -273,7 +273,7 @@ async fn the_console_works_in_a_browser_and_hostile_text_stays_text() {
     assert_eq!(queue_stats(&data, "local://jobs-dlq")["visible"], 2);
 
     client.goto(&format!("{base}/processors")).await.unwrap();
-    wait_for_text(&client, "SHA-256").await;
+    wait_for_text(&client, "BLAKE3").await;
     shoot(&client, "processors").await;
     client.close().await.unwrap();
 }

@@ -420,7 +420,6 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
 
 #[test]
 fn the_processors_page_shows_the_running_code_and_a_failed_reload() {
-    use sha2::Digest;
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let queues = LocalQueues::open(&dir.path().join("data")).unwrap();
@@ -429,12 +428,14 @@ fn the_processors_page_shows_the_running_code_and_a_failed_reload() {
         .unwrap();
     let plugin = dir.path().join("rogue.wasm");
     std::fs::copy(wasq_test_guests::ROGUE, &plugin).unwrap();
-    let sha256 = hex::encode(sha2::Sha256::digest(std::fs::read(&plugin).unwrap()));
+    let hash = blake3::hash(&std::fs::read(&plugin).unwrap())
+        .to_hex()
+        .to_string();
     let (_host, addr) = host_of(dir.path(), plugin.to_str().unwrap(), &[]);
 
     let (status, _, page) = http("GET", &addr, "/processors", &[], "");
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains(&sha256), "{page}");
+    assert!(page.contains(&hash), "{page}");
     assert!(page.contains("wasq:processor/blobs@0.1.0"), "{page}");
     assert!(page.contains("none since the host started"), "{page}");
 
@@ -446,7 +447,7 @@ fn the_processors_page_shows_the_running_code_and_a_failed_reload() {
         page.contains("failed, the previous version runs on")
     });
     let (_, _, page) = http("GET", &addr, "/processors", &[], "");
-    assert!(page.contains(&sha256), "{page}");
+    assert!(page.contains(&hash), "{page}");
     assert!(!page.contains("<b>not"), "{page}");
 }
 

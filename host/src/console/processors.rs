@@ -55,7 +55,7 @@ fn processor(binding: &super::BindingView) -> Markup {
     html! {
         dl {
             dt { "Source" } dd { code { (plugin.source()) } }
-            dt { "SHA-256" } dd { code { (identity.sha256) } }
+            dt { "BLAKE3" } dd { code { (identity.blake3) } }
             dt { "Manifest" } dd { (plugin.manifest_origin().unwrap_or("none: no grants")) }
             dt { "Reads" } dd { code { (prefixes(&grants.read)) } }
             dt { "Writes" } dd { code { (prefixes(&grants.write)) } }

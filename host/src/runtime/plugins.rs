@@ -52,8 +52,8 @@ pub struct Plugin {
 /// A plugin's code as the console and `wasq plugins inspect` show it.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
-    /// SHA-256 of the component, hex.
-    pub sha256: String,
+    /// BLAKE3 of the component, hex (`b3sum` prints the same).
+    pub blake3: String,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
 }
