@@ -12,6 +12,7 @@
 //!   each WIT interface; it knows plugins, not queues.
 //! - [`queue`]: message queues behind one trait; the embedded SQLite queue.
 //! - [`dispatch`]: poll → run → settle, per binding; metrics.
+//! - [`filter`]: filter criteria (Lambda's patterns) a binding admits messages by.
 //! - [`fixture`]: fixture messages, in wasq's form and the Lambda SQS event form.
 //! - [`offline`]: `wasq test`, running a processor on fixtures.
 //! - [`run`]: `wasq run`: backends, plugins, dispatcher and server wired up;
@@ -30,6 +31,7 @@ pub mod blobs;
 pub mod cli;
 pub mod console;
 pub mod dispatch;
+pub mod filter;
 pub mod fixture;
 pub mod offline;
 pub mod queue;
