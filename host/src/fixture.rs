@@ -21,7 +21,7 @@ pub struct Fixture {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
-    /// `done`, `retry` or `reject`.
+    /// `done`, `retry`, `reject`, or `filtered` (the filters admit it not).
     pub outcome: Option<String>,
     /// Text the retry or reject reason must contain.
     pub reason: Option<String>,
@@ -32,6 +32,24 @@ pub struct Expect {
 }
 
 impl Expect {
+    /// What was not met by a message the filters kept from running.
+    pub fn unmet_filtered(&self) -> Vec<String> {
+        let mut unmet = Vec::new();
+        match self.outcome.as_deref() {
+            None | Some("filtered") => {}
+            Some(want) => unmet.push(format!(
+                "expected outcome `{want}`, got `filtered` (the message matches none of the filters)"
+            )),
+        }
+        if let Some(want) = &self.reason {
+            unmet.push(format!("expected a reason containing `{want}`, got none"));
+        }
+        if self.result.is_some() || self.entries.is_some() {
+            unmet.push("expected a result, got none".to_string());
+        }
+        unmet
+    }
+
     /// Checks the outcome; `entries` is checked by the caller, which can read
     /// the archive. Returns what was not met.
     pub fn unmet(&self, outcome: &Outcome) -> Vec<String> {
@@ -208,9 +226,9 @@ fn from_wasq(fixture: WasqFixture, default_id: String) -> anyhow::Result<Fixture
 
 fn check_expect(expect: &Expect) -> anyhow::Result<()> {
     if let Some(outcome) = &expect.outcome
-        && !matches!(outcome.as_str(), "done" | "retry" | "reject")
+        && !matches!(outcome.as_str(), "done" | "retry" | "reject" | "filtered")
     {
-        bail!("expect.outcome is `{outcome}`: it must be done, retry or reject");
+        bail!("expect.outcome is `{outcome}`: it must be done, retry, reject or filtered");
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use crate::backends::LocalEnv;
 use crate::blobs::{BlobUri, LocalBlobs};
+use crate::filter::{Filters, Subject};
 use crate::fixture::{self, Fixture};
 use crate::runtime::plugins::PluginSources;
 use crate::runtime::{
@@ -31,13 +32,16 @@ pub struct TestOptions {
     /// the plugin's own.
     pub manifest: Option<(crate::runtime::plugins::Manifest, String)>,
     pub config: BTreeMap<String, String>,
+    /// Filters for this run, over the manifest's (as a binding's are).
+    pub filters: Option<Filters>,
 }
 
 /// One fixture message's run.
 #[derive(Debug, Clone)]
 pub struct CaseReport {
     pub id: String,
-    pub outcome: Outcome,
+    /// `None` when the filters kept the message from running.
+    pub outcome: Option<Outcome>,
     pub fault: Option<Fault>,
     pub logs: Vec<LogLine>,
     /// None when the fixture declared no expectation.
@@ -50,9 +54,10 @@ impl CaseReport {
     }
 
     fn to_json(&self) -> Value {
-        let mut out = json!({ "id": self.id, "outcome": self.outcome.kind() });
+        let mut out = json!({ "id": self.id, "outcome": kind(self.outcome.as_ref()) });
         match &self.outcome {
-            Outcome::Done(result) => {
+            None => {}
+            Some(Outcome::Done(result)) => {
                 out["result"] = match result {
                     Some(text) => {
                         serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
@@ -60,13 +65,13 @@ impl CaseReport {
                     None => Value::Null,
                 }
             }
-            Outcome::Retry { reason, delay } => {
+            Some(Outcome::Retry { reason, delay }) => {
                 out["reason"] = reason.clone().into();
                 if let Some(delay) = delay {
                     out["delay_secs"] = delay.as_secs().into();
                 }
             }
-            Outcome::Reject(reason) => out["reason"] = reason.clone().into(),
+            Some(Outcome::Reject(reason)) => out["reason"] = reason.clone().into(),
         }
         out["logs"] = serde_json::to_value(&self.logs).unwrap_or_default();
         if let Some(unmet) = &self.unmet {
@@ -74,6 +79,11 @@ impl CaseReport {
         }
         out
     }
+}
+
+/// An outcome's name; `filtered` for a message the filters kept back.
+fn kind(outcome: Option<&Outcome>) -> &'static str {
+    outcome.map_or("filtered", Outcome::kind)
 }
 
 /// Runs every fixture, printing each result to `out` as it completes.
@@ -94,6 +104,10 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
         ..options.engine.clone()
     })?;
     let plugin = runtime.load_code(&code, &options.limits, &options.config)?;
+    let filters = match &options.filters {
+        Some(filters) => filters,
+        None => plugin.filters(),
+    };
     if plugin.grants().is_empty() {
         let _ = writeln!(
             std::io::stderr(),
@@ -106,8 +120,30 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
     let mut met = 0;
     let mut unmet = 0;
     let mut unchecked = 0;
+    let mut filtered = 0;
     for fixture in &fixtures {
-        let report = run_one(&runtime, &plugin, &services, &blobs, fixture).await;
+        let message = &fixture.message;
+        let subject = Subject {
+            id: &message.id,
+            body: &message.body,
+            attributes: &message.attributes,
+            receive_count: message.receive_count,
+            sent_at_ms: message.sent_at_ms,
+            group_id: message.group_id.as_deref(),
+        };
+        let admitted = filters.admits(&subject);
+        filtered += usize::from(!admitted);
+        let report = if admitted {
+            run_one(&runtime, &plugin, &services, &blobs, fixture).await
+        } else {
+            CaseReport {
+                id: message.id.clone(),
+                outcome: None,
+                fault: None,
+                logs: Vec::new(),
+                unmet: fixture.expect.as_ref().map(fixture::Expect::unmet_filtered),
+            }
+        };
         match &report.unmet {
             None => unchecked += 1,
             Some(list) if list.is_empty() => met += 1,
@@ -122,7 +158,7 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
     if !options.json {
         writeln!(
             out,
-            "fixtures: {met} met, {unmet} unmet, {unchecked} without expectations ({} messages, plugin {})",
+            "fixtures: {met} met, {unmet} unmet, {unchecked} without expectations ({} messages, {filtered} filtered out, plugin {})",
             fixtures.len(),
             plugin.name()
         )?;
@@ -158,7 +194,7 @@ async fn run_one(
     });
     CaseReport {
         id: fixture.message.id.clone(),
-        outcome: run.outcome,
+        outcome: Some(run.outcome),
         fault: run.fault,
         logs: log.lines(),
         unmet,
@@ -191,17 +227,18 @@ fn print_human(out: &mut dyn Write, report: &CaseReport) -> std::io::Result<()> 
         Some(_) => "FAIL",
     };
     let detail = match &report.outcome {
-        Outcome::Done(Some(result)) => result.clone(),
-        Outcome::Done(None) => String::new(),
-        Outcome::Retry {
+        None => "matches none of the filters: deleted unprocessed".to_string(),
+        Some(Outcome::Done(Some(result))) => result.clone(),
+        Some(Outcome::Done(None)) => String::new(),
+        Some(Outcome::Retry {
             reason,
             delay: Some(delay),
-        } => format!("{reason} (retry in {}s)", delay.as_secs()),
-        Outcome::Retry {
+        }) => format!("{reason} (retry in {}s)", delay.as_secs()),
+        Some(Outcome::Retry {
             reason,
             delay: None,
-        } => reason.clone(),
-        Outcome::Reject(reason) => reason.clone(),
+        }) => reason.clone(),
+        Some(Outcome::Reject(reason)) => reason.clone(),
     };
     // Ids, results, reasons and log lines are the processor's and the
     // fixture's: escaped, and results cut, before they reach a terminal.
@@ -210,7 +247,7 @@ fn print_human(out: &mut dyn Write, report: &CaseReport) -> std::io::Result<()> 
         out,
         "{verdict} {}  {}  {}",
         Escaped(&report.id),
-        report.outcome.kind(),
+        kind(report.outcome.as_ref()),
         Escaped(&truncate(&detail, 4096))
     )?;
     for line in &report.logs {

@@ -866,3 +866,155 @@ async fn logs_can_be_json_lines_with_the_message_span() {
     assert_eq!(dead["span"]["queue"], "jobs");
     assert_eq!(dead["fields"]["reason"], "rejected on request");
 }
+
+/// `wasq test` applies filters as `wasq run` would: given with `--filter`,
+/// taken from a `[[binding]]` of the config file, or from the manifest. A
+/// message they keep back is reported `filtered`, is not run, and meets an
+/// expectation of `filtered`.
+#[test]
+fn wasq_test_applies_a_bindings_filters() {
+    let scratch = Scratch::new();
+    let tenants = fixture("filters/tenants.json");
+    let patterns = [
+        r#"{"messageAttributes": {"tenant": ["acme"]}}"#,
+        r#"{"body": {"expires_in": [{"numeric": ["<", 120]}]}}"#,
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["test", "--json", "--blobs", "blobs"];
+        args.extend_from_slice(extra);
+        args.push(&tenants);
+        let out = scratch.wasq(&args);
+        let lines: Vec<serde_json::Value> = text(&out.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        (out, lines)
+    };
+    let outcomes = |lines: &[serde_json::Value]| -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| {
+                format!(
+                    "{}={}",
+                    l["id"].as_str().unwrap(),
+                    l["outcome"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let want = [
+        "acme-job=done",
+        "globex-job=filtered",
+        "urgent-job=done",
+        "plain-text=filtered",
+    ];
+
+    // Flags.
+    let manifest = fixture("compress.toml");
+    let (out, lines) = run(&[
+        "--manifest",
+        &manifest,
+        "--filter",
+        patterns[0],
+        "--filter",
+        patterns[1],
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(outcomes(&lines), want);
+    assert!(
+        !scratch
+            .dir
+            .path()
+            .join("blobs/archives/globex.zip")
+            .exists()
+    );
+    assert!(scratch.dir.path().join("blobs/archives/acme.zip").is_file());
+
+    // The binding of a config file.
+    let config = scratch.dir.path().join("ops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[binding]]\nqueue = \"local://orders\"\nfilters = [{}, {}]\n",
+            toml::Value::from(patterns[0]),
+            toml::Value::from(patterns[1])
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let (out, lines) = run(&[
+        "--manifest",
+        &manifest,
+        "--binding",
+        "local://orders",
+        "--config-file",
+        &config_arg,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(outcomes(&lines), want);
+
+    // The manifest's, and an expectation the filter does not meet.
+    let with_filters = scratch.dir.path().join("filtered.toml");
+    std::fs::write(
+        &with_filters,
+        format!(
+            "filters = [{}]\n\n{}",
+            toml::Value::from(patterns[0]),
+            std::fs::read_to_string(&manifest).unwrap()
+        ),
+    )
+    .unwrap();
+    let manifest_arg = with_filters.display().to_string();
+    let (out, lines) = run(&["--manifest", &manifest_arg]);
+    assert!(!out.status.success(), "urgent-job is filtered, not done");
+    assert_eq!(
+        outcomes(&lines),
+        [
+            "acme-job=done",
+            "globex-job=filtered",
+            "urgent-job=filtered",
+            "plain-text=filtered"
+        ]
+    );
+    let unmet = lines[2]["expectation"]["unmet"][0].as_str().unwrap();
+    assert!(
+        unmet.contains("expected outcome `done`, got `filtered`"),
+        "{unmet}"
+    );
+}
+
+/// A pattern that cannot be used stops the start, naming the pattern and
+/// the place in it, before any message is received.
+#[test]
+fn a_bad_filter_is_refused_at_start_by_position() {
+    let scratch = Scratch::new();
+    let out = scratch.wasq(&[
+        "run",
+        "--queue",
+        "local://orders",
+        "--listen",
+        "127.0.0.1:0",
+        "--filter",
+        r#"{"body": {"kind": ["order"]}}"#,
+        "--filter",
+        r#"{"body": {"total": [{"numeric": [">", "ten"]}]}}"#,
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("binding local://orders: filter 2: at body.total[0]: \"ten\" is not a number"),
+        "{err}"
+    );
+    let out = scratch.wasq(&[
+        "run",
+        "--queue",
+        "local://orders",
+        "--filter",
+        "{\"body\": ",
+    ]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("filter 1: is not JSON: EOF while parsing a value at line 1 column 9"),
+        "{err}"
+    );
+}

@@ -742,3 +742,75 @@ async fn a_dead_letter_keeps_what_fits_and_names_what_does_not(rig: Rig) {
         "{reason}"
     );
 }
+
+on_both_backends!(
+    messages_matching_no_filter_are_deleted_unprocessed_and_counted,
+    "jobs"
+);
+/// A binding's filters (Lambda's patterns, here on a message attribute
+/// and on a plain-text body) run only the messages one of them admits;
+/// the rest are deleted without running, not dead-lettered, and counted
+/// as Lambda counts them.
+async fn messages_matching_no_filter_are_deleted_unprocessed_and_counted(rig: Rig) {
+    let send = |body: &'static str, tenant: Option<&'static str>| {
+        let queue = rig.queue.clone();
+        async move {
+            queue
+                .send(Outgoing {
+                    body: body.into(),
+                    attributes: tenant
+                        .map(|t| vec![("tenant".to_string(), t.to_string())])
+                        .unwrap_or_default(),
+                    ..Outgoing::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let mut admitted = Vec::new();
+    let mut filtered = Vec::new();
+    for _ in 0..5 {
+        admitted.push(send("sleep 1", Some("acme")).await);
+        filtered.push(send("sleep 1", Some("globex")).await);
+    }
+    for _ in 0..2 {
+        admitted.push(send("sleep 2", None).await);
+        // Would be dead-lettered, were it run.
+        filtered.push(send("reject", Some("globex")).await);
+    }
+    let mut config = rig.config();
+    config.filters = Some(Arc::new(
+        wasq::filter::Filters::parse(&[
+            r#"{"messageAttributes": {"tenant": ["acme"]}}"#,
+            r#"{"body": [{"prefix": "sleep 2"}]}"#,
+        ])
+        .unwrap(),
+    ));
+    rig.drain(
+        rig.binding(config, Limits::default(), true),
+        Duration::from_secs(60),
+    )
+    .await;
+    let stats = rig.queue.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 0));
+    for id in &admitted {
+        assert_eq!(rig.result_of(id).await.as_deref(), Some("1"), "{id}");
+    }
+    for id in &filtered {
+        assert_eq!(rig.result_of(id).await, None, "{id} ran");
+    }
+    assert!(rig.dead_letters().await.is_empty());
+    let m = rig.metrics.binding("jobs");
+    assert_eq!(m.received.get(), 14);
+    assert_eq!(m.filtered_out.get(), 7);
+    assert_eq!(m.invoked.get(), 7);
+    assert_eq!(m.failed.get(), 0);
+    assert_eq!(m.done.get(), 7);
+    assert_eq!(m.dead_lettered.get(), 0);
+    // The batcher's count lags the run's end by its flush.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.deleted.get() < 14 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(m.deleted.get(), 14);
+}

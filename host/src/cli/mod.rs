@@ -130,6 +130,18 @@ pub struct TestArgs {
     /// instead of the one it has; without either it may touch nothing.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
+    /// Filter criteria to check the fixtures against, as a binding's
+    /// `--filter` (repeatable): messages matching none are reported
+    /// `filtered` and not run. Replaces the manifest's filters.
+    #[arg(long = "filter", value_name = "PATTERN")]
+    pub filters: Vec<String>,
+    /// Take the filters of this queue's `[[binding]]` in the config file
+    /// (wasq.toml, or --config-file).
+    #[arg(long, value_name = "QUEUE", conflicts_with = "filters")]
+    pub binding: Option<String>,
+    /// The config file --binding reads.
+    #[arg(long = "config-file", requires = "binding")]
+    pub config_file: Option<PathBuf>,
     /// Fixture files: wasq's JSON form or a Lambda SQS event.
     #[arg(required = true)]
     pub fixtures: Vec<PathBuf>,
@@ -207,7 +219,15 @@ impl TestArgs {
             }
             None => None,
         };
+        let filters = match &self.binding {
+            Some(queue) => run::binding_filters(self.config_file.as_deref(), queue)?,
+            None if !self.filters.is_empty() => {
+                Some(crate::filter::Filters::parse(&self.filters).context("--filter")?)
+            }
+            None => None,
+        };
         Ok(TestOptions {
+            filters,
             manifest,
             plugin: self.plugin,
             plugins: PluginSources::in_dir(global.plugins_dir()),

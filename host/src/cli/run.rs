@@ -119,6 +119,13 @@ pub struct BindingArgs {
     #[arg(long = "plugin-config", value_name = "KEY=VALUE")]
     #[serde(default)]
     pub plugin_config: Vec<String>,
+    /// Filter criteria, Lambda's pattern syntax as JSON, e.g.
+    /// '{"body": {"type": ["order"]}}'; repeat for more (any may match).
+    /// Messages matching none are deleted unprocessed. Replaces the
+    /// plugin manifest's filters.
+    #[arg(long = "filter", value_name = "PATTERN")]
+    #[serde(default)]
+    pub filters: Vec<String>,
     /// Keys of a `[[binding]]` that are none of the above: refused.
     #[arg(skip)]
     #[serde(flatten)]
@@ -196,6 +203,56 @@ struct ConfigFile {
     plugins: BTreeMap<String, Manifest>,
 }
 
+impl ConfigFile {
+    /// The file given, else `wasq.toml` if there is one, else defaults.
+    fn load(given: Option<&std::path::Path>) -> anyhow::Result<(ConfigFile, Option<PathBuf>)> {
+        let path = given.map(PathBuf::from).or_else(|| {
+            std::path::Path::new("wasq.toml")
+                .is_file()
+                .then(|| "wasq.toml".into())
+        });
+        let file = match &path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("{} is not a valid wasq config", path.display()))?
+            }
+            None => ConfigFile::default(),
+        };
+        Ok((file, path))
+    }
+}
+
+/// The filters of the config file's binding of `queue`, for `wasq test`:
+/// the binding's own, or `None` when it has none (the plugin manifest's
+/// then apply, as they would in `wasq run`).
+pub(super) fn binding_filters(
+    config_file: Option<&std::path::Path>,
+    queue: &str,
+) -> anyhow::Result<Option<crate::filter::Filters>> {
+    let (file, path) = ConfigFile::load(config_file)?;
+    let path =
+        path.context("--binding reads wasq.toml, and there is none here; give --config-file")?;
+    let want = QueueRef::parse(queue)?;
+    let binding = file
+        .binding
+        .iter()
+        .find(|b| {
+            b.queue
+                .as_deref()
+                .and_then(|q| QueueRef::parse(q).ok())
+                .is_some_and(|q| q == want)
+        })
+        .with_context(|| format!("{} has no [[binding]] for {want}", path.display()))?;
+    if binding.filters.is_empty() {
+        return Ok(None);
+    }
+    crate::filter::Filters::parse(&binding.filters)
+        .map(Some)
+        .with_context(|| format!("{}: binding {want}", path.display()))
+}
+
 fn duration(field: &str, value: &Option<String>, default: Duration) -> anyhow::Result<Duration> {
     match value {
         Some(text) => humantime::parse_duration(text)
@@ -239,6 +296,11 @@ impl BindingArgs {
                 base.plugin_config.clone()
             } else {
                 self.plugin_config
+            },
+            filters: if self.filters.is_empty() {
+                base.filters.clone()
+            } else {
+                self.filters
             },
             unknown: base.unknown.clone(),
         }
@@ -345,6 +407,14 @@ impl BindingArgs {
             (None, true) => DeadLetters::Drop,
             (None, false) => DeadLetters::Default,
         };
+        let filters = if self.filters.is_empty() {
+            None
+        } else {
+            Some(std::sync::Arc::new(
+                crate::filter::Filters::parse(&self.filters)
+                    .with_context(|| format!("binding {queue}"))?,
+            ))
+        };
         Ok(BindingSpec {
             plugin: self
                 .plugin
@@ -364,6 +434,7 @@ impl BindingArgs {
                 backoff,
                 max_receive_count,
                 dlq_alarm: self.dlq_alarm,
+                filters,
             },
             queue,
             dead_letters,
@@ -373,20 +444,7 @@ impl BindingArgs {
 
 impl RunArgs {
     pub fn host_config(self, global: &GlobalArgs) -> anyhow::Result<(HostConfig, bool)> {
-        let file_path = self.config_file.clone().or_else(|| {
-            std::path::Path::new("wasq.toml")
-                .is_file()
-                .then(|| "wasq.toml".into())
-        });
-        let file: ConfigFile = match &file_path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("{} is not a valid wasq config", path.display()))?
-            }
-            None => ConfigFile::default(),
-        };
+        let (file, file_path) = ConfigFile::load(self.config_file.as_deref())?;
         let flags = BindingArgs {
             queue: self.queue.clone(),
             plugin: self.queue.as_ref().map(|_| self.plugin.clone()),

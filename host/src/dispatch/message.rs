@@ -71,6 +71,7 @@ impl BindingState {
             // the run, or while a panic unwinds.
             let heartbeat = self.heartbeat(received.receipt.clone()).drop_guard();
             let started = Instant::now();
+            self.metrics.invoked.inc();
             // A panic anywhere in the run (the host's side of an import, a
             // backend) ends this message as a retry naming it, as the Lambda
             // runtime's CatchPanicService does; other messages go on.
@@ -109,6 +110,9 @@ impl BindingState {
                     return false;
                 }
             };
+            if !matches!(run.outcome, Outcome::Done(_)) {
+                self.metrics.failed.inc();
+            }
             self.metrics
                 .handle_seconds
                 .observe(run.elapsed.as_secs_f64());

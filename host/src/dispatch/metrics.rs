@@ -111,12 +111,16 @@ macro_rules! metrics {
 }
 
 metrics! {
-    received: counter, "messages_received", "Messages received from the queue";
+    received: counter, "messages_received", "Messages received from the queue (Lambda's PolledEventCount)";
+    filtered_out: counter, "messages_filtered_out", "Messages that matched none of the binding's filters, deleted unprocessed (Lambda's FilteredOutEventCount)";
+    invoked: counter, "messages_invoked", "Messages handed to the processor (Lambda's InvokedEventCount)";
+    failed: counter, "invocations_failed", "Processor runs that did not end done: a retry, a reject, a trap or a limit (Lambda's FailedInvokeEventCount)";
     done: counter, "messages_done", "Messages processed and deleted";
     retried: counter, "messages_retried", "Messages set to be redelivered after a backoff";
     rejected: counter, "messages_rejected", "Messages the processor rejected";
     dead_lettered: counter, "messages_dead_lettered", "Messages sent to the dead-letter queue (rejected or out of receives)";
-    deleted: counter, "messages_deleted", "Messages deleted from the queue (done, dead-lettered or dropped)";
+    dropped: counter, "messages_dropped", "Messages rejected or out of receives and deleted because the binding has no dead-letter queue, by the operator's choice (Lambda's DroppedEventCount)";
+    deleted: counter, "messages_deleted", "Messages deleted from the queue: done, dead-lettered, dropped or filtered out (Lambda's DeletedEventCount)";
     in_flight: gauge, "messages_in_flight", "Messages being processed now";
     pollers: gauge, "pollers", "Pollers receiving for the binding now";
     queue_depth: gauge, "queue_depth", "Messages visible or delayed in the queue";

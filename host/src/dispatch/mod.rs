@@ -29,6 +29,7 @@ pub use metrics::{BindingMetrics, Metrics};
 pub use seal::IdSeal;
 pub use timeline::Timelines;
 
+use crate::filter::{Filters, Subject};
 use crate::queue::{
     MAX_ATTRIBUTES, Moved, Outgoing, Queue, QueueError, Received, SOURCE_ATTRIBUTE,
 };
@@ -71,6 +72,8 @@ pub struct BindingConfig {
     pub max_receive_count: u32,
     /// Warn when the dead-letter queue holds more than this many messages.
     pub dlq_alarm: Option<u64>,
+    /// The binding's filter criteria; `None` takes the plugin manifest's.
+    pub filters: Option<Arc<Filters>>,
 }
 
 impl Default for BindingConfig {
@@ -85,6 +88,7 @@ impl Default for BindingConfig {
             backoff: Backoff::default(),
             max_receive_count: 5,
             dlq_alarm: None,
+            filters: None,
         }
     }
 }

@@ -118,7 +118,7 @@ impl BindingState {
         let reason = crate::text::truncate(reason, crate::runtime::MAX_REASON).into_owned();
         let Some(dlq) = &self.binding.dlq else {
             error!(%reason, "no dead-letter queue (opted out): dropping the message");
-            self.metrics.dead_lettered.inc();
+            self.metrics.dropped.inc();
             self.timeline.count(timeline::Event::DeadLettered);
             self.delete(received.receipt.clone()).await;
             return;

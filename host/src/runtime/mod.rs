@@ -282,6 +282,7 @@ impl Runtime {
         config: &std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<Plugin> {
         let grants = code.grants()?;
+        let filters = code.filters()?;
         let limits = code.limits(limits)?;
         let plugin = self.load(
             &code.name,
@@ -292,6 +293,7 @@ impl Runtime {
         )?;
         Ok(plugin
             .with_grants(grants)
+            .with_filters(filters)
             .with_manifest_origin(code.manifest_origin.clone()))
     }
 

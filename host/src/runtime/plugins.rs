@@ -6,6 +6,7 @@ use super::bindings::ProcessorPre;
 use super::grants::Grants;
 use super::limits::{LimitSettings, Limits};
 use super::state::HostState;
+use crate::filter::Filters;
 use anyhow::Context as _;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -47,6 +48,9 @@ pub struct Plugin {
     manifest_origin: Option<String>,
     /// What it is: its code's hash, and its imports and exports by name.
     identity: Arc<Identity>,
+    /// The messages its manifest admits (all, without filters); a
+    /// binding's own filters replace them.
+    filters: Arc<Filters>,
 }
 
 /// A plugin's code as the console and `wasq plugins inspect` show it.
@@ -75,6 +79,7 @@ impl Plugin {
             grants: Arc::new(Grants::default()),
             manifest_origin: None,
             identity: Arc::default(),
+            filters: Arc::default(),
         }
     }
 
@@ -101,6 +106,16 @@ impl Plugin {
     pub(super) fn with_manifest_origin(mut self, origin: Option<String>) -> Self {
         self.manifest_origin = origin;
         self
+    }
+
+    pub(super) fn with_filters(mut self, filters: Filters) -> Self {
+        self.filters = Arc::new(filters);
+        self
+    }
+
+    /// The filters of its manifest.
+    pub fn filters(&self) -> &Arc<Filters> {
+        &self.filters
     }
 
     pub fn grants(&self) -> &Grants {
@@ -149,6 +164,10 @@ pub struct Manifest {
     /// Values the plugin reads with `config.get`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Filter criteria (Lambda's patterns, as JSON text): only messages
+    /// matching one of them run; a binding's own replace them.
+    #[serde(default)]
+    pub filters: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -201,6 +220,18 @@ impl PluginCode {
                 )
             }),
         }
+    }
+
+    /// The manifest's filters, compiled.
+    pub fn filters(&self) -> anyhow::Result<Filters> {
+        let texts = self.manifest.as_ref().map_or(&[][..], |m| &m.filters[..]);
+        Filters::parse(texts).with_context(|| {
+            format!(
+                "plugin `{}`: manifest {}",
+                self.name,
+                self.manifest_origin.as_deref().unwrap_or_default()
+            )
+        })
     }
 
     /// The manifest's limits with `overrides` (a binding's or the command
