@@ -268,6 +268,9 @@ async fn a_trap_on_every_receive_is_dead_lettered_after_max_receives(rig: Rig) {
     );
     assert_eq!(rig.result_of(&id).await, None);
     assert_eq!(rig.queue.stats().await.unwrap().visible, 0);
+    let m = rig.metrics.binding("jobs");
+    assert_eq!((m.received.get(), m.invoked.get(), m.failed.get()), (3, 3, 3));
+    assert_eq!((m.dead_lettered.get(), m.dropped.get(), m.done.get()), (1, 0, 0));
 }
 
 on_both_backends!(a_timeout_counts_as_a_retry, "jobs");
@@ -406,7 +409,10 @@ async fn without_a_dead_letter_queue_a_failing_message_is_still_not_retried_fore
     .await;
     let stats = rig.queue.stats().await.unwrap();
     assert_eq!((stats.visible, stats.in_flight, stats.delayed), (0, 0, 0));
-    assert_eq!(rig.metrics.binding("jobs").dead_lettered.get(), 1);
+    // Dropped, by the binding's choice: Lambda's DroppedEventCount.
+    let m = rig.metrics.binding("jobs");
+    assert_eq!((m.dropped.get(), m.dead_lettered.get()), (1, 0));
+    assert_eq!((m.invoked.get(), m.failed.get()), (2, 2));
 }
 
 on_both_backends!(
