@@ -269,8 +269,14 @@ async fn a_trap_on_every_receive_is_dead_lettered_after_max_receives(rig: Rig) {
     assert_eq!(rig.result_of(&id).await, None);
     assert_eq!(rig.queue.stats().await.unwrap().visible, 0);
     let m = rig.metrics.binding("jobs");
-    assert_eq!((m.received.get(), m.invoked.get(), m.failed.get()), (3, 3, 3));
-    assert_eq!((m.dead_lettered.get(), m.dropped.get(), m.done.get()), (1, 0, 0));
+    assert_eq!(
+        (m.received.get(), m.invoked.get(), m.failed.get()),
+        (3, 3, 3)
+    );
+    assert_eq!(
+        (m.dead_lettered.get(), m.dropped.get(), m.done.get()),
+        (1, 0, 0)
+    );
 }
 
 on_both_backends!(a_timeout_counts_as_a_retry, "jobs");
@@ -819,4 +825,169 @@ async fn messages_matching_no_filter_are_deleted_unprocessed_and_counted(rig: Ri
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(m.deleted.get(), 14);
+}
+
+/// Runs `binding` until the queue is empty (or `limit`), pausing it for
+/// 60 ms every 150 ms meanwhile: each pause may catch a receive under way,
+/// whose messages the host then gives back unstarted.
+async fn drain_while_pausing(rig: &Rig, binding: Binding, limit: Duration) {
+    let dispatcher = rig.dispatcher(Duration::from_secs(5));
+    let controls = dispatcher.controls.clone();
+    let name = binding.config.name.clone();
+    let toggling = CancellationToken::new();
+    let toggler = {
+        let toggling = toggling.clone();
+        tokio::spawn(async move {
+            while !toggling.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(90)).await;
+                controls.set_paused(&name, true);
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                controls.set_paused(&name, false);
+            }
+        })
+    };
+    let queue = rig.queue.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = wasq::run::drained(vec![queue]) => {}
+            _ = tokio::time::sleep(limit) => {}
+        }
+    };
+    dispatcher
+        .run(vec![binding], Readiness::default(), stop)
+        .await;
+    toggling.cancel();
+    toggler.await.unwrap();
+}
+
+/// The runs the processor counted for `key`.
+async fn runs(rig: &Rig, key: &str) -> Option<String> {
+    rig.env.services.records.get("attempts", key).await.unwrap()
+}
+
+on_both_backends!(
+    under_ten_times_overload_every_dead_letter_had_all_its_attempts,
+    "jobs"
+);
+/// Lambda's throttling spends receive counts, so messages reach the DLQ
+/// without real attempts. Twenty always-failing messages against a
+/// concurrency of two, with the binding paused and resumed all the while:
+/// every dead letter was run exactly `max-receive-count` (3) times.
+async fn under_ten_times_overload_every_dead_letter_had_all_its_attempts(rig: Rig) {
+    let config = BindingConfig {
+        max_concurrency: 2,
+        batch_size: 2,
+        backoff: Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(200),
+            jitter: 0.0,
+        },
+        ..rig.config()
+    };
+    let keys: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    for key in &keys {
+        rig.send(&format!("tally-fail {key} 20"), None).await;
+    }
+    drain_while_pausing(
+        &rig,
+        rig.binding(config, Limits::default(), true),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(rig.dlq.stats().await.unwrap().visible, 20);
+    for key in &keys {
+        assert_eq!(runs(&rig, key).await.as_deref(), Some("3"), "{key}");
+    }
+    let m = rig.metrics.binding("jobs");
+    assert_eq!((m.invoked.get(), m.dead_lettered.get()), (60, 20));
+}
+
+on_both_backends!(
+    messages_a_fifo_group_holds_back_keep_their_attempts,
+    "jobs.fifo"
+);
+/// After a FIFO group's head fails, the rest of its batch is given back
+/// unstarted, again at every failure: the third message of a group is
+/// received six times before it first runs. None of that costs an attempt;
+/// each message still runs three times before it is dead-lettered.
+async fn messages_a_fifo_group_holds_back_keep_their_attempts(rig: Rig) {
+    let mut keys = Vec::new();
+    for group in ["a", "b"] {
+        for i in 0..3 {
+            let key = format!("{group}{i}");
+            rig.send(&format!("tally-fail {key} 0"), Some(group)).await;
+            keys.push(key);
+        }
+    }
+    let config = BindingConfig {
+        backoff: Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(200),
+            jitter: 0.0,
+        },
+        ..rig.config()
+    };
+    rig.drain(
+        rig.binding(config, Limits::default(), true),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(rig.dlq.stats().await.unwrap().visible, 6);
+    for key in &keys {
+        assert_eq!(runs(&rig, key).await.as_deref(), Some("3"), "{key}");
+    }
+    let m = rig.metrics.binding("jobs.fifo");
+    assert!(m.given_back.get() >= 12, "{}", m.given_back.get());
+    assert_eq!(m.invoked.get(), 18);
+}
+
+on_both_backends!(receives_given_back_are_no_attempts, "jobs");
+/// A message received three times and given back each time, unstarted,
+/// has had no attempt: it still runs `max-receive-count` (3) times. On SQS,
+/// which counts those receives, the message reaches the count with
+/// attempts left; it is sent again as a fresh copy carrying its id and
+/// attempts (so the queue's redrive policy cannot move it early), and the
+/// dead letter still names the id it was sent with.
+async fn receives_given_back_are_no_attempts(rig: Rig) {
+    let id = rig.send("tally-fail given 0", None).await;
+    for _ in 0..3 {
+        let got = rig
+            .queue
+            .receive(
+                1,
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(rig.queue.give_back(&got).await.unwrap().is_empty());
+    }
+    rig.drain(
+        rig.binding(rig.config(), Limits::default(), true),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(runs(&rig, "given").await.as_deref(), Some("3"));
+    let dead = rig.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    let reason = attribute(&dead[0].attributes, "wasq-reason").unwrap();
+    if rig._moto.is_some() {
+        // The copy was received twice: its first attempt was the second.
+        assert!(
+            reason.starts_with(
+                "gave up after 3 attempts (2 receives of this copy); last: run 3 fails"
+            ),
+            "{reason}"
+        );
+    } else {
+        assert!(
+            reason.starts_with("gave up after 3 receives; last: run 3 fails"),
+            "{reason}"
+        );
+    }
+    let sealed = attribute(&dead[0].attributes, "wasq-message-id").unwrap();
+    assert!(sealed.starts_with(&format!("{id}/")), "{sealed} for {id}");
+    assert!(attribute(&dead[0].attributes, "wasq-attempts").is_none());
 }

@@ -113,3 +113,138 @@ pub(super) async fn delete_loop(
         batch.clear();
     }
 }
+
+impl BindingState {
+    /// Returns messages the host took and could not start (a pause, a
+    /// shutdown, a removed plugin, a FIFO group held back) without costing
+    /// them an attempt (see [`Queue::give_back`]). SQS's redrive policy
+    /// counts every receive, so it would move a message whose count has
+    /// reached the limit at its next receive, attempts left or not: such a
+    /// message goes back as a fresh copy instead, its id and attempts
+    /// sealed into it.
+    pub(super) async fn give_back(&self, messages: Vec<Received>) {
+        if messages.is_empty() {
+            return;
+        }
+        self.metrics.given_back.inc_by(messages.len() as u64);
+        let mut back = Vec::with_capacity(messages.len());
+        for message in messages {
+            // This receive was no attempt.
+            let attempts = self.attempts(&message).saturating_sub(1);
+            if self.would_be_redriven(&message, attempts)
+                && self.requeue(&message, attempts, Duration::ZERO).await
+            {
+                continue;
+            }
+            back.push(message);
+        }
+        if back.is_empty() {
+            return;
+        }
+        let queue = &self.binding.queue;
+        let given = ride_out_outage(
+            VISIBILITY_RETRY_LONGEST,
+            "could not give messages back",
+            || queue.give_back(&back),
+        )
+        .await;
+        match given {
+            Ok(failures) => {
+                for failure in failures {
+                    warn!(reason = %failure.reason, "could not give a message back");
+                }
+            }
+            Err(err) => {
+                warn!(error = %err, "could not give messages back; they come back when their lease lapses")
+            }
+        }
+    }
+
+    /// Attempts the message has had, this receive included: the queue's
+    /// receives less those given back unstarted, plus the attempts of the
+    /// copy it was requeued from.
+    pub(super) fn attempts(&self, received: &Received) -> u32 {
+        let carried = received
+            .attributes
+            .iter()
+            .find(|(name, _)| name == ATTEMPTS_ATTRIBUTE)
+            .and_then(|(_, sealed)| self.seal.open_attempts(sealed, &self.sealed_as(received)))
+            .unwrap_or(0);
+        received
+            .receive_count
+            .saturating_sub(received.given_back)
+            .saturating_add(carried)
+    }
+
+    /// Whether the queue's own redrive policy, counting given-back
+    /// receives too, would move the message at its next receive while it
+    /// has attempts left. FIFO messages are not requeued (a copy would go
+    /// behind its group).
+    pub(super) fn would_be_redriven(&self, received: &Received, attempts: u32) -> bool {
+        let max = self.config().max_receive_count;
+        self.binding.queue.counts_given_back()
+            && !self.binding.queue.is_fifo()
+            && received.receive_count >= max
+            && attempts < max
+    }
+
+    /// Sends a fresh copy of the message, to be received after `delay`,
+    /// carrying its id and the attempts it has had, sealed, and deletes the
+    /// original. Returns false (the original left as it was) if the copy
+    /// could not be made.
+    pub(super) async fn requeue(
+        &self,
+        received: &Received,
+        attempts: u32,
+        delay: Duration,
+    ) -> bool {
+        let of = self.sealed_as(received);
+        let mut attributes = vec![
+            (
+                MESSAGE_ID_ATTRIBUTE.to_string(),
+                self.seal.seal(&self.job_id(received), &of),
+            ),
+            (
+                ATTEMPTS_ATTRIBUTE.to_string(),
+                self.seal.seal_attempts(attempts, &of),
+            ),
+        ];
+        let room = MAX_ATTRIBUTES - attributes.len();
+        let senders: Vec<_> = received
+            .attributes
+            .iter()
+            .filter(|(name, _)| !name.starts_with("wasq-"))
+            .cloned()
+            .collect();
+        if senders.len() > room {
+            return false;
+        }
+        attributes.extend(senders);
+        let copy = Outgoing {
+            body: received.body.clone(),
+            attributes,
+            delay: delay.min(crate::queue::MAX_DELAY),
+            group_id: None,
+            dedup_id: None,
+        };
+        if crate::queue::message_size(&copy) > self.binding.queue.max_message_size() {
+            return false;
+        }
+        let queue = self.binding.queue.as_ref();
+        match queue.dead_letter(&received.receipt, queue, copy).await {
+            Ok(Moved::Sent) => {
+                info!(
+                    attempts,
+                    "requeued as a fresh copy: the queue's redrive policy would move it with attempts left"
+                );
+                self.delete(received.receipt.clone()).await;
+                true
+            }
+            Ok(Moved::Moved | Moved::Stale) => true,
+            Err(err) => {
+                warn!(error = %err, "could not requeue the message");
+                false
+            }
+        }
+    }
+}

@@ -22,11 +22,8 @@ impl BindingState {
             first = false;
             let succeeded = self.process(message).await;
             if (!succeeded || self.abort.is_cancelled()) && !rest.is_empty() {
-                let release: Vec<_> = rest
-                    .drain(..)
-                    .map(|m| (m.receipt, Duration::ZERO))
-                    .collect();
-                self.change_visibility(&release).await;
+                // Held back for the group's order: not run, so no attempt.
+                self.give_back(rest.drain(..).collect()).await;
             }
         }
     }
@@ -42,9 +39,8 @@ impl BindingState {
         // An error-level span, so that its fields reach every log line a
         // filter lets through, warnings included.
         let Some(plugin) = self.binding.plugin.current() else {
-            warn!(message_id = %received.id, "the plugin was removed; releasing the message");
-            self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)])
-                .await;
+            warn!(message_id = %received.id, "the plugin was removed; giving the message back");
+            self.give_back(vec![received]).await;
             return false;
         };
         let id = self.job_id(&received);
@@ -104,9 +100,9 @@ impl BindingState {
                     }
                 }
                 None => {
-                    info!("released unfinished at shutdown");
-                    self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)])
-                        .await;
+                    // Cut short by the host, not failed by the processor.
+                    info!("given back unfinished at shutdown");
+                    self.give_back(vec![received]).await;
                     return false;
                 }
             };

@@ -118,6 +118,7 @@ metrics! {
     done: counter, "messages_done", "Messages processed and deleted";
     retried: counter, "messages_retried", "Messages set to be redelivered after a backoff";
     rejected: counter, "messages_rejected", "Messages the processor rejected";
+    given_back: counter, "messages_given_back", "Messages received and given back unstarted for the host's own reasons (a pause, a shutdown, a removed plugin, a FIFO group held back), no attempt counted";
     dead_lettered: counter, "messages_dead_lettered", "Messages sent to the dead-letter queue (rejected or out of receives)";
     dropped: counter, "messages_dropped", "Messages rejected or out of receives and deleted because the binding has no dead-letter queue, by the operator's choice (Lambda's DroppedEventCount)";
     deleted: counter, "messages_deleted", "Messages deleted from the queue: done, dead-lettered, dropped or filtered out (Lambda's DeletedEventCount)";

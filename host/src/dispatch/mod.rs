@@ -51,6 +51,9 @@ use tracing::{Instrument, debug, error, error_span, info, warn};
 pub const RESULTS_TABLE: &str = "results";
 /// Attributes a dead letter carries.
 pub const RECEIVE_COUNT_ATTRIBUTE: &str = "wasq-receive-count";
+/// On a message wasq sent again as a fresh copy (SQS), the attempts it had,
+/// sealed like its id.
+pub const ATTEMPTS_ATTRIBUTE: &str = "wasq-attempts";
 pub use crate::queue::{MESSAGE_ID_ATTRIBUTE, PLUGIN_ATTRIBUTE, REASON_ATTRIBUTE};
 /// How one binding behaves; validated by the command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -306,6 +309,7 @@ mod tests {
             body: String::new(),
             attributes: Vec::new(),
             receive_count: 1,
+            given_back: 0,
             sent_at_ms: 0,
             group_id: group.map(str::to_string),
             moved_from: None,

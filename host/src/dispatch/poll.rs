@@ -69,29 +69,21 @@ impl BindingState {
             // A receive that returned as the pause came: its messages go
             // straight back, to wait with the rest.
             if *self.paused.borrow() && !self.stop.is_cancelled() && !batch.is_empty() {
-                let release: Vec<_> = batch
-                    .iter()
-                    .map(|m| (m.receipt.clone(), Duration::ZERO))
-                    .collect();
                 info!(
-                    count = release.len(),
-                    "paused: releasing messages received at the last moment"
+                    count = batch.len(),
+                    "paused: giving back messages received at the last moment"
                 );
-                self.change_visibility(&release).await;
+                self.give_back(batch).await;
                 continue;
             }
             // A receive that was under way at shutdown still returns what it
             // took: give it straight back rather than start it now.
             if self.stop.is_cancelled() && !batch.is_empty() {
-                let release: Vec<_> = batch
-                    .iter()
-                    .map(|m| (m.receipt.clone(), Duration::ZERO))
-                    .collect();
                 info!(
-                    count = release.len(),
-                    "shutting down: releasing messages received at the last moment"
+                    count = batch.len(),
+                    "shutting down: giving back messages received at the last moment"
                 );
-                self.change_visibility(&release).await;
+                self.give_back(batch).await;
                 break;
             }
             let received = batch.len();
@@ -235,6 +227,35 @@ impl BindingState {
                 break;
             }
             window_ends.get_or_insert_with(|| Instant::now() + config.batching_window);
+        }
+        // The first messages waited while the window filled: a wait past a
+        // third of their lease renews it (as a heartbeat would), and any
+        // whose lease lapsed meanwhile is left to whoever holds it now.
+        if let Some(ends) = window_ends
+            && !batch.is_empty()
+            && config
+                .batching_window
+                .saturating_sub(ends.saturating_duration_since(Instant::now()))
+                > config.visibility_timeout / 3
+        {
+            let renew: Vec<_> = batch
+                .iter()
+                .map(|m| (m.receipt.clone(), config.visibility_timeout))
+                .collect();
+            match self.binding.queue.change_visibility_batch(&renew).await {
+                Ok(failures) => {
+                    if !failures.is_empty() {
+                        warn!(
+                            count = failures.len(),
+                            "leases lapsed while the batching window filled; leaving those messages"
+                        );
+                    }
+                    batch.retain(|m| !failures.iter().any(|f| f.receipt == m.receipt));
+                }
+                Err(err) => {
+                    warn!(error = %err, "could not renew the leases of a batch gathered over its window");
+                }
+            }
         }
         batch
     }

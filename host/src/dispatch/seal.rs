@@ -50,8 +50,14 @@ impl IdSeal {
     }
 
     fn mac(&self, id: &str, of: &Of<'_>) -> HmacSha256 {
+        self.mac_as(b"wasq-message-id\n", id, of)
+    }
+
+    /// A MAC under `domain`, so that a value sealed for one attribute opens
+    /// under no other.
+    fn mac_as(&self, domain: &[u8], id: &str, of: &Of<'_>) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
-        mac.update(b"wasq-message-id\n");
+        mac.update(domain);
         // Each field with its length, so that no two tuples read the same.
         for field in [
             id.as_bytes(),
@@ -84,7 +90,30 @@ impl IdSeal {
         self.mac(id, of).verify_truncated_left(&seal).ok()?;
         Some(id)
     }
+
+    /// `N/SEAL`: the attempts a message had before it was sent again as a
+    /// fresh copy, sealed to that message apart from ids.
+    pub fn seal_attempts(&self, attempts: u32, of: &Of<'_>) -> String {
+        let n = attempts.to_string();
+        let tag = self.mac_as(ATTEMPTS_DOMAIN, &n, of).finalize().into_bytes();
+        format!("{n}/{}", &hex::encode(tag)[..SEAL_HEX])
+    }
+
+    /// The attempts inside a seal this host made for this very message.
+    pub fn open_attempts(&self, sealed: &str, of: &Of<'_>) -> Option<u32> {
+        let (n, seal) = sealed.rsplit_once('/')?;
+        if seal.len() != SEAL_HEX {
+            return None;
+        }
+        let seal = hex::decode(seal).ok()?;
+        self.mac_as(ATTEMPTS_DOMAIN, n, of)
+            .verify_truncated_left(&seal)
+            .ok()?;
+        n.parse().ok()
+    }
 }
+
+const ATTEMPTS_DOMAIN: &[u8] = b"wasq-attempts\n";
 
 /// The message a seal is for, besides its id: the queue it runs on, its
 /// body and its FIFO group.
@@ -106,6 +135,24 @@ pub fn shown(sealed: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Attempts are sealed apart from ids: neither opens as the other,
+    /// and neither opens on another message.
+    #[test]
+    fn attempts_and_ids_do_not_open_as_each_other() {
+        let seal = IdSeal::random().unwrap();
+        let attempts = seal.seal_attempts(2, &JOB);
+        assert_eq!(seal.open_attempts(&attempts, &JOB), Some(2));
+        assert_eq!(seal.open(&attempts, &JOB), None);
+        let id = seal.seal("2", &JOB);
+        assert_eq!(seal.open_attempts(&id, &JOB), None);
+        let other = Of {
+            body: "other",
+            ..JOB
+        };
+        assert_eq!(seal.open_attempts(&attempts, &other), None);
+        assert_eq!(seal.open_attempts("9/0000", &JOB), None);
+    }
 
     const JOB: Of<'static> = Of {
         queue: "jobs",

@@ -72,17 +72,28 @@ impl BindingState {
         delay: Option<Duration>,
     ) {
         let config = self.config();
-        if received.receive_count >= config.max_receive_count {
-            let reason = format!(
-                "gave up after {} receives; last: {reason}",
-                received.receive_count
-            );
+        // Receives the host gave back were no attempts.
+        let attempts = self.attempts(received);
+        if attempts >= config.max_receive_count {
+            let reason = if attempts == received.receive_count {
+                format!("gave up after {attempts} receives; last: {reason}")
+            } else {
+                format!(
+                    "gave up after {attempts} attempts ({} receives of this copy); last: {reason}",
+                    received.receive_count
+                )
+            };
             self.dead_letter(received, plugin, &reason).await;
         } else {
-            let delay = delay.unwrap_or_else(|| config.backoff.delay(received.receive_count));
+            let delay = delay.unwrap_or_else(|| config.backoff.delay(attempts));
             info!(%reason, delay_secs = delay.as_secs_f64(), "retry");
             self.metrics.retried.inc();
             self.timeline.count(timeline::Event::Retried);
+            if self.would_be_redriven(received, attempts)
+                && self.requeue(received, attempts, delay).await
+            {
+                return;
+            }
             self.change_visibility(&[(received.receipt.clone(), delay)])
                 .await;
         }
@@ -101,7 +112,7 @@ impl BindingState {
     }
 
     /// What a seal on `received` is bound to.
-    fn sealed_as<'a>(&'a self, received: &'a Received) -> seal::Of<'a> {
+    pub(super) fn sealed_as<'a>(&'a self, received: &'a Received) -> seal::Of<'a> {
         seal::Of {
             queue: self.binding.queue.name(),
             body: &received.body,

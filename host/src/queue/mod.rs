@@ -47,7 +47,11 @@ pub struct Received {
     pub receipt: String,
     pub body: String,
     pub attributes: Vec<(String, String)>,
+    /// Receives the queue has counted, this one included.
     pub receive_count: u32,
+    /// Of those, receives the host gave back unstarted that the queue
+    /// could not take back (SQS counts every receive): no attempts.
+    pub given_back: u32,
     pub sent_at_ms: u64,
     pub group_id: Option<String>,
     pub dedup_id: Option<String>,
@@ -226,6 +230,21 @@ pub trait Queue: Send + Sync + 'static {
         &self,
         entries: &[(String, Duration)],
     ) -> Result<Vec<BatchFailure>, QueueError>;
+
+    /// Makes received messages visible again at once, for the host's own
+    /// reasons: it took them and could not start them (a pause, a
+    /// shutdown, a removed plugin, a FIFO group held back). The message
+    /// loses no attempt: the embedded queue takes the receive back; SQS,
+    /// which counts every receive, remembers it and reports it as
+    /// [`Received::given_back`] when the message comes again. Returns the
+    /// entries that failed.
+    async fn give_back(&self, messages: &[Received]) -> Result<Vec<BatchFailure>, QueueError>;
+
+    /// Whether the queue's own count of receives, which its redrive policy
+    /// goes by, includes those given back (SQS).
+    fn counts_given_back(&self) -> bool {
+        false
+    }
 
     /// Sends a message; returns its id. On FIFO queues a duplicate within the
     /// deduplication window returns the first message's id and adds nothing.

@@ -182,6 +182,7 @@ impl SqsQueues {
             fifo,
             max_message_size,
             releases: tokio_util::task::TaskTracker::new(),
+            given_back: Default::default(),
         })
     }
 
@@ -729,6 +730,43 @@ pub struct SqsQueue {
     max_message_size: usize,
     /// Polls left to finish after their receive was cancelled.
     releases: tokio_util::task::TaskTracker,
+    /// Receives given back unstarted, by message id: SQS counts them, and
+    /// they are no attempts.
+    given_back: std::sync::Arc<std::sync::Mutex<GivenBack>>,
+}
+
+/// The most given-back messages one queue handle remembers; past it the
+/// oldest are forgotten (such a message may then be dead-lettered an
+/// attempt early, as without the memory).
+const GIVEN_BACK_REMEMBERED: usize = 100_000;
+
+/// Message ids and how many of their receives were given back, oldest
+/// first.
+#[derive(Debug, Default)]
+struct GivenBack {
+    counts: std::collections::HashMap<String, u32>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl GivenBack {
+    fn add(&mut self, id: &str) {
+        match self.counts.get_mut(id) {
+            Some(count) => *count += 1,
+            None => {
+                if self.order.len() >= GIVEN_BACK_REMEMBERED
+                    && let Some(oldest) = self.order.pop_front()
+                {
+                    self.counts.remove(&oldest);
+                }
+                self.counts.insert(id.to_string(), 1);
+                self.order.push_back(id.to_string());
+            }
+        }
+    }
+
+    fn of(&self, id: &str) -> u32 {
+        self.counts.get(id).copied().unwrap_or(0)
+    }
 }
 
 impl SqsQueue {
@@ -747,6 +785,12 @@ impl SqsQueue {
             .collect();
         if entries.is_empty() {
             return;
+        }
+        {
+            let mut given_back = self.given_back.lock().unwrap_or_else(|p| p.into_inner());
+            for id in out.messages().iter().filter_map(|m| m.message_id()) {
+                given_back.add(id);
+            }
         }
         match self.change_visibility_batch(&entries).await {
             Ok(failures) if failures.is_empty() => {
@@ -777,8 +821,14 @@ impl SqsQueue {
             })
             .unwrap_or_default();
         attributes.sort();
+        let id = message.message_id().unwrap_or_default();
         Received {
-            id: message.message_id().unwrap_or_default().to_string(),
+            given_back: self
+                .given_back
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .of(id),
+            id: id.to_string(),
             receipt: message.receipt_handle().unwrap_or_default().to_string(),
             body: message.body().unwrap_or_default().to_string(),
             attributes,
@@ -996,6 +1046,26 @@ impl Queue for SqsQueue {
             },
         )
         .await
+    }
+
+    /// Visible at once. SQS has counted the receive and cannot take it
+    /// back: the queue remembers it, to report with the message.
+    async fn give_back(&self, messages: &[Received]) -> Result<Vec<BatchFailure>, QueueError> {
+        {
+            let mut given_back = self.given_back.lock().unwrap_or_else(|p| p.into_inner());
+            for message in messages {
+                given_back.add(&message.id);
+            }
+        }
+        let entries: Vec<(String, Duration)> = messages
+            .iter()
+            .map(|m| (m.receipt.clone(), Duration::ZERO))
+            .collect();
+        self.change_visibility_batch(&entries).await
+    }
+
+    fn counts_given_back(&self) -> bool {
+        true
     }
 
     async fn change_visibility_batch(

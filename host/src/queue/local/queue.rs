@@ -140,6 +140,35 @@ impl Queue for LocalQueue {
         Ok(failures)
     }
 
+    /// Visible at once, and the receive taken back: the message was never
+    /// started, so it keeps its attempts (and the queue's redrive policy,
+    /// which counts receives, does not move it early).
+    async fn give_back(&self, messages: &[Received]) -> Result<Vec<BatchFailure>, QueueError> {
+        let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
+        let name = self.name.clone();
+        let failures = self
+            .queues
+            .with_db(move |conn| {
+                let now = now_ms();
+                per_receipt(
+                    conn,
+                    receipts,
+                    |receipt| receipt,
+                    "the receipt is not current: the message was deleted, received again, or its visibility lapsed",
+                    |tx, receipt| {
+                        tx.execute(
+                            "UPDATE messages SET visible_ms = ?3, receipt = NULL, receive_count = MAX(receive_count - 1, 0)
+                             WHERE queue = ?1 AND receipt = ?2 AND visible_ms > ?3",
+                            params![name, receipt, now],
+                        )
+                    },
+                )
+            })
+            .await?;
+        self.queues.wake.notify(&self.name);
+        Ok(failures)
+    }
+
     async fn send(&self, message: Outgoing) -> Result<String, QueueError> {
         let mut ids = self.send_batch(vec![message]).await?;
         Ok(ids.remove(0))

@@ -60,6 +60,7 @@ impl LocalQueue {
                         body: row.get(2)?,
                         attributes: decode_attributes(&row.get::<_, String>(3)?),
                         receive_count: row.get(4)?,
+                        given_back: 0,
                         sent_at_ms: row.get::<_, i64>(5)? as u64,
                         group_id: row.get(6)?,
                         dedup_id: row.get(7)?,

@@ -171,6 +171,23 @@ impl Guest for Rogue {
                 }
             }
             ["reject"] => Outcome::Reject("rejected on request".into()),
+            // Counts its runs in table `attempts`, then fails as a retry.
+            ["tally-fail", key, ms] => {
+                std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                let runs = records::get("attempts", key)
+                    .ok()
+                    .flatten()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(0)
+                    + 1;
+                match records::put("attempts", key, &runs.to_string()) {
+                    Ok(()) => Outcome::Retry(RetryAfter {
+                        reason: format!("run {runs} fails on purpose"),
+                        delay_secs: None,
+                    }),
+                    Err(err) => Outcome::Reject(err),
+                }
+            }
             ["env"] => {
                 let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
                 let args: Vec<String> = std::env::args().collect();
