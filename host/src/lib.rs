@@ -15,6 +15,7 @@
 //! - [`filter`]: filter criteria (Lambda's patterns) a binding admits messages by.
 //! - [`fixture`]: fixture messages, in wasq's form and the Lambda SQS event form.
 //! - [`offline`]: `wasq test`, running a processor on fixtures.
+//! - [`payload`]: large payloads as the SQS Extended Client stores them.
 //! - [`run`]: `wasq run`: backends, plugins, dispatcher and server wired up;
 //!   a binding's settings against its queue's.
 //! - [`reload`]: the watcher that reloads a binding's plugin when its files
@@ -34,6 +35,7 @@ pub mod dispatch;
 pub mod filter;
 pub mod fixture;
 pub mod offline;
+pub mod payload;
 pub mod queue;
 pub mod records;
 pub mod reload;

@@ -230,6 +230,11 @@ impl BlobStore for DownStore {
             "`{uri}`: connection refused"
         )))
     }
+    async fn delete(&self, uri: &BlobUri) -> Result<(), BlobError> {
+        Err(BlobError::Unavailable(format!(
+            "`{uri}`: connection refused"
+        )))
+    }
 }
 
 struct DownRecords;
@@ -340,6 +345,9 @@ impl BlobStore for Reversed {
     }
     async fn presign_get(&self, uri: &BlobUri, expires_in: Duration) -> Result<String, BlobError> {
         self.inner.presign_get(uri, expires_in).await
+    }
+    async fn delete(&self, uri: &BlobUri) -> Result<(), BlobError> {
+        self.inner.delete(uri).await
     }
 }
 

@@ -653,6 +653,9 @@ impl wasq::blobs::BlobStore for Panicking {
     ) -> Result<String, wasq::blobs::BlobError> {
         self.0.presign_get(uri, expires_in).await
     }
+    async fn delete(&self, uri: &wasq::blobs::BlobUri) -> Result<(), wasq::blobs::BlobError> {
+        self.0.delete(uri).await
+    }
 }
 
 on_both_backends!(
@@ -990,4 +993,91 @@ async fn receives_given_back_are_no_attempts(rig: Rig) {
     let sealed = attribute(&dead[0].attributes, "wasq-message-id").unwrap();
     assert!(sealed.starts_with(&format!("{id}/")), "{sealed} for {id}");
     assert!(attribute(&dead[0].attributes, "wasq-attempts").is_none());
+}
+
+on_both_backends!(
+    large_payloads_are_read_from_the_bindings_bucket_only,
+    "jobs"
+);
+/// A message in the SQS Extended Client's format runs on its payload, read
+/// from the binding's payload bucket, which is deleted once the message is
+/// done; a pointer into another bucket, or to a payload too large, is
+/// dead-lettered naming why, its payload kept.
+async fn large_payloads_are_read_from_the_bindings_bucket_only(rig: Rig) {
+    use wasq::payload::{PayloadPolicy, offload};
+    let blobs = rig.env.services.blobs.clone();
+    let body = format!("measure {}", "y".repeat(2 << 20));
+    let message = |bucket: &'static str, body: String| {
+        let blobs = blobs.clone();
+        async move {
+            offload(
+                blobs.as_ref(),
+                bucket,
+                Outgoing {
+                    body,
+                    ..Outgoing::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let big = message("payloads", body.clone()).await;
+    let big_id = rig.queue.send(big.clone()).await.unwrap();
+    let stray = message("elsewhere", "measure stray".into()).await;
+    rig.queue.send(stray.clone()).await.unwrap();
+    let huge = message("payloads", format!("measure {}", "z".repeat(5 << 20))).await;
+    rig.queue.send(huge.clone()).await.unwrap();
+    let config = BindingConfig {
+        payloads: PayloadPolicy {
+            bucket: Some("payloads".into()),
+            max: 4 << 20,
+        },
+        ..rig.config()
+    };
+    rig.drain(
+        rig.binding(config, Limits::default(), true),
+        Duration::from_secs(60),
+    )
+    .await;
+    let described = format!("{} {} {}", body.len(), "y".repeat(16), "y".repeat(16));
+    assert_eq!(
+        rig.result_of(&big_id).await.as_deref(),
+        Some(described.as_str())
+    );
+    let uri_of = |m: &Outgoing| {
+        wasq::payload::pointer(&m.body, &m.attributes)
+            .unwrap()
+            .unwrap()
+            .uri
+    };
+    let budget = wasq::blobs::Budget::new(1 << 20);
+    // The batcher deletes the payload just after the message.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blobs.open(&uri_of(&big), &budget).await.is_ok() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        blobs.open(&uri_of(&big), &budget).await.is_err(),
+        "the done message's payload stays"
+    );
+    let mut reasons: Vec<String> = rig
+        .dead_letters()
+        .await
+        .iter()
+        .map(|l| attribute(&l.attributes, "wasq-reason").unwrap().to_string())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].contains("this binding reads payloads from bucket payloads only"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("over the binding's payload-max of 4194304 bytes"),
+        "{reasons:?}"
+    );
+    // Dead letters keep their payloads, for a redrive.
+    assert!(blobs.open(&uri_of(&stray), &budget).await.is_ok());
+    assert!(blobs.open(&uri_of(&huge), &budget).await.is_ok());
 }

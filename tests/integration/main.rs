@@ -12,6 +12,7 @@ mod console;
 mod dispatch;
 mod docs;
 mod examples;
+mod extended;
 mod harness;
 mod hostile;
 mod links;

@@ -357,6 +357,42 @@ impl BlobStore for LocalBlobs {
         blocking(uri, move || Ok(store.open_object(&target)?.info)).await
     }
 
+    /// Unlinks the object's file, its directory reached beneath the root
+    /// without symlinks; anything there but a regular file is left alone.
+    async fn delete(&self, uri: &BlobUri) -> Result<(), BlobError> {
+        let store = self.clone();
+        let target = uri.clone();
+        blocking(uri, move || {
+            let relative = format!("{}/{}", target.bucket(), target.key());
+            let (parent, leaf) = relative
+                .rsplit_once('/')
+                .expect("a bucket and a key, so one slash at least");
+            let dir = match store.resolve(parent, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            {
+                Ok(dir) => dir,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(err) => return Err(io_error(&target, err)),
+            };
+            match rustix::fs::statat(&dir, leaf, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat)
+                    if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                        == rustix::fs::FileType::RegularFile => {}
+                Ok(_) => {
+                    return Err(BlobError::Invalid(format!(
+                        "`{target}` is not an object the store made; left alone"
+                    )));
+                }
+                Err(Errno::NOENT) => return Ok(()),
+                Err(err) => return Err(io_error(&target, err.into())),
+            }
+            match rustix::fs::unlinkat(&dir, leaf, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(err) => Err(io_error(&target, err.into())),
+            }
+        })
+        .await
+    }
+
     async fn open(
         &self,
         uri: &BlobUri,

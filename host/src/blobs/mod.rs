@@ -280,6 +280,10 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<Box<dyn BlobWriter>, BlobError>;
     /// A link that downloads the object with a plain GET until it expires.
     async fn presign_get(&self, uri: &BlobUri, expires_in: Duration) -> Result<String, BlobError>;
+    /// Deletes the object; one already gone is no error, as on S3. Only
+    /// the host calls it (processors have no delete): for the payloads of
+    /// large messages, once their message is done.
+    async fn delete(&self, uri: &BlobUri) -> Result<(), BlobError>;
 }
 
 /// A stream of one object's bytes.

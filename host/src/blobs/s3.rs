@@ -181,6 +181,21 @@ impl BlobStore for S3Blobs {
         Ok(self.head(uri).await?.0)
     }
 
+    async fn delete(&self, uri: &BlobUri) -> Result<(), BlobError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(uri.bucket())
+            .key(uri.key())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) if status(&err) == Some(404) => Ok(()),
+            Err(err) => Err(error(uri, &err)),
+        }
+    }
+
     async fn open(&self, uri: &BlobUri, budget: &Budget) -> Result<Box<dyn BlobReader>, BlobError> {
         let first = self
             .client

@@ -38,6 +38,18 @@ pub struct SendArgs {
     /// A message attribute, NAME=VALUE.
     #[arg(long = "attr", value_name = "NAME=VALUE")]
     pub attributes: Vec<String>,
+    /// Store a body too large for the queue in this bucket and send a
+    /// pointer to it, as the SQS Extended Client does (its consumers, and
+    /// a wasq binding with this payload-bucket, read the body back).
+    #[arg(long, conflicts_with = "lines")]
+    pub payload_bucket: Option<String>,
+    /// With --payload-bucket: store the body there whatever its size.
+    #[arg(long, requires = "payload_bucket")]
+    pub payload_always: bool,
+    /// Where --payload-bucket lives: `s3`, or `local` (DATA_DIR/blobs).
+    /// Default: S3 for an SQS queue, local for an embedded one.
+    #[arg(long, requires = "payload_bucket")]
+    pub blob_store: Option<crate::backends::BlobBackend>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,7 +202,21 @@ pub async fn send(args: SendArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
         (None, Some(path)) => read_input(path)?,
         (None, None) => bail!("give --body, --file or --lines"),
     };
-    let id = queue.send(outgoing(body)).await?;
+    let mut message = outgoing(body);
+    if let Some(bucket) = &args.payload_bucket
+        && (args.payload_always || crate::queue::message_size(&message) > queue.max_message_size())
+    {
+        let store = args.blob_store.unwrap_or(if queue_ref.is_local() {
+            crate::backends::BlobBackend::Local
+        } else {
+            crate::backends::BlobBackend::S3
+        });
+        let mut backends = backends(global);
+        backends.blobs = store;
+        let (_, services) = backends.services().await?;
+        message = crate::payload::offload(services.blobs.as_ref(), bucket, message).await?;
+    }
+    let id = queue.send(message).await?;
     if args.json {
         println!("{}", serde_json::json!({ "id": id }));
     } else {

@@ -126,6 +126,15 @@ pub struct BindingArgs {
     #[arg(long = "filter", value_name = "PATTERN")]
     #[serde(default)]
     pub filters: Vec<String>,
+    /// The bucket large payloads are read from: a message the SQS
+    /// Extended Client sent (a pointer to its body) is run on the body
+    /// stored there; pointers into any other bucket are refused. Without
+    /// it, such messages are dead-lettered naming this setting.
+    #[arg(long)]
+    pub payload_bucket: Option<String>,
+    /// The largest payload read, e.g. 16MiB (at most 1GiB).
+    #[arg(long)]
+    pub payload_max: Option<String>,
     /// Keys of a `[[binding]]` that are none of the above: refused.
     #[arg(skip)]
     #[serde(flatten)]
@@ -302,6 +311,8 @@ impl BindingArgs {
             } else {
                 self.filters
             },
+            payload_bucket: self.payload_bucket.or_else(|| base.payload_bucket.clone()),
+            payload_max: self.payload_max.or_else(|| base.payload_max.clone()),
             unknown: base.unknown.clone(),
         }
     }
@@ -415,6 +426,23 @@ impl BindingArgs {
                     .with_context(|| format!("binding {queue}"))?,
             ))
         };
+        let payload_max = match &self.payload_max {
+            Some(text) => crate::runtime::limits::parse_bytes(text)
+                .map_err(|err| anyhow::anyhow!(at(&format!("payload-max: {err}"))))?,
+            None => crate::payload::DEFAULT_MAX,
+        };
+        ensure!(
+            (1..=crate::payload::LARGEST_MAX).contains(&payload_max),
+            at("payload-max is at most 1GiB")
+        );
+        if let Some(bucket) = &self.payload_bucket {
+            crate::blobs::BlobUri::parse(&format!("s3://{bucket}/k")).map_err(|_| {
+                anyhow::anyhow!(at(&format!(
+                    "payload-bucket `{}` is not a bucket name",
+                    crate::text::Escaped(bucket)
+                )))
+            })?;
+        }
         Ok(BindingSpec {
             plugin: self
                 .plugin
@@ -435,6 +463,10 @@ impl BindingArgs {
                 max_receive_count,
                 dlq_alarm: self.dlq_alarm,
                 filters,
+                payloads: crate::payload::PayloadPolicy {
+                    bucket: self.payload_bucket.clone(),
+                    max: payload_max,
+                },
             },
             queue,
             dead_letters,

@@ -7,8 +7,28 @@ use super::*;
 const DELETE_LINGER: Duration = Duration::from_millis(20);
 
 impl BindingState {
+    /// Deletes a message (in a batch, soon).
     pub(super) async fn delete(&self, receipt: String) {
-        if self.deletes.send(receipt).await.is_err() {
+        self.delete_with(receipt, None).await;
+    }
+
+    /// Deletes a message that is finished with for good (done, filtered
+    /// out, dropped), and then its large payload, if it has one in the
+    /// binding's payload bucket.
+    pub(super) async fn finish(&self, received: &Received) {
+        let payload = match crate::payload::pointer(&received.body, &received.attributes) {
+            Some(Ok(pointer))
+                if self.config().payloads.bucket.as_deref() == Some(pointer.uri.bucket()) =>
+            {
+                Some(pointer.uri)
+            }
+            _ => None,
+        };
+        self.delete_with(received.receipt.clone(), payload).await;
+    }
+
+    async fn delete_with(&self, receipt: String, payload: Option<BlobUri>) {
+        if self.deletes.send((receipt, payload)).await.is_err() {
             error!("the delete batcher is gone; the message will be received again");
         }
     }
@@ -69,25 +89,33 @@ const VISIBILITY_RETRY_LONGEST: Duration = Duration::from_secs(8);
 const DELETE_RETRY_LONGEST: Duration = Duration::from_secs(32);
 
 /// Deletes finished messages in batches of up to ten, waiting a moment to
-/// fill each batch. Ends when every sender is gone, after a last flush.
+/// fill each batch, and then the payloads of those deleted (never of one
+/// whose delete failed: it will run again, and needs it). Ends when every
+/// sender is gone, after a last flush.
 pub(super) async fn delete_loop(
     queue: Arc<dyn Queue>,
-    mut receipts: mpsc::Receiver<String>,
+    blobs: Arc<dyn crate::blobs::BlobStore>,
+    mut finished: mpsc::Receiver<(String, Option<BlobUri>)>,
     deleted: prometheus_client::metrics::counter::Counter,
 ) {
+    let mut payloads = Vec::new();
     let mut batch = Vec::with_capacity(crate::queue::MAX_BATCH);
     loop {
-        let first = match receipts.recv().await {
-            Some(receipt) => receipt,
+        let (first, payload) = match finished.recv().await {
+            Some(next) => next,
             None => break,
         };
+        payloads.extend(payload.map(|uri| (first.clone(), uri)));
         batch.push(first);
         let linger = tokio::time::sleep(DELETE_LINGER);
         tokio::pin!(linger);
         while batch.len() < crate::queue::MAX_BATCH {
             tokio::select! {
-                next = receipts.recv() => match next {
-                    Some(receipt) => batch.push(receipt),
+                next = finished.recv() => match next {
+                    Some((receipt, payload)) => {
+                        payloads.extend(payload.map(|uri| (receipt.clone(), uri)));
+                        batch.push(receipt);
+                    }
                     None => break,
                 },
                 _ = &mut linger => break,
@@ -102,15 +130,24 @@ pub(super) async fn delete_loop(
         match result {
             Ok(failures) => {
                 deleted.inc_by((batch.len() - failures.len()) as u64);
+                payloads.retain(|(receipt, _)| !failures.iter().any(|f| &f.receipt == receipt));
                 for failure in failures {
                     warn!(queue = queue.name(), reason = %failure.reason, "delete failed; the message may be processed again");
                 }
+                let blobs = &blobs;
+                let deleting = payloads.iter().map(|(_, uri)| async move {
+                    if let Err(err) = blobs.delete(uri).await {
+                        warn!(payload = %uri, error = %err, "could not delete a finished message's payload");
+                    }
+                });
+                futures_util::future::join_all(deleting).await;
             }
             Err(err) => {
                 warn!(queue = queue.name(), error = %err, count = batch.len(), "delete failed; the messages may be processed again")
             }
         }
         batch.clear();
+        payloads.clear();
     }
 }
 

@@ -52,11 +52,22 @@ impl BindingState {
             receive_count = received.receive_count,
         );
         async {
+            // The body the processor sees: the message's own, or the
+            // payload its pointer names.
+            let Some((body, attributes)) = self.resolve_payload(&received, &plugin).await else {
+                return false;
+            };
+            if !self.admits(&received, &plugin, &body, &attributes) {
+                debug!("filtered out: deleted unprocessed");
+                self.metrics.filtered_out.inc();
+                self.finish(&received).await;
+                return true;
+            }
             self.metrics.in_flight.inc();
             let message = Message {
                 id: id.clone(),
-                body: received.body.clone(),
-                attributes: received.attributes.clone(),
+                body,
+                attributes,
                 receive_count: received.receive_count,
                 sent_at_ms: received.sent_at_ms,
                 group_id: received.group_id.clone(),
@@ -120,6 +131,66 @@ impl BindingState {
         }
         .instrument(span)
         .await
+    }
+
+    /// The body and attributes the processor is to see. For a pointer to
+    /// a large payload, the payload read from the binding's bucket; a
+    /// pointer that cannot be read is dead-lettered with the reason (or
+    /// retried, if the store may answer later), and `None` returned.
+    async fn resolve_payload(
+        &self,
+        received: &Received,
+        plugin: &Plugin,
+    ) -> Option<(String, Vec<(String, String)>)> {
+        let pointer = match crate::payload::pointer(&received.body, &received.attributes) {
+            None => return Some((received.body.clone(), received.attributes.clone())),
+            Some(Ok(pointer)) => pointer,
+            Some(Err(what)) => {
+                let reason = format!("a large-payload pointer that cannot be followed: {what}");
+                self.dead_letter(received, plugin, &reason).await;
+                return None;
+            }
+        };
+        match crate::payload::fetch(
+            self.services.blobs.as_ref(),
+            &pointer,
+            &self.config().payloads,
+        )
+        .await
+        {
+            Ok(body) => Some((body, crate::payload::without_size(&received.attributes))),
+            Err(PayloadError::Refused(reason)) => {
+                self.dead_letter(received, plugin, &reason).await;
+                None
+            }
+            Err(PayloadError::Unavailable(reason)) => {
+                self.retry(received, plugin, reason, None).await;
+                None
+            }
+        }
+    }
+
+    /// Whether the binding's filters (or else its plugin's) admit the
+    /// message, its payload read.
+    fn admits(
+        &self,
+        received: &Received,
+        plugin: &Plugin,
+        body: &str,
+        attributes: &[(String, String)],
+    ) -> bool {
+        let filters = match &self.config().filters {
+            Some(filters) => filters,
+            None => plugin.filters(),
+        };
+        filters.admits(&Subject {
+            id: &received.id,
+            body,
+            attributes,
+            receive_count: received.receive_count,
+            sent_at_ms: received.sent_at_ms,
+            group_id: received.group_id.as_deref(),
+        })
     }
 
     /// Keeps a running message's lease: every third of the visibility

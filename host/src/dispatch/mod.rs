@@ -29,7 +29,9 @@ pub use metrics::{BindingMetrics, Metrics};
 pub use seal::IdSeal;
 pub use timeline::Timelines;
 
+use crate::blobs::BlobUri;
 use crate::filter::{Filters, Subject};
+use crate::payload::{PayloadError, PayloadPolicy};
 use crate::queue::{
     MAX_ATTRIBUTES, Moved, Outgoing, Queue, QueueError, Received, SOURCE_ATTRIBUTE,
 };
@@ -77,6 +79,9 @@ pub struct BindingConfig {
     pub dlq_alarm: Option<u64>,
     /// The binding's filter criteria; `None` takes the plugin manifest's.
     pub filters: Option<Arc<Filters>>,
+    /// Where large payloads (the SQS Extended Client's pointers) may be
+    /// read from, and how large.
+    pub payloads: PayloadPolicy,
 }
 
 impl Default for BindingConfig {
@@ -92,6 +97,7 @@ impl Default for BindingConfig {
             max_receive_count: 5,
             dlq_alarm: None,
             filters: None,
+            payloads: PayloadPolicy::default(),
         }
     }
 }
@@ -200,6 +206,7 @@ impl Dispatcher {
             });
             tracker.spawn(deletes::delete_loop(
                 state.binding.queue.clone(),
+                state.services.blobs.clone(),
                 delete_rx,
                 state.metrics.deleted.clone(),
             ));
@@ -271,8 +278,9 @@ struct BindingState {
     receive_failures: AtomicU32,
     polled: AtomicBool,
     readiness: Readiness,
-    /// Receipts of finished messages, for batched deletion.
-    deletes: mpsc::Sender<String>,
+    /// Receipts of finished messages, for batched deletion, with the
+    /// payloads to delete after them.
+    deletes: mpsc::Sender<(String, Option<BlobUri>)>,
     /// Set by the first message done in this run, of any binding.
     first_done: Arc<AtomicBool>,
     /// The binding's last hours, a minute at a time.

@@ -88,7 +88,6 @@ impl BindingState {
             }
             let received = batch.len();
             self.metrics.received.inc_by(received as u64);
-            let batch = self.admit(batch).await;
             for group in group_batch(batch, self.binding.queue.is_fifo()) {
                 let Some(share) = permits.split(group.len()) else {
                     break;
@@ -130,41 +129,6 @@ impl BindingState {
         }
         self.pollers.fetch_sub(1, Ordering::AcqRel);
         self.metrics.pollers.dec();
-    }
-
-    /// The messages the binding's filters (or else its plugin's) admit.
-    /// The rest are deleted unprocessed and counted, as Lambda does; on a
-    /// FIFO queue the group goes on without them.
-    async fn admit(&self, batch: Vec<Received>) -> Vec<Received> {
-        let filters = match &self.config().filters {
-            Some(filters) => filters.clone(),
-            None => match self.binding.plugin.current() {
-                Some(plugin) => plugin.filters().clone(),
-                None => return batch,
-            },
-        };
-        if filters.is_empty() {
-            return batch;
-        }
-        let mut admitted = Vec::with_capacity(batch.len());
-        for message in batch {
-            let subject = Subject {
-                id: &message.id,
-                body: &message.body,
-                attributes: &message.attributes,
-                receive_count: message.receive_count,
-                sent_at_ms: message.sent_at_ms,
-                group_id: message.group_id.as_deref(),
-            };
-            if filters.admits(&subject) {
-                admitted.push(message);
-            } else {
-                debug!(message_id = %crate::text::Escaped(&message.id), "filtered out: deleted unprocessed");
-                self.metrics.filtered_out.inc();
-                self.delete(message.receipt).await;
-            }
-        }
-        admitted
     }
 
     pub(super) fn spawn_poller(self: Arc<Self>) {

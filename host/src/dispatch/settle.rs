@@ -47,7 +47,7 @@ impl BindingState {
                 }
                 self.metrics.done.inc();
                 self.timeline.count(timeline::Event::Done);
-                self.delete(received.receipt.clone()).await;
+                self.finish(received).await;
                 true
             }
             Outcome::Retry { reason, delay } => {
@@ -131,7 +131,7 @@ impl BindingState {
             error!(%reason, "no dead-letter queue (opted out): dropping the message");
             self.metrics.dropped.inc();
             self.timeline.count(timeline::Event::DeadLettered);
-            self.delete(received.receipt.clone()).await;
+            self.finish(received).await;
             return;
         };
         let mut attributes = vec![

@@ -899,8 +899,13 @@ fn attributes_of(
         attributes
             .iter()
             .map(|(name, value)| {
+                // The extended client's size is a Number, as its libraries
+                // write it; every other attribute is a String.
+                let number = (name == crate::payload::SIZE_ATTRIBUTE
+                    || name == crate::payload::LEGACY_SIZE_ATTRIBUTE)
+                    && value.parse::<u64>().is_ok();
                 let value = MessageAttributeValue::builder()
-                    .data_type("String")
+                    .data_type(if number { "Number" } else { "String" })
                     .string_value(value)
                     .build()
                     .expect("data type is set");

@@ -50,6 +50,15 @@ struct Rogue;
 
 impl Guest for Rogue {
     fn handle(message: Message) -> Outcome {
+        // A large body, described: its length and its two ends.
+        if let Some(rest) = message.body.strip_prefix("measure ") {
+            let head: String = rest.chars().take(16).collect();
+            let tail: String = {
+                let reversed: Vec<char> = message.body.chars().rev().take(16).collect();
+                reversed.into_iter().rev().collect()
+            };
+            return Outcome::Done(Some(format!("{} {head} {tail}", message.body.len())));
+        }
         let words: Vec<&str> = message.body.split_whitespace().collect();
         match words.as_slice() {
             ["noop"] => Outcome::Done(None),
