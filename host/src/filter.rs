@@ -368,6 +368,11 @@ impl Field {
                 // JSON objects or lists; Lambda drops those that are.
                 Some(Sparse::Object(_) | Sparse::List(_)) => return false,
                 Some(value) => Leaf::from_json(value),
+                // An object or list this parser refuses (nested past 128
+                // levels, a number past f64) is no plain text either: it
+                // matches nothing, so that a sender cannot slip a JSON body
+                // past an object pattern as text.
+                None if subject.body.trim_start().starts_with(['{', '[']) => return false,
                 None => Some(Leaf::Str(subject.body)),
             },
             Target::Body(path) => {
@@ -594,9 +599,10 @@ impl Text {
     }
 }
 
-/// Lowercased, without copying text that is lowercase already.
+/// Lowercased, without copying text that is lowercase already (title-case
+/// letters such as `ǅ` count as not lowercase).
 fn fold(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().any(char::is_uppercase) {
+    if s.chars().any(|c| c.to_lowercase().ne(std::iter::once(c))) {
         s.to_lowercase().into()
     } else {
         s.into()

@@ -569,12 +569,27 @@ fn follow_queue(
     }
     if let Some(redrive) = &stats.redrive {
         match spec.max_receive_count {
-            Some(count) if count != redrive.max_receive_count => bail!(
-                "binding {queue}: max receive count {count} is not the queue's: its redrive policy dead-letters after {} receives. Change the queue's with `wasq queue set {queue} --max-receive-count {count}`, or drop the setting",
+            // The queue would move messages before the binding gives up.
+            Some(count) if count > redrive.max_receive_count => bail!(
+                "binding {queue}: max receive count {count} is above the queue's: its redrive policy dead-letters after {} receives. Change the queue's with `wasq queue set {queue} --max-receive-count {count}`, or drop the setting",
                 redrive.max_receive_count,
                 queue = spec.queue
             ),
-            _ => config.max_receive_count = redrive.max_receive_count,
+            // Fewer: wasq dead-letters after its own count, and the queue's
+            // policy is left as the backstop (after a crash), with room for
+            // receives given back that SQS counts.
+            Some(count) => {
+                if count < redrive.max_receive_count {
+                    info!(
+                        queue = %spec.queue,
+                        binding = count,
+                        queue_policy = redrive.max_receive_count,
+                        "the binding dead-letters after fewer attempts than the queue's redrive policy counts"
+                    );
+                }
+                config.max_receive_count = count;
+            }
+            None => config.max_receive_count = redrive.max_receive_count,
         }
     }
     Ok(())

@@ -523,15 +523,23 @@ fn a_queue_says_one_truth_and_is_never_rewritten_silently() {
         text(&bound.stderr)
     );
 
-    // A receive count other than the queue's is refused, not written over
-    // the queue every host on this directory shares.
-    let other = run(&["--max-receive-count", "2"]);
+    // A receive count above the queue's is refused (the queue would move
+    // messages first), not written over the queue every host on this
+    // directory shares; one below it is the binding's own.
+    let other = run(&["--max-receive-count", "7"]);
     assert_eq!(other.status.code(), Some(2));
     assert!(
-        text(&other.stderr).contains("max receive count 2 is not the queue's")
-            && text(&other.stderr).contains("wasq queue set local://jobs --max-receive-count 2"),
+        text(&other.stderr).contains("max receive count 7 is above the queue's")
+            && text(&other.stderr).contains("wasq queue set local://jobs --max-receive-count 7"),
         "{}",
         text(&other.stderr)
+    );
+    let fewer = run(&["--max-receive-count", "3"]);
+    assert!(fewer.status.success(), "{}", text(&fewer.stderr));
+    assert!(
+        text(&fewer.stderr).contains("binding=3 queue_policy=5"),
+        "{}",
+        text(&fewer.stderr)
     );
     assert!(ok(&["queue", "stats", "jobs"]).contains("after 5 receives"));
     ok(&["queue", "set", "jobs", "--max-receive-count", "2"]);

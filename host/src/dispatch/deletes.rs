@@ -277,7 +277,11 @@ impl BindingState {
                 self.delete(received.receipt.clone()).await;
                 true
             }
-            Ok(Moved::Moved | Moved::Stale) => true,
+            Ok(Moved::Moved) => {
+                self.metrics.deleted.inc();
+                true
+            }
+            Ok(Moved::Stale) => true,
             Err(err) => {
                 warn!(error = %err, "could not requeue the message");
                 false

@@ -57,7 +57,7 @@ impl BindingState {
             let Some((body, attributes)) = self.resolve_payload(&received, &plugin).await else {
                 return false;
             };
-            if !self.admits(&received, &plugin, &body, &attributes) {
+            if !self.admits(&received, &id, &plugin, &body, &attributes) {
                 debug!("filtered out: deleted unprocessed");
                 self.metrics.filtered_out.inc();
                 self.finish(&received).await;
@@ -111,9 +111,11 @@ impl BindingState {
                     }
                 }
                 None => {
-                    // Cut short by the host, not failed by the processor.
-                    info!("given back unfinished at shutdown");
-                    self.give_back(vec![received]).await;
+                    // It ran, with whatever it did meanwhile: an attempt,
+                    // though cut short.
+                    info!("released unfinished at shutdown");
+                    self.change_visibility(&[(received.receipt.clone(), Duration::ZERO)])
+                        .await;
                     return false;
                 }
             };
@@ -171,10 +173,13 @@ impl BindingState {
     }
 
     /// Whether the binding's filters (or else its plugin's) admit the
-    /// message, its payload read.
+    /// message, its payload read. `messageId` is the id the processor
+    /// would see (kept through a redrive or a requeue), and
+    /// `ApproximateReceiveCount` its attempts, this one included.
     fn admits(
         &self,
         received: &Received,
+        id: &str,
         plugin: &Plugin,
         body: &str,
         attributes: &[(String, String)],
@@ -184,10 +189,10 @@ impl BindingState {
             None => plugin.filters(),
         };
         filters.admits(&Subject {
-            id: &received.id,
+            id,
             body,
             attributes,
-            receive_count: received.receive_count,
+            receive_count: self.attempts(received),
             sent_at_ms: received.sent_at_ms,
             group_id: received.group_id.as_deref(),
         })

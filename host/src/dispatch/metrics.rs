@@ -121,7 +121,7 @@ metrics! {
     given_back: counter, "messages_given_back", "Messages received and given back unstarted for the host's own reasons (a pause, a shutdown, a removed plugin, a FIFO group held back), no attempt counted";
     dead_lettered: counter, "messages_dead_lettered", "Messages sent to the dead-letter queue (rejected or out of receives)";
     dropped: counter, "messages_dropped", "Messages rejected or out of receives and deleted because the binding has no dead-letter queue, by the operator's choice (Lambda's DroppedEventCount)";
-    deleted: counter, "messages_deleted", "Messages deleted from the queue: done, dead-lettered, dropped or filtered out (Lambda's DeletedEventCount)";
+    deleted: counter, "messages_deleted", "Messages the host deleted from the queue: done, dead-lettered, dropped or filtered out, or sent again as a fresh copy (Lambda's DeletedEventCount); not those a queue's own redrive policy moves";
     in_flight: gauge, "messages_in_flight", "Messages being processed now";
     pollers: gauge, "pollers", "Pollers receiving for the binding now";
     queue_depth: gauge, "queue_depth", "Messages visible or delayed in the queue";

@@ -148,10 +148,24 @@ impl BindingState {
         let config = self.config();
         let mut batch = Vec::new();
         let mut window_ends: Option<Instant> = None;
+        // When the leases of what the batch holds were last taken or
+        // renewed: a long window renews them as a heartbeat would.
+        let mut leased_at = Instant::now();
         while batch.len() < size {
-            let wait = match window_ends {
-                None => config.wait,
-                Some(ends) => ends.saturating_duration_since(Instant::now()),
+            if !batch.is_empty() && leased_at.elapsed() > config.visibility_timeout / 3 {
+                self.renew_gathered(&mut batch).await;
+                leased_at = Instant::now();
+            }
+            let (wait, cut_short) = match window_ends {
+                None => (config.wait, false),
+                // Short enough that the leases held are renewed in time;
+                // an empty answer to a wait cut short is no end of the
+                // window.
+                Some(ends) => {
+                    let left = ends.saturating_duration_since(Instant::now());
+                    let lease = config.visibility_timeout / 3;
+                    (left.min(lease), left > lease)
+                }
             };
             if window_ends.is_some() && wait.is_zero() {
                 break;
@@ -170,7 +184,13 @@ impl BindingState {
                         self.oldest_received_ms.fetch_min(oldest, Ordering::AcqRel);
                     }
                     if messages.is_empty() {
+                        if cut_short {
+                            continue;
+                        }
                         break;
+                    }
+                    if batch.is_empty() {
+                        leased_at = Instant::now();
                     }
                     batch.extend(messages);
                 }
@@ -192,36 +212,54 @@ impl BindingState {
             }
             window_ends.get_or_insert_with(|| Instant::now() + config.batching_window);
         }
-        // The first messages waited while the window filled: a wait past a
-        // third of their lease renews it (as a heartbeat would), and any
-        // whose lease lapsed meanwhile is left to whoever holds it now.
-        if let Some(ends) = window_ends
-            && !batch.is_empty()
-            && config
-                .batching_window
-                .saturating_sub(ends.saturating_duration_since(Instant::now()))
-                > config.visibility_timeout / 3
-        {
-            let renew: Vec<_> = batch
-                .iter()
-                .map(|m| (m.receipt.clone(), config.visibility_timeout))
-                .collect();
-            match self.binding.queue.change_visibility_batch(&renew).await {
-                Ok(failures) => {
-                    if !failures.is_empty() {
-                        warn!(
-                            count = failures.len(),
-                            "leases lapsed while the batching window filled; leaving those messages"
-                        );
-                    }
-                    batch.retain(|m| !failures.iter().any(|f| f.receipt == m.receipt));
-                }
-                Err(err) => {
-                    warn!(error = %err, "could not renew the leases of a batch gathered over its window");
-                }
-            }
+        if !batch.is_empty() && leased_at.elapsed() > config.visibility_timeout / 3 {
+            self.renew_gathered(&mut batch).await;
         }
         batch
+    }
+}
+
+impl BindingState {
+    /// Renews the leases of a batch still gathering. A message whose lease
+    /// lapsed meanwhile is left to whoever holds it now; on a FIFO queue,
+    /// so are the messages of its group after it (they must not run ahead
+    /// of it), given back unstarted.
+    async fn renew_gathered(&self, batch: &mut Vec<Received>) {
+        let renew: Vec<_> = batch
+            .iter()
+            .map(|m| (m.receipt.clone(), self.config().visibility_timeout))
+            .collect();
+        let lapsed = match self.binding.queue.change_visibility_batch(&renew).await {
+            Ok(failures) => failures,
+            Err(err) => {
+                warn!(error = %err, "could not renew the leases of a batch still gathering; they may lapse");
+                return;
+            }
+        };
+        if lapsed.is_empty() {
+            return;
+        }
+        warn!(
+            count = lapsed.len(),
+            "leases lapsed while the batching window filled; leaving those messages"
+        );
+        let mut held_back = Vec::new();
+        let mut stopped_groups: Vec<Option<String>> = Vec::new();
+        let fifo = self.binding.queue.is_fifo();
+        batch.retain(|m| {
+            if lapsed.iter().any(|f| f.receipt == m.receipt) {
+                if fifo {
+                    stopped_groups.push(m.group_id.clone());
+                }
+                return false;
+            }
+            if fifo && stopped_groups.contains(&m.group_id) {
+                held_back.push(m.clone());
+                return false;
+            }
+            true
+        });
+        self.give_back(held_back).await;
     }
 }
 

@@ -212,6 +212,9 @@ impl BindingState {
                 self.timeline.count(timeline::Event::DeadLettered);
                 if moved == Moved::Sent {
                     self.delete(received.receipt.clone()).await;
+                } else {
+                    // Moved with the send, in one transaction: deleted too.
+                    self.metrics.deleted.inc();
                 }
             }
             Ok(Moved::Stale) => {

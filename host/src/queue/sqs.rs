@@ -1056,17 +1056,20 @@ impl Queue for SqsQueue {
     /// Visible at once. SQS has counted the receive and cannot take it
     /// back: the queue remembers it, to report with the message.
     async fn give_back(&self, messages: &[Received]) -> Result<Vec<BatchFailure>, QueueError> {
-        {
-            let mut given_back = self.given_back.lock().unwrap_or_else(|p| p.into_inner());
-            for message in messages {
-                given_back.add(&message.id);
-            }
-        }
         let entries: Vec<(String, Duration)> = messages
             .iter()
             .map(|m| (m.receipt.clone(), Duration::ZERO))
             .collect();
-        self.change_visibility_batch(&entries).await
+        let failures = self.change_visibility_batch(&entries).await?;
+        // Remembered once it went back (a call tried again after an outage
+        // must not count it twice).
+        let mut given_back = self.given_back.lock().unwrap_or_else(|p| p.into_inner());
+        for message in messages {
+            if !failures.iter().any(|f| f.receipt == message.receipt) {
+                given_back.add(&message.id);
+            }
+        }
+        Ok(failures)
     }
 
     fn counts_given_back(&self) -> bool {
