@@ -191,6 +191,14 @@ impl Host {
         let mut views = Vec::new();
         for (spec, (code, binding_config)) in config.bindings.iter().zip(codes) {
             let plugin = runtime.load_code(&code, &spec.limits, &spec.plugin_config)?;
+            anyhow::ensure!(
+                plugin.is_batch() || binding_config.batch_size <= crate::queue::MAX_BATCH,
+                "binding {}: batch size {} is for batch processors; plugin `{}` handles one message at a time (1-{})",
+                spec.queue,
+                binding_config.batch_size,
+                plugin.name(),
+                crate::queue::MAX_BATCH
+            );
             let grants = plugin.grants();
             for wide in grants.wide() {
                 warn!(plugin = %plugin.name(), grant = wide, origin = plugin.manifest_origin().unwrap_or_default(), "wide access granted");

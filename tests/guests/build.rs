@@ -17,4 +17,11 @@ fn main() {
         "rogue.wasm",
         &[],
     );
+    // A batch processor, built against the current contract.
+    build_guest::build_guest(
+        &here.join("batcher"),
+        &here.join("../../wit"),
+        "batcher.wasm",
+        &[],
+    );
 }

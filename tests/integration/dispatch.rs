@@ -1122,3 +1122,160 @@ async fn a_batching_window_longer_than_the_lease_renews_it(rig: Rig) {
     }
     assert_eq!(rig.metrics.binding("jobs").received.get(), 2);
 }
+
+impl Rig {
+    fn batch_binding(&self, config: BindingConfig) -> Binding {
+        Binding {
+            config,
+            queue: self.queue.clone(),
+            dlq: Some(self.dlq.clone()),
+            plugin: wasq::runtime::PluginSlot::new(harness::batcher(Limits::default())),
+        }
+    }
+}
+
+on_both_backends!(a_batch_processor_takes_many_receives_in_one_call, "jobs");
+/// 250 messages to a batch processor with a batch size of 100 (filled by
+/// several receives of ten within the batching window): each message is
+/// settled by its own outcome, and the processor ran on batches of up to
+/// 100, not one message at a time.
+async fn a_batch_processor_takes_many_receives_in_one_call(rig: Rig) {
+    let bodies: Vec<Outgoing> = (0..250)
+        .map(|_| Outgoing {
+            body: "size".into(),
+            ..Outgoing::default()
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for chunk in bodies.chunks(10) {
+        ids.extend(rig.queue.send_batch(chunk.to_vec()).await.unwrap());
+    }
+    let config = BindingConfig {
+        batch_size: 100,
+        batching_window: Duration::from_secs(2),
+        max_concurrency: 2,
+        ..rig.config()
+    };
+    rig.drain(rig.batch_binding(config), Duration::from_secs(60))
+        .await;
+    let mut sizes = Vec::new();
+    for id in &ids {
+        let size: usize = rig.result_of(id).await.unwrap().parse().unwrap();
+        sizes.push(size);
+    }
+    assert!(sizes.iter().all(|&s| s <= 100), "{sizes:?}");
+    let biggest = *sizes.iter().max().unwrap();
+    assert!(biggest >= 50, "batches of at most {biggest}");
+    let m = rig.metrics.binding("jobs");
+    assert_eq!(
+        (m.received.get(), m.invoked.get(), m.done.get()),
+        (250, 250, 250)
+    );
+    // Far fewer runs than messages: a batch of s gave each of its s
+    // messages the result s.
+    let runs: f64 = sizes.iter().map(|&s| 1.0 / s as f64).sum();
+    assert!(runs.round() < 50.0, "{runs} runs");
+}
+
+on_both_backends!(
+    each_message_of_a_batch_is_settled_by_its_own_outcome,
+    "jobs"
+);
+/// Lambda's batchItemFailures, by id: done is deleted, a reject is
+/// dead-lettered, a retry comes back; a message the processor gave no
+/// outcome, or two, is retried; a trap retries the whole batch.
+async fn each_message_of_a_batch_is_settled_by_its_own_outcome(rig: Rig) {
+    let mut sent = Vec::new();
+    for body in ["done a", "reject", "count r", "skip", "twice", "done b"] {
+        sent.push((body, rig.send(body, None).await));
+    }
+    let config = BindingConfig {
+        batch_size: 20,
+        batching_window: Duration::from_millis(500),
+        max_receive_count: 2,
+        ..rig.config()
+    };
+    rig.drain(rig.batch_binding(config), Duration::from_secs(60))
+        .await;
+    let id = |body: &str| sent.iter().find(|(b, _)| *b == body).unwrap().1.clone();
+    assert_eq!(rig.result_of(&id("done a")).await.as_deref(), Some("a"));
+    assert_eq!(rig.result_of(&id("done b")).await.as_deref(), Some("b"));
+    // `count r` ran once: the others' failures did not retry it.
+    assert_eq!(rig.result_of(&id("count r")).await.as_deref(), Some("1"));
+    let mut reasons: Vec<String> = rig
+        .dead_letters()
+        .await
+        .iter()
+        .map(|l| {
+            format!(
+                "{}: {}",
+                l.body,
+                attribute(&l.attributes, "wasq-reason").unwrap()
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons[0], "reject: rejected on request");
+    assert!(
+        reasons[1].starts_with("skip: gave up after 2 receives; last: the batch processor gave no outcome for this message"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].starts_with("twice: gave up after 2 receives; last: the batch processor gave 2 outcomes for this message, not one"),
+        "{reasons:?}"
+    );
+
+    // A trap: every message of the batch is retried, then dead-lettered.
+    let trapped = vec![rig.send("trap", None).await, rig.send("done c", None).await];
+    let config = BindingConfig {
+        batch_size: 20,
+        batching_window: Duration::from_millis(500),
+        max_receive_count: 1,
+        ..rig.config()
+    };
+    rig.drain(rig.batch_binding(config), Duration::from_secs(60))
+        .await;
+    for id in &trapped {
+        assert_eq!(rig.result_of(id).await, None);
+    }
+    let trap_reasons: Vec<String> = rig
+        .dead_letters()
+        .await
+        .iter()
+        .filter_map(|l| attribute(&l.attributes, "wasq-reason").map(str::to_string))
+        .filter(|r| r.contains("trap"))
+        .collect();
+    assert_eq!(trap_reasons.len(), 2, "{trap_reasons:?}");
+}
+
+on_both_backends!(
+    a_fifo_batch_stops_each_group_at_its_first_failure,
+    "jobs.fifo"
+);
+/// In a FIFO batch, the messages of a group after its first failure are
+/// set aside and come back, so the group keeps its order; other groups
+/// go on.
+async fn a_fifo_batch_stops_each_group_at_its_first_failure(rig: Rig) {
+    let a1 = rig.send("done a1", Some("a")).await;
+    let a2 = rig.send("retry", Some("a")).await;
+    let a3 = rig.send("count a3", Some("a")).await;
+    let b1 = rig.send("count b1", Some("b")).await;
+    let config = BindingConfig {
+        batch_size: 20,
+        batching_window: Duration::from_millis(500),
+        max_receive_count: 2,
+        ..rig.config()
+    };
+    rig.drain(rig.batch_binding(config), Duration::from_secs(60))
+        .await;
+    assert_eq!(rig.result_of(&a1).await.as_deref(), Some("a1"));
+    assert_eq!(rig.result_of(&b1).await.as_deref(), Some("1"));
+    // a3 ran behind a2 in both of a2's batches, its outcome set aside each
+    // time, and was settled only once a2 was dead-lettered: its third run.
+    assert_eq!(rig.result_of(&a3).await.as_deref(), Some("3"));
+    let dead = rig.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, "retry");
+    assert_eq!(rig.result_of(&a2).await, None);
+}

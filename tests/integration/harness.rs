@@ -38,6 +38,24 @@ pub fn rogue(limits: Limits) -> Plugin {
         })
 }
 
+/// The `batcher` batch processor with every grant.
+pub fn batcher(limits: Limits) -> Plugin {
+    let wasm = std::fs::read(wasq_test_guests::BATCHER).unwrap();
+    RUNTIME
+        .load(
+            "batcher",
+            wasq::runtime::PluginSource::File(wasq_test_guests::BATCHER.into()),
+            &wasm,
+            limits,
+            BTreeMap::new(),
+        )
+        .unwrap()
+        .with_grants(Grants {
+            overwrite_records: true,
+            ..Grants::everything()
+        })
+}
+
 /// A manifest granting every bucket and table, for tests that run `wasq`
 /// on a plugin whose grants are not what they test.
 pub const GRANT_ALL: &str = "[blobs]\nread = [\"s3://\"]\nwrite = [\"s3://\"]\n[records]\ntables = [\"*\"]\noverwrite = true\n";

@@ -33,10 +33,8 @@ pub async fn plugins(command: PluginsCommand, global: &GlobalArgs) -> anyhow::Re
             for code in sources.discover()? {
                 let verdict = match runtime.inspect(&code) {
                     Ok(seen) => match seen.fits {
-                        Ok(()) => format!("ok  sha256:{}", &seen.sha256[..16]),
-                        Err(_) => {
-                            "does not fit the processor world (see `wasq plugins check`)".into()
-                        }
+                        Ok(world) => format!("ok  sha256:{} {world}", &seen.sha256[..16]),
+                        Err(_) => "fits neither processor world (see `wasq plugins check`)".into(),
                     },
                     Err(_) => "not a valid component (see `wasq plugins check`)".into(),
                 };
@@ -79,7 +77,7 @@ pub async fn plugins(command: PluginsCommand, global: &GlobalArgs) -> anyhow::Re
             println!("sha256:   {}", seen.sha256);
             println!("size:     {} bytes", seen.size);
             match &seen.fits {
-                Ok(()) => println!("fits:     the processor world"),
+                Ok(world) => println!("fits:     the {world} world"),
                 Err(why) => println!("fits:     NO: {why}"),
             }
             println!("imports:");

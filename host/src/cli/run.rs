@@ -68,7 +68,9 @@ pub struct BindingArgs {
     pub queue: Option<String>,
     #[arg(skip)]
     pub plugin: Option<String>,
-    /// Messages per receive, 1-10.
+    /// Messages per receive, 1-10; for a batch processor, messages per
+    /// batch, 1-10000 (filled by several receives within the batching
+    /// window).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// How long to gather a fuller batch, e.g. 200ms (at most 300s).
@@ -333,8 +335,11 @@ impl BindingArgs {
 
         let batch_size = self.batch_size.unwrap_or(defaults.batch_size);
         ensure!(
-            (1..=MAX_BATCH).contains(&batch_size),
-            at(&format!("batch size {batch_size} is not 1-{MAX_BATCH}"))
+            (1..=crate::dispatch::MAX_BATCH_SIZE).contains(&batch_size),
+            at(&format!(
+                "batch size {batch_size} is not 1-{MAX_BATCH} (1-{} for batch processors)",
+                crate::dispatch::MAX_BATCH_SIZE
+            ))
         );
         let batching_window = duration(
             "batching window",
@@ -632,8 +637,8 @@ mod tests {
         type Change = Box<dyn FnOnce(&mut BindingArgs)>;
         let cases: Vec<(Change, &str)> = vec![
             (
-                Box::new(|a| a.batch_size = Some(11)),
-                "batch size 11 is not 1-10",
+                Box::new(|a| a.batch_size = Some(10_001)),
+                "batch size 10001 is not 1-10 (1-10000 for batch processors)",
             ),
             (
                 Box::new(|a| {

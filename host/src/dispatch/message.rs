@@ -139,7 +139,7 @@ impl BindingState {
     /// a large payload, the payload read from the binding's bucket; a
     /// pointer that cannot be read is dead-lettered with the reason (or
     /// retried, if the store may answer later), and `None` returned.
-    async fn resolve_payload(
+    pub(super) async fn resolve_payload(
         &self,
         received: &Received,
         plugin: &Plugin,
@@ -176,7 +176,7 @@ impl BindingState {
     /// message, its payload read. `messageId` is the id the processor
     /// would see (kept through a redrive or a requeue), and
     /// `ApproximateReceiveCount` its attempts, this one included.
-    fn admits(
+    pub(super) fn admits(
         &self,
         received: &Received,
         id: &str,
@@ -232,7 +232,7 @@ impl BindingState {
 }
 
 /// What a panic said, when it said it with a string.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

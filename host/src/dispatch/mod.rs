@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod seal;
 pub mod timeline;
 
+mod batch;
 mod deletes;
 mod depth;
 mod message;
@@ -49,6 +50,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, error_span, info, warn};
 
+/// The most messages one batch of a batch processor holds, as Lambda's.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+
 /// The table where results of `done` are recorded, under `QUEUE/MESSAGE_ID`.
 pub const RESULTS_TABLE: &str = "results";
 /// Attributes a dead letter carries.
@@ -62,7 +66,8 @@ pub use crate::queue::{MESSAGE_ID_ATTRIBUTE, PLUGIN_ATTRIBUTE, REASON_ATTRIBUTE}
 pub struct BindingConfig {
     /// The name in logs and metrics.
     pub name: String,
-    /// Messages per receive, 1–10.
+    /// Messages per receive, 1–10; for a batch processor, messages per
+    /// batch, up to [`MAX_BATCH_SIZE`].
     pub batch_size: usize,
     /// How long to gather a fuller batch after the first message.
     pub batching_window: Duration,

@@ -16,13 +16,24 @@ impl BindingState {
     /// FIFO group) to a task. Pollers are added while batches come back full
     /// and retire while they come back empty.
     pub(super) async fn poll(self: Arc<Self>) {
-        // Never more than can run at once.
-        let batch_size = self.config().batch_size.min(self.config().max_concurrency);
         loop {
             // A binding whose plugin file was removed pauses here.
-            if self.binding.plugin.available(&self.stop).await.is_none() {
+            let Some(plugin) = self.binding.plugin.available(&self.stop).await else {
                 break;
-            }
+            };
+            // A batch processor takes a whole batch on one instance;
+            // otherwise never more messages than can run at once.
+            let batching = plugin.is_batch();
+            drop(plugin);
+            let batch_size = if batching {
+                self.config().batch_size
+            } else {
+                self.config()
+                    .batch_size
+                    .min(self.config().max_concurrency)
+                    .min(crate::queue::MAX_BATCH)
+            };
+            let wanted = if batching { 1 } else { batch_size };
             // A paused binding receives nothing until it is resumed.
             let mut paused = self.paused.clone();
             if *paused.borrow() {
@@ -43,7 +54,7 @@ impl BindingState {
                 _ = self.stop.cancelled() => break,
             };
             let gather_until = tokio::time::Instant::now() + PERMIT_GATHER;
-            while permits.num_permits() < batch_size {
+            while permits.num_permits() < wanted {
                 match tokio::time::timeout_at(gather_until, self.permits.clone().acquire_owned())
                     .await
                 {
@@ -60,8 +71,13 @@ impl BindingState {
                     receiving.cancel();
                     std::future::pending::<()>().await
                 };
+                let size = if batching {
+                    batch_size
+                } else {
+                    permits.num_permits()
+                };
                 tokio::select! {
-                    batch = self.receive_batch(permits.num_permits(), &receiving) => batch,
+                    batch = self.receive_batch(size, &receiving) => batch,
                     _ = cut_at_pause => unreachable!("it never finishes"),
                 }
             };
@@ -88,17 +104,17 @@ impl BindingState {
             }
             let received = batch.len();
             self.metrics.received.inc_by(received as u64);
-            for group in group_batch(batch, self.binding.queue.is_fifo()) {
-                let Some(share) = permits.split(group.len()) else {
-                    break;
-                };
-                let state = self.clone();
-                self.tracker.spawn(async move {
-                    state.process_group(group).await;
-                    drop(share);
-                });
+            if batching {
+                if !batch.is_empty() {
+                    let state = self.clone();
+                    self.tracker.spawn(async move {
+                        state.process_batch(batch).await;
+                        drop(permits);
+                    });
+                }
+            } else {
+                self.spawn_groups(batch, permits);
             }
-            drop(permits);
             if self.stop.is_cancelled() {
                 break;
             }
@@ -129,6 +145,26 @@ impl BindingState {
         }
         self.pollers.fetch_sub(1, Ordering::AcqRel);
         self.metrics.pollers.dec();
+    }
+
+    /// Hands each message (or FIFO group) of a batch to a task of its own,
+    /// each with its share of the permits.
+    fn spawn_groups(
+        self: &Arc<Self>,
+        batch: Vec<Received>,
+        mut permits: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        for group in group_batch(batch, self.binding.queue.is_fifo()) {
+            let Some(share) = permits.split(group.len()) else {
+                break;
+            };
+            let state = self.clone();
+            self.tracker.spawn(async move {
+                state.process_group(group).await;
+                drop(share);
+            });
+        }
+        drop(permits);
     }
 
     pub(super) fn spawn_poller(self: Arc<Self>) {
@@ -170,7 +206,7 @@ impl BindingState {
             if window_ends.is_some() && wait.is_zero() {
                 break;
             }
-            let want = size - batch.len();
+            let want = (size - batch.len()).min(crate::queue::MAX_BATCH);
             match self
                 .binding
                 .queue

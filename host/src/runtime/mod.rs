@@ -116,8 +116,9 @@ pub struct Inspection {
     pub size: usize,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
-    /// Whether it links against the `processor` world, and why not.
-    pub fits: Result<(), String>,
+    /// The world it links against (`processor` or `batch-processor`), or
+    /// why it fits neither.
+    pub fits: Result<&'static str, String>,
     pub grants: Grants,
 }
 
@@ -127,6 +128,17 @@ pub struct Run {
     pub outcome: Outcome,
     /// Set when the run ended in a trap or an exceeded limit; the outcome is
     /// then a retry naming it.
+    pub fault: Option<Fault>,
+    pub usage: Usage,
+    pub elapsed: Duration,
+}
+
+/// How a batch run went: one outcome per message, in their order.
+#[derive(Debug)]
+pub struct BatchRun {
+    pub outcomes: Vec<Outcome>,
+    /// Set when the run ended in a trap or an exceeded limit; every
+    /// outcome is then a retry naming it.
     pub fault: Option<Fault>,
     pub usage: Usage,
     pub elapsed: Duration,
@@ -230,14 +242,11 @@ impl Runtime {
             .compile(wasm)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("plugin `{name}` ({source}): not a valid component"))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(ProcessorPre::new)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("plugin `{name}` ({source}): does not fit the processor world")
-            })?;
+        let pre = self.pre(&component).with_context(|| {
+            format!(
+                "plugin `{name}` ({source}): fits neither the processor world (export `handle`) nor the batch-processor world (export `handle-batch`)"
+            )
+        })?;
         let ty = component.component_type();
         let identity = plugins::Identity {
             // BLAKE3, not SHA-256: hashing an 18 MB component at every
@@ -253,6 +262,18 @@ impl Runtime {
                 .collect(),
         };
         Ok(Plugin::new(name, source, pre, limits, config).with_identity(identity))
+    }
+
+    /// The component, linked and checked against the `processor` world,
+    /// or else the `batch-processor` world.
+    fn pre(&self, component: &Component) -> anyhow::Result<plugins::Pre> {
+        let linked = self.linker.instantiate_pre(component)?;
+        match ProcessorPre::new(linked.clone()) {
+            Ok(single) => Ok(plugins::Pre::Single(single)),
+            Err(single) => bindings::batch::BatchProcessorPre::new(linked)
+                .map(plugins::Pre::Batch)
+                .map_err(|_| anyhow::Error::from(single)),
+        }
     }
 
     /// Compiles a component, or loads it from the compile cache.
@@ -320,10 +341,11 @@ impl Runtime {
             .map(|(name, _)| name.to_string())
             .collect();
         let fits = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(ProcessorPre::new)
-            .map(drop)
+            .pre(&component)
+            .map(|pre| match pre {
+                plugins::Pre::Single(_) => "processor",
+                plugins::Pre::Batch(_) => "batch-processor",
+            })
             .map_err(|err| format!("{err:#}"));
         Ok(Inspection {
             sha256: hex::encode(sha2::Sha256::digest(&code.wasm)),
@@ -336,7 +358,8 @@ impl Runtime {
     }
 
     /// Runs `plugin` on one message in a fresh instance. Never fails: a trap
-    /// or an exceeded limit becomes a retry naming it.
+    /// or an exceeded limit becomes a retry naming it. A batch processor
+    /// gets a batch of one.
     pub async fn run(
         &self,
         plugin: &Plugin,
@@ -344,6 +367,117 @@ impl Runtime {
         message: &Message,
         log: LogSink,
     ) -> Run {
+        if plugin.is_batch() {
+            let batch = self
+                .run_batch(plugin, services, std::slice::from_ref(message), log)
+                .await;
+            return Run {
+                outcome: batch
+                    .outcomes
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| Outcome::Retry {
+                        reason: "the batch processor gave no outcome".into(),
+                        delay: None,
+                    }),
+                fault: batch.fault,
+                usage: batch.usage,
+                elapsed: batch.elapsed,
+            };
+        }
+        let owner = format!("{}/{}", message.queue, message.id);
+        let (mut store, started, limits) = self.store(plugin, services, owner, log);
+        let plugins::Pre::Single(pre) = &plugin.pre else {
+            unreachable!("a batch processor is run as a batch above")
+        };
+        let wit_message = to_wit(message);
+        let call = async {
+            let processor: Processor = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|err| Err(Fault::Instantiate(format!("{err:#}"))))?;
+            processor
+                .call_handle(&mut store, &wit_message)
+                .await
+                .map_err(Ok)
+        };
+        let result = tokio::time::timeout(limits.timeout, call).await;
+        let state = store.data_mut();
+        let (outcome, fault) = match conclude(result, state, &limits) {
+            Ok(outcome) => (from_wit(outcome), None),
+            Err(fault) => (retry_for(&fault), Some(fault)),
+        };
+        Run {
+            outcome,
+            fault,
+            usage: Usage {
+                peak_memory: state.limiter.peak as u64,
+                ..state.usage
+            },
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Runs a batch processor on `messages` in one fresh instance, under
+    /// the plugin's limits for the whole batch. Returns one outcome per
+    /// message, in their order, matched by id: a message the processor
+    /// gave no outcome, or more than one, is a retry; a trap or an
+    /// exceeded limit makes every one a retry naming it.
+    pub async fn run_batch(
+        &self,
+        plugin: &Plugin,
+        services: &Services,
+        messages: &[Message],
+        log: LogSink,
+    ) -> BatchRun {
+        let owner = match messages.first() {
+            Some(first) => format!("{}/batch-{}", first.queue, first.id),
+            None => "batch".to_string(),
+        };
+        let (mut store, started, limits) = self.store(plugin, services, owner, log);
+        let plugins::Pre::Batch(pre) = &plugin.pre else {
+            panic!("run_batch is for batch processors")
+        };
+        let wit_messages: Vec<_> = messages.iter().map(to_wit).collect();
+        let call = async {
+            let processor = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|err| Err(Fault::Instantiate(format!("{err:#}"))))?;
+            processor
+                .call_handle_batch(&mut store, &wit_messages)
+                .await
+                .map_err(Ok)
+        };
+        let result = tokio::time::timeout(limits.timeout, call).await;
+        let state = store.data_mut();
+        let (outcomes, fault) = match conclude(result, state, &limits) {
+            Ok(items) => (match_outcomes(messages, items), None),
+            Err(fault) => {
+                let retry = retry_for(&fault);
+                (vec![retry; messages.len()], Some(fault))
+            }
+        };
+        BatchRun {
+            outcomes,
+            fault,
+            usage: Usage {
+                peak_memory: state.limiter.peak as u64,
+                ..state.usage
+            },
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// A fresh store for one run: the plugin's limits, grants and
+    /// settings, its output owned by `owner`, a deadline counted from now.
+    fn store(
+        &self,
+        plugin: &Plugin,
+        services: &Services,
+        owner: String,
+        log: LogSink,
+    ) -> (Store<HostState>, Instant, Limits) {
         let started = Instant::now();
         let limits = plugin.limits;
         let wasi = WasiCtxBuilder::new()
@@ -364,7 +498,7 @@ impl Runtime {
             log,
             usage: Usage::default(),
             open_handles: 0,
-            owner: format!("{}/{}", message.queue, message.id),
+            owner,
             budget: crate::blobs::Budget::new(limits.buffers),
             written: Default::default(),
             prefetch: Default::default(),
@@ -376,7 +510,6 @@ impl Runtime {
             // Cannot fail with fuel metering on.
             let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
         }
-
         // Epoch interruption bounds CPU-bound guests: each tick the guest
         // yields to the executor, and past the deadline it traps. The tokio
         // timeout around the call bounds time spent awaiting host I/O.
@@ -390,71 +523,80 @@ impl Runtime {
                 Ok(wasmtime::UpdateDeadline::Yield(1))
             }
         });
+        (store, started, limits)
+    }
+}
 
-        let wit_message = bindings::types::Message {
-            id: message.id.clone(),
-            body: message.body.clone(),
-            attributes: message.attributes.clone(),
-            receive_count: message.receive_count,
-            sent_at_ms: message.sent_at_ms,
-            group_id: message.group_id.clone(),
-            queue: message.queue.clone(),
-        };
-        let call = async {
-            let processor: Processor = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|err| Err(Fault::Instantiate(format!("{err:#}"))))?;
-            processor
-                .call_handle(&mut store, &wit_message)
-                .await
-                .map_err(Ok)
-        };
-        let result = tokio::time::timeout(limits.timeout, call).await;
+/// What a call came to: its value, or the fault that ended it (a limit, a
+/// trap, an instance that could not be made).
+fn conclude<T>(
+    result: Result<Result<T, Result<wasmtime::Error, Fault>>, tokio::time::error::Elapsed>,
+    state: &mut HostState,
+    limits: &Limits,
+) -> Result<T, Fault> {
+    state.log.finish();
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        // Memories are sized while the instance is made: a refusal there
+        // is the memory limit, not a broken component.
+        Ok(Err(Err(fault))) => Err(if state.limiter.denied {
+            Fault::Memory(limits.memory)
+        } else {
+            fault
+        }),
+        Ok(Err(Ok(trap))) => Err(state.fault.take().unwrap_or_else(|| {
+            if state.limiter.denied {
+                Fault::Memory(limits.memory)
+            } else if let (Some(fuel), Some(wasmtime::Trap::OutOfFuel)) =
+                (limits.fuel, trap.downcast_ref::<wasmtime::Trap>())
+            {
+                Fault::Fuel(fuel)
+            } else {
+                Fault::Trap(trap_message(&trap))
+            }
+        })),
+        Err(_elapsed) => Err(Fault::Timeout(limits.timeout)),
+    }
+}
 
-        let state = store.data_mut();
-        state.log.finish();
-        let (outcome, fault) = match result {
-            Ok(Ok(outcome)) => (from_wit(outcome), None),
-            Ok(Err(Err(fault))) => {
-                // Memories are sized while the instance is made: a refusal
-                // there is the memory limit, not a broken component.
-                let fault = if state.limiter.denied {
-                    Fault::Memory(limits.memory)
-                } else {
-                    fault
-                };
-                (retry_for(&fault), Some(fault))
+/// One outcome per message, in their order, from what a batch processor
+/// returned: matched by id; none, or more than one, is a retry saying so.
+fn match_outcomes(messages: &[Message], items: Vec<bindings::types::ItemOutcome>) -> Vec<Outcome> {
+    let mut by_id: std::collections::HashMap<String, Vec<bindings::types::Outcome>> =
+        std::collections::HashMap::with_capacity(items.len());
+    for item in items {
+        by_id.entry(item.id).or_default().push(item.outcome);
+    }
+    messages
+        .iter()
+        .map(|message| match by_id.remove(&message.id) {
+            Some(mut outcomes) if outcomes.len() == 1 => {
+                from_wit(outcomes.pop().expect("one outcome"))
             }
-            Ok(Err(Ok(trap))) => {
-                let fault = state.fault.take().unwrap_or_else(|| {
-                    if state.limiter.denied {
-                        Fault::Memory(limits.memory)
-                    } else if let (Some(fuel), Some(wasmtime::Trap::OutOfFuel)) =
-                        (limits.fuel, trap.downcast_ref::<wasmtime::Trap>())
-                    {
-                        Fault::Fuel(fuel)
-                    } else {
-                        Fault::Trap(trap_message(&trap))
-                    }
-                });
-                (retry_for(&fault), Some(fault))
-            }
-            Err(_elapsed) => {
-                let fault = Fault::Timeout(limits.timeout);
-                (retry_for(&fault), Some(fault))
-            }
-        };
-        Run {
-            outcome,
-            fault,
-            usage: Usage {
-                peak_memory: state.limiter.peak as u64,
-                ..state.usage
+            Some(outcomes) => Outcome::Retry {
+                reason: format!(
+                    "the batch processor gave {} outcomes for this message, not one",
+                    outcomes.len()
+                ),
+                delay: None,
             },
-            elapsed: started.elapsed(),
-        }
+            None => Outcome::Retry {
+                reason: "the batch processor gave no outcome for this message".into(),
+                delay: None,
+            },
+        })
+        .collect()
+}
+
+fn to_wit(message: &Message) -> bindings::types::Message {
+    bindings::types::Message {
+        id: message.id.clone(),
+        body: message.body.clone(),
+        attributes: message.attributes.clone(),
+        receive_count: message.receive_count,
+        sent_at_ms: message.sent_at_ms,
+        group_id: message.group_id.clone(),
+        queue: message.queue.clone(),
     }
 }
 

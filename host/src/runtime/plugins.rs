@@ -3,6 +3,7 @@
 //! built-in one of the same name.
 
 use super::bindings::ProcessorPre;
+use super::bindings::batch::BatchProcessorPre;
 use super::grants::Grants;
 use super::limits::{LimitSettings, Limits};
 use super::state::HostState;
@@ -40,7 +41,7 @@ impl fmt::Display for PluginSource {
 pub struct Plugin {
     name: Arc<str>,
     source: PluginSource,
-    pub(super) pre: ProcessorPre<HostState>,
+    pub(super) pre: Pre,
     pub(super) limits: Limits,
     pub(super) config: Arc<BTreeMap<String, String>>,
     pub(super) grants: Arc<Grants>,
@@ -51,6 +52,15 @@ pub struct Plugin {
     /// The messages its manifest admits (all, without filters); a
     /// binding's own filters replace them.
     filters: Arc<Filters>,
+}
+
+/// A plugin's code, ready to instantiate, by the world it fits.
+#[derive(Clone)]
+pub(super) enum Pre {
+    /// `processor`: `handle`, one message per instance.
+    Single(ProcessorPre<HostState>),
+    /// `batch-processor`: `handle-batch`, one batch per instance.
+    Batch(BatchProcessorPre<HostState>),
 }
 
 /// A plugin's code as the console and `wasq plugins inspect` show it.
@@ -66,7 +76,7 @@ impl Plugin {
     pub(super) fn new(
         name: &str,
         source: PluginSource,
-        pre: ProcessorPre<HostState>,
+        pre: Pre,
         limits: Limits,
         config: BTreeMap<String, String>,
     ) -> Self {
@@ -116,6 +126,11 @@ impl Plugin {
     /// The filters of its manifest.
     pub fn filters(&self) -> &Arc<Filters> {
         &self.filters
+    }
+
+    /// Whether it takes messages in batches (the `batch-processor` world).
+    pub fn is_batch(&self) -> bool {
+        matches!(self.pre, Pre::Batch(_))
     }
 
     pub fn grants(&self) -> &Grants {

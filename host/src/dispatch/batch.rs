@@ -1,0 +1,201 @@
+//! A batch processor's run: the batch's payloads read and filters applied,
+//! one instance for all of it under leases renewed together, and each
+//! message settled by its own outcome. On FIFO queues a group keeps its
+//! order: after its first message that is not done, the rest of the group
+//! is made visible again, their outcomes set aside.
+
+use super::*;
+use futures_util::StreamExt as _;
+
+/// Messages settled at once after a batch.
+const SETTLING: usize = 16;
+
+impl BindingState {
+    pub(super) async fn process_batch(self: &Arc<Self>, batch: Vec<Received>) {
+        let Some(plugin) = self.binding.plugin.current() else {
+            warn!(
+                count = batch.len(),
+                "the plugin was removed; giving the batch back"
+            );
+            self.give_back(batch).await;
+            return;
+        };
+        if !plugin.is_batch() {
+            // Replaced by a one-message processor since the receive.
+            for group in poll::group_batch(batch, self.binding.queue.is_fifo()) {
+                self.process_group(group).await;
+            }
+            return;
+        }
+        let fifo = self.binding.queue.is_fifo();
+        let mut runs: Vec<(Received, Message)> = Vec::with_capacity(batch.len());
+        // FIFO groups whose message could not be read: their later
+        // messages wait, in order.
+        let mut stopped: Vec<Option<String>> = Vec::new();
+        let mut held_back = Vec::new();
+        for received in batch {
+            if fifo && stopped.contains(&received.group_id) {
+                held_back.push(received);
+                continue;
+            }
+            let id = self.job_id(&received);
+            let Some((body, attributes)) = self.resolve_payload(&received, &plugin).await else {
+                stopped.push(received.group_id.clone());
+                continue;
+            };
+            if !self.admits(&received, &id, &plugin, &body, &attributes) {
+                self.metrics.filtered_out.inc();
+                self.finish(&received).await;
+                continue;
+            }
+            let message = Message {
+                id,
+                body,
+                attributes,
+                receive_count: received.receive_count,
+                sent_at_ms: received.sent_at_ms,
+                group_id: received.group_id.clone(),
+                queue: self.binding.queue.name().to_string(),
+            };
+            runs.push((received, message));
+        }
+        self.give_back(held_back).await;
+        if runs.is_empty() {
+            return;
+        }
+        let span = error_span!(
+            "batch",
+            first_message_id = %runs[0].1.id,
+            queue = self.binding.queue.name(),
+            plugin = %plugin.name(),
+            size = runs.len(),
+        );
+        self.run_batch(runs, plugin).instrument(span).await;
+    }
+
+    async fn run_batch(self: &Arc<Self>, runs: Vec<(Received, Message)>, plugin: Arc<Plugin>) {
+        let count = runs.len();
+        let receipts: Vec<String> = runs.iter().map(|(r, _)| r.receipt.clone()).collect();
+        let messages: Vec<Message> = runs.iter().map(|(_, m)| m.clone()).collect();
+        self.metrics.invoked.inc_by(count as u64);
+        self.metrics.in_flight.inc_by(count as i64);
+        let log = LogSink::new(
+            plugin.name().clone(),
+            format!("batch-{}", messages[0].id).as_str().into(),
+            false,
+        );
+        let heartbeat = self.heartbeat_all(receipts.clone()).drop_guard();
+        let started = Instant::now();
+        let running = std::panic::AssertUnwindSafe(self.runtime.run_batch(
+            &plugin,
+            &self.services,
+            &messages,
+            log,
+        ))
+        .catch_unwind();
+        let run = tokio::select! {
+            run = running => Some(run),
+            _ = self.abort.cancelled() => None,
+        };
+        drop(heartbeat);
+        self.metrics.in_flight.dec_by(count as i64);
+        let outcomes = match run {
+            Some(Ok(run)) => {
+                if let Some(fault) = &run.fault {
+                    warn!(%fault, "batch processor failed: every message of the batch is retried");
+                }
+                run.outcomes
+            }
+            Some(Err(panic)) => {
+                let what = super::message::panic_text(panic.as_ref());
+                error!(panic = %what, "the host panicked while running the batch");
+                let reason = format!("the host panicked while running the batch: {what}");
+                vec![
+                    Outcome::Retry {
+                        reason,
+                        delay: None
+                    };
+                    count
+                ]
+            }
+            None => {
+                info!("batch released unfinished at shutdown");
+                let release: Vec<_> = receipts.into_iter().map(|r| (r, Duration::ZERO)).collect();
+                self.change_visibility(&release).await;
+                return;
+            }
+        };
+        let elapsed = started.elapsed();
+        self.metrics.handle_seconds.observe(elapsed.as_secs_f64());
+        self.timeline.observe(elapsed);
+        // A FIFO group stops at its first message not done: the rest go
+        // back, in order, their outcomes set aside.
+        let fifo = self.binding.queue.is_fifo();
+        let mut failed_groups: Vec<Option<String>> = Vec::new();
+        let mut settle = Vec::with_capacity(count);
+        let mut release = Vec::new();
+        for ((received, _), outcome) in runs.into_iter().zip(outcomes) {
+            if fifo && failed_groups.contains(&received.group_id) {
+                release.push((received.receipt, Duration::ZERO));
+                continue;
+            }
+            if !matches!(outcome, Outcome::Done(_)) {
+                self.metrics.failed.inc();
+                if fifo {
+                    failed_groups.push(received.group_id.clone());
+                }
+            }
+            settle.push((received, outcome));
+        }
+        if !release.is_empty() {
+            info!(
+                count = release.len(),
+                "FIFO: releasing the messages after a group's first failure"
+            );
+            self.change_visibility(&release).await;
+        }
+        let plugin = &plugin;
+        futures_util::stream::iter(settle)
+            .for_each_concurrent(SETTLING, |(received, outcome)| async move {
+                let span = error_span!("message", message_id = %self.job_id(&received));
+                self.settle(&received, plugin, outcome)
+                    .instrument(span)
+                    .await;
+            })
+            .await;
+    }
+
+    /// Keeps a batch's leases: every third of the visibility timeout, all
+    /// of them are renewed in full, ten to a call.
+    fn heartbeat_all(self: &Arc<Self>, receipts: Vec<String>) -> CancellationToken {
+        let done = CancellationToken::new();
+        let token = done.clone();
+        let state = self.clone();
+        let every = (self.config().visibility_timeout / 3).max(Duration::from_millis(100));
+        let span = tracing::Span::current();
+        self.tracker.spawn(
+            async move {
+                let renew: Vec<_> = receipts
+                    .into_iter()
+                    .map(|r| (r, state.config().visibility_timeout))
+                    .collect();
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => {
+                            match state.binding.queue.change_visibility_batch(&renew).await {
+                                Ok(failures) if failures.is_empty() => debug!("batch visibility renewed"),
+                                Ok(failures) => warn!(count = failures.len(), "could not renew some of the batch's leases: they may lapse"),
+                                Err(err) => warn!(error = %err, "could not renew the batch's leases: they may lapse"),
+                            }
+                        }
+                        _ = token.cancelled() => break,
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        done
+    }
+}
