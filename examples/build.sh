@@ -2,7 +2,8 @@
 # Builds the example processors from wit/ into $OUT (default
 # ${CARGO_TARGET_DIR:-target}/examples): wordcount-py.wasm (componentize-py,
 # from PyPI, in a project-local virtualenv), wordcount-js.wasm
-# (componentize-js, from npm) and hello.wasm (Rust, wit-bindgen).
+# (componentize-js, from npm), hello.wasm and bulk.wasm (Rust, wit-bindgen;
+# bulk is a batch processor).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
@@ -30,5 +31,9 @@ rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
     env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
         cargo build --quiet --release --target wasm32-wasip2 --target-dir "$out/cargo")
 cp "$out/cargo/wasm32-wasip2/release/hello.wasm" "$out/hello.wasm"
+(cd "$root/examples/bulk-rust" &&
+    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
+        cargo build --quiet --release --target wasm32-wasip2 --target-dir "$out/cargo")
+cp "$out/cargo/wasm32-wasip2/release/bulk.wasm" "$out/bulk.wasm"
 
 ls -l "$out"/*.wasm

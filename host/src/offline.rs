@@ -121,7 +121,14 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
     let mut unmet = 0;
     let mut unchecked = 0;
     let mut filtered = 0;
-    for fixture in &fixtures {
+    // A batch processor runs once on all the messages its filters admit
+    // (in batches of at most 10,000), and reports each as usual.
+    let mut batched = if plugin.is_batch() {
+        run_batches(&runtime, &plugin, &services, &blobs, &fixtures, filters).await
+    } else {
+        Default::default()
+    };
+    for (n, fixture) in fixtures.iter().enumerate() {
         let message = &fixture.message;
         let subject = Subject {
             id: &message.id,
@@ -133,7 +140,9 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
         };
         let admitted = filters.admits(&subject);
         filtered += usize::from(!admitted);
-        let report = if admitted {
+        let report = if let Some(report) = batched.remove(&n) {
+            report
+        } else if admitted {
             run_one(&runtime, &plugin, &services, &blobs, fixture).await
         } else {
             CaseReport {
@@ -166,6 +175,75 @@ pub async fn test(options: &TestOptions, out: &mut dyn Write) -> anyhow::Result<
     Ok(unmet == 0)
 }
 
+/// Runs a batch processor on the fixtures its filters admit, by index.
+async fn run_batches(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    services: &Services,
+    blobs: &LocalBlobs,
+    fixtures: &[Fixture],
+    filters: &Filters,
+) -> std::collections::HashMap<usize, CaseReport> {
+    let admitted: Vec<(usize, &Fixture)> = fixtures
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            let m = &f.message;
+            filters.admits(&Subject {
+                id: &m.id,
+                body: &m.body,
+                attributes: &m.attributes,
+                receive_count: m.receive_count,
+                sent_at_ms: m.sent_at_ms,
+                group_id: m.group_id.as_deref(),
+            })
+        })
+        .collect();
+    let mut reports = std::collections::HashMap::new();
+    for chunk in admitted.chunks(crate::dispatch::MAX_BATCH_SIZE) {
+        let messages: Vec<_> = chunk.iter().map(|(_, f)| f.message.clone()).collect();
+        let log = LogSink::new(
+            plugin.name().clone(),
+            format!("batch-{}", messages[0].id).as_str().into(),
+            true,
+        );
+        let run = runtime
+            .run_batch(plugin, services, &messages, log.clone())
+            .await;
+        // The batch's log lines, once, with its first message.
+        let mut logs = Some(log.lines());
+        for ((n, fixture), outcome) in chunk.iter().zip(run.outcomes) {
+            reports.insert(
+                *n,
+                CaseReport {
+                    id: fixture.message.id.clone(),
+                    unmet: unmet_of(fixture, &outcome, blobs),
+                    outcome: Some(outcome),
+                    fault: run.fault.clone(),
+                    logs: logs.take().unwrap_or_default(),
+                },
+            );
+        }
+    }
+    reports
+}
+
+/// What a fixture expected and its outcome did not meet; `None` when it
+/// expected nothing.
+fn unmet_of(fixture: &Fixture, outcome: &Outcome, blobs: &LocalBlobs) -> Option<Vec<String>> {
+    fixture.expect.as_ref().map(|expect| {
+        let mut unmet = expect.unmet(outcome);
+        if let Some(want) = &expect.entries {
+            match archive_entries(blobs, outcome) {
+                Ok(got) if &got == want => {}
+                Ok(got) => unmet.push(format!("expected archive entries {want:?}, got {got:?}")),
+                Err(err) => unmet.push(format!("expected archive entries {want:?}, but {err:#}")),
+            }
+        }
+        unmet
+    })
+}
+
 async fn run_one(
     runtime: &Runtime,
     plugin: &Plugin,
@@ -181,17 +259,7 @@ async fn run_one(
     let run = runtime
         .run(plugin, services, &fixture.message, log.clone())
         .await;
-    let unmet = fixture.expect.as_ref().map(|expect| {
-        let mut unmet = expect.unmet(&run.outcome);
-        if let Some(want) = &expect.entries {
-            match archive_entries(blobs, &run.outcome) {
-                Ok(got) if &got == want => {}
-                Ok(got) => unmet.push(format!("expected archive entries {want:?}, got {got:?}")),
-                Err(err) => unmet.push(format!("expected archive entries {want:?}, but {err:#}")),
-            }
-        }
-        unmet
-    });
+    let unmet = unmet_of(fixture, &run.outcome, blobs);
     CaseReport {
         id: fixture.message.id.clone(),
         outcome: Some(run.outcome),

@@ -112,3 +112,60 @@ fn the_rust_hello_processor_passes_its_fixture() {
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0]["result"], "hello, world");
 }
+
+/// The Rust batch processor takes a fixture of many messages through
+/// `wasq test` in one batch: one bulk write holds every valid entry, each
+/// entry is done with where it went, and the one that is not an entry is
+/// rejected on its own.
+#[tokio::test]
+#[ignore = "needs the built examples: `bash tests/run.sh` builds them and runs this"]
+async fn the_rust_bulk_processor_writes_a_batch_at_once() {
+    let scratch = Scratch::new();
+    let manifest = examples().join("bulk-rust/bulk.toml");
+    // The shipped fixture, its expectations met.
+    let reports = wasq_test(
+        &scratch,
+        &built("bulk.wasm"),
+        &examples().join("bulk-rust/entries.json"),
+        &manifest,
+    );
+    assert_eq!(reports.len(), 13);
+    assert!(
+        reports.iter().all(|r| r["expectation"]["met"] == true),
+        "{reports:?}"
+    );
+
+    // A thousand entries, one of them bad.
+    let entries: Vec<Value> = (0..1000)
+        .map(|i| {
+            let body = if i == 500 {
+                serde_json::json!({"account": "acme", "amount": "many"})
+            } else {
+                serde_json::json!({"account": format!("a{}", i % 7), "amount": 1.5})
+            };
+            serde_json::json!({"id": format!("e{i:04}"), "body": body})
+        })
+        .collect();
+    let fixture = scratch.dir.path().join("many.json");
+    std::fs::write(&fixture, serde_json::to_string(&entries).unwrap()).unwrap();
+    let reports = wasq_test(&scratch, &built("bulk.wasm"), &fixture, &manifest);
+    assert_eq!(reports.len(), 1000);
+    let rejected: Vec<&Value> = reports
+        .iter()
+        .filter(|r| r["outcome"] == "reject")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["id"], "e0500");
+    assert!(
+        reports
+            .iter()
+            .filter(|r| r["outcome"] == "done")
+            .all(|r| { r["result"]["batch"] == "batch-e0000" && r["result"]["rows"] == 999 })
+    );
+    let records = SqliteRecords::open(&scratch.dir.path().join("data/records.db")).unwrap();
+    let written: Value =
+        serde_json::from_str(&records.get("ledger", "batch-e0000").await.unwrap().unwrap())
+            .unwrap();
+    assert_eq!(written["rows"].as_array().unwrap().len(), 999);
+    assert_eq!(written["total"], 999.0 * 1.5);
+}
