@@ -1279,3 +1279,25 @@ async fn a_fifo_batch_stops_each_group_at_its_first_failure(rig: Rig) {
     assert_eq!(dead[0].body, "retry");
     assert_eq!(rig.result_of(&a2).await, None);
 }
+
+on_both_backends!(a_long_batch_keeps_its_leases, "jobs");
+/// A batch that runs for 2.5 s over a 1 s visibility timeout: its leases
+/// are renewed together while it runs, so none of its messages comes back
+/// meanwhile to run a second time.
+async fn a_long_batch_keeps_its_leases(rig: Rig) {
+    let mut ids = Vec::new();
+    for body in ["sleep 2500", "done x", "done y"] {
+        ids.push(rig.send(body, None).await);
+    }
+    let config = BindingConfig {
+        batch_size: 10,
+        batching_window: Duration::from_millis(300),
+        visibility_timeout: Duration::from_secs(1),
+        ..rig.config()
+    };
+    rig.drain(rig.batch_binding(config), Duration::from_secs(30))
+        .await;
+    let m = rig.metrics.binding("jobs");
+    assert_eq!((m.received.get(), m.done.get()), (3, 3));
+    assert_eq!(rig.result_of(&ids[1]).await.as_deref(), Some("x"));
+}
