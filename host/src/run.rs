@@ -200,6 +200,17 @@ impl Host {
                 crate::queue::MAX_BATCH
             );
             let grants = plugin.grants();
+            // The host deletes payloads a sender names in the payload
+            // bucket: outputs the processor may write must live elsewhere.
+            if let Some(bucket) = &binding_config.payloads.bucket
+                && let Some(prefix) = grants.write.iter().find(|p| p.reaches(bucket))
+            {
+                anyhow::bail!(
+                    "binding {}: payload-bucket {bucket} is one plugin `{}` may write to ({prefix}): the host deletes the payloads senders name there, so keep payloads in a bucket of their own",
+                    spec.queue,
+                    plugin.name()
+                );
+            }
             for wide in grants.wide() {
                 warn!(plugin = %plugin.name(), grant = wide, origin = plugin.manifest_origin().unwrap_or_default(), "wide access granted");
             }

@@ -1026,3 +1026,32 @@ fn a_bad_filter_is_refused_at_start_by_position() {
         "{err}"
     );
 }
+
+/// The host deletes the payloads senders name in a binding's payload
+/// bucket, so a processor that may write there is refused at start: a
+/// sender could otherwise have its outputs deleted.
+#[test]
+fn a_payload_bucket_the_processor_may_write_to_is_refused() {
+    let scratch = Scratch::new();
+    let config = scratch.dir.path().join("wasq.toml");
+    std::fs::write(
+        &config,
+        "[[binding]]\nqueue = \"local://jobs\"\npayload-bucket = \"archives\"\n\n[plugins.compress.blobs]\nread = [\"s3://docs/\"]\nwrite = [\"s3://archives/\"]\n",
+    )
+    .unwrap();
+    let out = scratch.wasq(&[
+        "run",
+        "--config-file",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "payload-bucket archives is one plugin `compress` may write to (s3://archives/)"
+        ),
+        "{err}"
+    );
+}

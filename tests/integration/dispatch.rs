@@ -1301,3 +1301,39 @@ async fn a_long_batch_keeps_its_leases(rig: Rig) {
     assert_eq!((m.received.get(), m.done.get()), (3, 3));
     assert_eq!(rig.result_of(&ids[1]).await.as_deref(), Some("x"));
 }
+
+/// A batch holds at most half the processor's memory of bodies: twenty
+/// bodies of about 900 KB against a 16 MiB processor run in batches of at
+/// most nine, the rest given back for the next batch, none failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holds_at_most_half_the_processors_memory_of_bodies() {
+    let rig = Rig::local("jobs").await;
+    let body = format!("size{}", " ".repeat(900_000));
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(rig.send(&body, None).await);
+    }
+    let config = BindingConfig {
+        batch_size: 100,
+        batching_window: Duration::from_secs(1),
+        max_concurrency: 1,
+        ..rig.config()
+    };
+    let binding = Binding {
+        config,
+        queue: rig.queue.clone(),
+        dlq: Some(rig.dlq.clone()),
+        plugin: wasq::runtime::PluginSlot::new(harness::batcher(Limits {
+            memory: 16 << 20,
+            ..Limits::default()
+        })),
+    };
+    rig.drain(binding, Duration::from_secs(60)).await;
+    for id in &ids {
+        let size: usize = rig.result_of(id).await.unwrap().parse().unwrap();
+        assert!((1..=9).contains(&size), "a batch of {size}");
+    }
+    let m = rig.metrics.binding("jobs");
+    assert_eq!((m.done.get(), m.failed.get()), (20, 0));
+    assert!(m.given_back.get() > 0);
+}

@@ -111,7 +111,13 @@ async fn the_extended_clients_large_payloads_round_trip() {
         dir.path().join("plugins/rogue.wasm"),
     )
     .unwrap();
-    harness::grant_all(&dir.path().join("plugins"), "rogue");
+    // It reads nothing and writes nothing: the host reads its payloads.
+    // (A processor that may write to the payload bucket is refused.)
+    std::fs::write(
+        dir.path().join("plugins/rogue.toml"),
+        "[records]\ntables = []\n",
+    )
+    .unwrap();
     for queue in ["sqs://large", "sqs://large-out"] {
         let made = wasq(dir.path(), &["queue", "create", queue]);
         assert!(made.status.success(), "{}", text(&made));

@@ -21,45 +21,19 @@ impl BindingState {
             return;
         };
         if !plugin.is_batch() {
-            // Replaced by a one-message processor since the receive.
-            for group in poll::group_batch(batch, self.binding.queue.is_fifo()) {
-                self.process_group(group).await;
-            }
+            // Replaced by a one-message processor since the receive: the
+            // batch goes back, to be received as that processor wants.
+            info!(
+                count = batch.len(),
+                "the plugin no longer takes batches; giving the batch back"
+            );
+            self.give_back(batch).await;
             return;
         }
-        let fifo = self.binding.queue.is_fifo();
-        let mut runs: Vec<(Received, Message)> = Vec::with_capacity(batch.len());
-        // FIFO groups whose message could not be read: their later
-        // messages wait, in order.
-        let mut stopped: Vec<Option<String>> = Vec::new();
-        let mut held_back = Vec::new();
-        for received in batch {
-            if fifo && stopped.contains(&received.group_id) {
-                held_back.push(received);
-                continue;
-            }
-            let id = self.job_id(&received);
-            let Some((body, attributes)) = self.resolve_payload(&received, &plugin).await else {
-                stopped.push(received.group_id.clone());
-                continue;
-            };
-            if !self.admits(&received, &id, &plugin, &body, &attributes) {
-                self.metrics.filtered_out.inc();
-                self.finish(&received).await;
-                continue;
-            }
-            let message = Message {
-                id,
-                body,
-                attributes,
-                receive_count: received.receive_count,
-                sent_at_ms: received.sent_at_ms,
-                group_id: received.group_id.clone(),
-                queue: self.binding.queue.name().to_string(),
-            };
-            runs.push((received, message));
-        }
-        self.give_back(held_back).await;
+        // Leases are kept from here: reading payloads takes time too.
+        let heartbeat = self.heartbeat_all(batch.iter().map(|m| m.receipt.clone()).collect());
+        let runs = self.prepare_batch(batch, &plugin).await;
+        heartbeat.cancel();
         if runs.is_empty() {
             return;
         }
@@ -73,10 +47,76 @@ impl BindingState {
         self.run_batch(runs, plugin).instrument(span).await;
     }
 
+    /// The batch's messages as the processor is to see them: payloads
+    /// read and filters applied. Within the batch's byte budget (half the
+    /// processor's memory: the bodies are copied into it); what does not
+    /// fit goes back unstarted, as does a second copy of one message (a
+    /// queue may deliver one twice) and, on FIFO, a group's messages after
+    /// one that could not be read.
+    async fn prepare_batch(
+        self: &Arc<Self>,
+        batch: Vec<Received>,
+        plugin: &Arc<Plugin>,
+    ) -> Vec<(Received, Message)> {
+        let fifo = self.binding.queue.is_fifo();
+        let budget = plugin.limits().memory / 2;
+        let mut used = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        let mut stopped = std::collections::HashSet::new();
+        let mut held_back = Vec::new();
+        let mut runs: Vec<(Received, Message)> = Vec::with_capacity(batch.len());
+        let mut rest = batch.into_iter();
+        while let Some(received) = rest.next() {
+            let id = self.job_id(&received);
+            if (fifo && stopped.contains(&received.group_id)) || !seen.insert(id.clone()) {
+                held_back.push(received);
+                continue;
+            }
+            let declared = match crate::payload::pointer(&received.body, &received.attributes) {
+                Some(Ok(pointer)) => pointer.size,
+                _ => received.body.len() as u64,
+            };
+            if used + declared > budget && !runs.is_empty() {
+                // The rest wait for the next batch.
+                held_back.push(received);
+                held_back.extend(rest.by_ref());
+                break;
+            }
+            let Some((body, attributes)) = self.resolve_payload(&received, plugin).await else {
+                stopped.insert(received.group_id.clone());
+                continue;
+            };
+            if !self.admits(&received, &id, plugin, &body, &attributes) {
+                self.metrics.filtered_out.inc();
+                self.finish(&received).await;
+                continue;
+            }
+            used += body.len() as u64;
+            let message = Message {
+                id,
+                body,
+                attributes,
+                receive_count: received.receive_count,
+                sent_at_ms: received.sent_at_ms,
+                group_id: received.group_id.clone(),
+                queue: self.binding.queue.name().to_string(),
+            };
+            runs.push((received, message));
+        }
+        if !held_back.is_empty() {
+            debug!(
+                count = held_back.len(),
+                "giving back what this batch does not take"
+            );
+        }
+        self.give_back(held_back).await;
+        runs
+    }
+
     async fn run_batch(self: &Arc<Self>, runs: Vec<(Received, Message)>, plugin: Arc<Plugin>) {
         let count = runs.len();
         let receipts: Vec<String> = runs.iter().map(|(r, _)| r.receipt.clone()).collect();
-        let messages: Vec<Message> = runs.iter().map(|(_, m)| m.clone()).collect();
+        let (receiveds, messages): (Vec<Received>, Vec<Message>) = runs.into_iter().unzip();
         self.metrics.invoked.inc_by(count as u64);
         self.metrics.in_flight.inc_by(count as i64);
         let log = LogSink::new(
@@ -130,29 +170,31 @@ impl BindingState {
         self.timeline.observe(elapsed);
         // A FIFO group stops at its first message not done: the rest go
         // back, in order, their outcomes set aside.
+        drop(messages);
         let fifo = self.binding.queue.is_fifo();
-        let mut failed_groups: Vec<Option<String>> = Vec::new();
+        let mut failed_groups = std::collections::HashSet::new();
         let mut settle = Vec::with_capacity(count);
-        let mut release = Vec::new();
-        for ((received, _), outcome) in runs.into_iter().zip(outcomes) {
+        let mut set_aside = Vec::new();
+        for (received, outcome) in receiveds.into_iter().zip(outcomes) {
             if fifo && failed_groups.contains(&received.group_id) {
-                release.push((received.receipt, Duration::ZERO));
+                set_aside.push(received);
                 continue;
             }
             if !matches!(outcome, Outcome::Done(_)) {
                 self.metrics.failed.inc();
                 if fifo {
-                    failed_groups.push(received.group_id.clone());
+                    failed_groups.insert(received.group_id.clone());
                 }
             }
             settle.push((received, outcome));
         }
-        if !release.is_empty() {
+        if !set_aside.is_empty() {
+            // Set aside for the group's order, by the host: no attempt.
             info!(
-                count = release.len(),
-                "FIFO: releasing the messages after a group's first failure"
+                count = set_aside.len(),
+                "FIFO: giving back the messages after a group's first failure, their outcomes set aside"
             );
-            self.change_visibility(&release).await;
+            self.give_back(set_aside).await;
         }
         let plugin = &plugin;
         futures_util::stream::iter(settle)

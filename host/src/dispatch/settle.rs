@@ -152,12 +152,17 @@ impl BindingState {
             ),
         ];
         let room = MAX_ATTRIBUTES - attributes.len();
-        let original: Vec<_> = received
+        let mut original: Vec<_> = received
             .attributes
             .iter()
             .filter(|(name, _)| !name.starts_with("wasq-"))
             .cloned()
             .collect();
+        // A large payload's size first: without it the letter's body would
+        // no longer be taken for a pointer.
+        original.sort_by_key(|(name, _)| {
+            name != crate::payload::SIZE_ATTRIBUTE && name != crate::payload::LEGACY_SIZE_ATTRIBUTE
+        });
         if original.len() > room {
             // SQS takes ten attributes; wasq's own come first. The reason
             // names what did not fit, so nobody wonders where it went.

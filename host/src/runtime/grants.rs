@@ -48,6 +48,14 @@ impl Prefix {
         })
     }
 
+    /// Whether this prefix reaches into `bucket` at all.
+    pub fn reaches(&self, bucket: &str) -> bool {
+        match self {
+            Prefix::Everything => true,
+            Prefix::Under { bucket: b, .. } => b == bucket,
+        }
+    }
+
     /// Whether this prefix covers `uri`, segment by segment.
     pub fn covers(&self, uri: &BlobUri) -> bool {
         match self {
