@@ -155,7 +155,6 @@ pub async fn serve(
     let per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
         Default::default();
     let connections = tokio_util::task::TaskTracker::new();
-    let service = hyper_util::service::TowerToHyperService::new(router);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -178,7 +177,18 @@ pub async fn serve(
             tracing::debug!(%peer, "too many HTTP connections from one address; closing a new one");
             continue;
         };
-        let service = service.clone();
+        // Each request knows the address it came from (the console limits
+        // wrong tokens by it).
+        let service =
+            hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+                router.clone(),
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
+                },
+            ));
         let stop = stop.clone();
         connections.spawn(async move {
             let (_permit, _address) = (permit, address);

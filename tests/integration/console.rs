@@ -255,6 +255,55 @@ fn a_console_with_a_token_admits_no_one_without_it() {
     assert_eq!(status, 200);
 }
 
+/// Guessing the token: an address that shows five wrong ones within a
+/// minute (on the login form, or as bearer tokens) is refused, the right
+/// token included, until the minute is over.
+#[test]
+fn an_address_guessing_the_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "a-console-token-of-some-length";
+    let (_host, addr) = host(dir.path(), &["--console-token", secret]);
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    for guess in 0..3 {
+        let (status, _, _) = http(
+            "POST",
+            &addr,
+            "/login",
+            &[form],
+            &format!("token=guess-{guess}"),
+        );
+        assert_eq!(status, 401);
+    }
+    for guess in 3..5 {
+        let (status, _, _) = http(
+            "GET",
+            &addr,
+            "/",
+            &[("Authorization", &format!("Bearer guess-{guess}"))],
+            "",
+        );
+        assert_eq!(status, 303);
+    }
+    let (status, head, page) = http("POST", &addr, "/login", &[form], &format!("token={secret}"));
+    assert_eq!(status, 429, "{page}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    assert!(page.contains("Too many wrong tokens"), "{page}");
+    let (status, _, _) = http(
+        "GET",
+        &addr,
+        "/",
+        &[("Authorization", &format!("Bearer {secret}"))],
+        "",
+    );
+    assert_eq!(status, 429);
+    // Health and metrics are not the console's: still answered.
+    let (status, _, _) = http("GET", &addr, "/healthz", &[], "");
+    assert_eq!(status, 200);
+}
+
 /// The ids of the letters a list page shows (its checkboxes).
 fn listed_ids(page: &str) -> Vec<String> {
     page.match_indices("type=\"checkbox\" name=\"id\" value=\"")

@@ -93,6 +93,8 @@ struct Inner {
     csrf: String,
     /// Set once the host is shutting down.
     draining: AtomicBool,
+    /// Wrong tokens shown lately, by address.
+    wrong_tokens: WrongTokens,
     /// Whether a host runs the bindings (`wasq run`), or the console only
     /// shows a data directory's queues (`wasq console`).
     hosted: bool,
@@ -138,6 +140,7 @@ impl Console {
                 access,
                 csrf: hex::encode(csrf),
                 draining: AtomicBool::new(false),
+                wrong_tokens: WrongTokens::default(),
                 hosted: true,
             }),
         })
@@ -189,6 +192,10 @@ impl Console {
                 "/uplot.css",
                 get(|| asset("text/css", include_str!("assets/uPlot.min.css"))),
             )
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                limit_wrong_tokens,
+            ))
             .with_state(self.clone())
     }
 
@@ -433,6 +440,89 @@ fn switch(
         if paused { "paused" } else { "resumed" }
     );
     Redirect::to("/").into_response()
+}
+
+/// Wrong tokens one address may show in a minute; past them it is refused
+/// (429) until the minute is over, the right token included.
+const WRONG_TOKENS: u32 = 5;
+const WRONG_TOKEN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Addresses remembered at most; past it the oldest windows are dropped.
+const REMEMBERED_ADDRESSES: usize = 10_000;
+
+/// Wrong tokens by address: how many, since when.
+#[derive(Default)]
+struct WrongTokens {
+    by_address:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+impl WrongTokens {
+    /// How long `address` must wait before it may try again, if at all.
+    fn wait(&self, address: std::net::IpAddr) -> Option<std::time::Duration> {
+        let tries = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, since) = tries.get(&address)?;
+        let left = WRONG_TOKEN_WINDOW.saturating_sub(since.elapsed());
+        (*count >= WRONG_TOKENS && !left.is_zero()).then_some(left)
+    }
+
+    fn count(&self, address: std::net::IpAddr) {
+        let mut tries = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if tries.len() >= REMEMBERED_ADDRESSES {
+            tries.retain(|_, (_, since)| since.elapsed() < WRONG_TOKEN_WINDOW);
+        }
+        let entry = tries
+            .entry(address)
+            .or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= WRONG_TOKEN_WINDOW {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+        if entry.0 == WRONG_TOKENS {
+            tracing::warn!(%address, "too many wrong console tokens; refusing this address for a minute");
+        }
+    }
+}
+
+/// Refuses an address that showed too many wrong tokens (on the login
+/// form or as a bearer token), and counts the wrong ones it shows.
+async fn limit_wrong_tokens(
+    State(console): State<Console>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Access::Token { token, .. } = &console.inner.access else {
+        return next.run(request).await;
+    };
+    let Some(address) = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
+    else {
+        return next.run(request).await;
+    };
+    if let Some(wait) = console.inner.wrong_tokens.wait(address) {
+        let mut response = page_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::message(
+                "Too many wrong tokens",
+                &format!(
+                    "This address showed {WRONG_TOKENS} wrong tokens within a minute. Try again in {} s.",
+                    wait.as_secs() + 1
+                ),
+            ),
+        );
+        if let Ok(value) = HeaderValue::from_str(&(wait.as_secs() + 1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    let wrong_bearer = bearer(request.headers()).is_some_and(|shown| !same(&digest(shown), token));
+    let login = request.method() == axum::http::Method::POST && request.uri().path() == "/login";
+    let response = next.run(request).await;
+    if wrong_bearer || (login && response.status() == StatusCode::UNAUTHORIZED) {
+        console.inner.wrong_tokens.count(address);
+    }
+    response
 }
 
 async fn login_page(State(console): State<Console>) -> Response {
