@@ -278,32 +278,32 @@ fn main() -> anyhow::Result<()> {
 
     let first = timed_get(
         &addr,
-        "/dead-letters?queue=jobs-dlq",
+        "/dead-letters?queue=local%3A%2F%2Fjobs-dlq",
         "100000 letters match",
         7,
     )?;
     let search = timed_get(
         &addr,
-        "/dead-letters?queue=jobs-dlq&q=alpha+customer-42",
+        "/dead-letters?queue=local%3A%2F%2Fjobs-dlq&q=alpha+customer-42",
         "letters match",
         7,
     )?;
     let wide = timed_get(
         &addr,
-        "/dead-letters?queue=jobs-dlq&q=alpha",
+        "/dead-letters?queue=local%3A%2F%2Fjobs-dlq&q=alpha",
         "10000 letters match",
         7,
     )?;
     let last_page = timed_get(
         &addr,
-        "/dead-letters?queue=jobs-dlq&q=alpha&page=199",
+        "/dead-letters?queue=local%3A%2F%2Fjobs-dlq&q=alpha&page=199",
         "10000 letters match",
         7,
     )?;
 
     let redrive = serde_urlencoded::to_string([
         ("csrf", csrf.as_str()),
-        ("queue", "jobs-dlq"),
+        ("queue", "local://jobs-dlq"),
         ("action", "redrive"),
         ("all", "1"),
         ("q", "alpha"),

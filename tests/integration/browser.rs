@@ -185,7 +185,7 @@ async fn the_console_works_in_a_browser_and_hostile_text_stays_text() {
 
     // Hostile bodies and reasons show as text, and nothing ran.
     client
-        .goto(&format!("{base}/dead-letters?queue=jobs-dlq"))
+        .goto(&format!("{base}/dead-letters?queue=local%3A%2F%2Fjobs-dlq"))
         .await
         .unwrap();
     wait_for_text(&client, "5 letters match").await;
@@ -247,7 +247,9 @@ async fn the_console_works_in_a_browser_and_hostile_text_stays_text() {
         .unwrap();
     wait_for_text(&client, "paused").await;
     client
-        .goto(&format!("{base}/dead-letters?queue=jobs-dlq&q=alpha"))
+        .goto(&format!(
+            "{base}/dead-letters?queue=local%3A%2F%2Fjobs-dlq&q=alpha"
+        ))
         .await
         .unwrap();
     client

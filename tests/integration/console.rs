@@ -355,7 +355,13 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
         runtime.block_on(dlq.stats()).unwrap().visible == 5
     });
 
-    let (status, _, page) = http("GET", &addr, "/dead-letters?queue=jobs-dlq", &[], "");
+    let (status, _, page) = http(
+        "GET",
+        &addr,
+        "/dead-letters?queue=local%3A%2F%2Fjobs-dlq",
+        &[],
+        "",
+    );
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("5 letters match"), "{page}");
     assert!(
@@ -371,7 +377,7 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
     let (_, _, alpha) = http(
         "GET",
         &addr,
-        "/dead-letters?queue=jobs-dlq&q=ALPHA+job",
+        "/dead-letters?queue=local%3A%2F%2Fjobs-dlq&q=ALPHA+job",
         &[],
         "",
     );
@@ -384,7 +390,10 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
     let (status, _, detail) = http(
         "GET",
         &addr,
-        &format!("/dead-letters/letter?queue=jobs-dlq&id={}", chosen[0]),
+        &format!(
+            "/dead-letters/letter?queue=local%3A%2F%2Fjobs-dlq&id={}",
+            chosen[0]
+        ),
         &[],
         "",
     );
@@ -415,7 +424,7 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
         &addr,
         "/dead-letters/confirm",
         &[form],
-        &form_body(&token, "jobs-dlq", "redrive", &chosen),
+        &form_body(&token, "local://jobs-dlq", "redrive", &chosen),
     );
     assert_eq!(status, 200, "{sure}");
     assert!(sure.contains("Redrive 3 dead letters?"), "{sure}");
@@ -424,7 +433,7 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
         &addr,
         "/dead-letters/act",
         &[form],
-        &form_body("", "jobs-dlq", "redrive", &chosen),
+        &form_body("", "local://jobs-dlq", "redrive", &chosen),
     );
     assert_eq!(status, 403, "an action without the CSRF token went through");
     let (status, _, done) = http(
@@ -432,7 +441,7 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
         &addr,
         "/dead-letters/act",
         &[form],
-        &form_body(&token, "jobs-dlq", "redrive", &chosen),
+        &form_body(&token, "local://jobs-dlq", "redrive", &chosen),
     );
     assert_eq!(status, 200, "{done}");
     assert!(done.contains("Redrove 3 of the 3"), "{done}");
@@ -444,7 +453,7 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
     let (_, _, rest) = http(
         "GET",
         &addr,
-        "/dead-letters?queue=jobs-dlq&q=script",
+        "/dead-letters?queue=local%3A%2F%2Fjobs-dlq&q=script",
         &[],
         "",
     );
@@ -452,7 +461,7 @@ fn dead_letters_are_searched_shown_as_text_and_redriven_or_deleted() {
     assert_eq!(listed_ids(&rest).len(), 2, "{rest}");
     let all = serde_urlencoded::to_string([
         ("csrf", token.as_str()),
-        ("queue", "jobs-dlq"),
+        ("queue", "local://jobs-dlq"),
         ("action", "delete"),
         ("all", "1"),
         ("q", "script"),
@@ -553,7 +562,13 @@ fn wasq_console_serves_a_data_directory_without_a_host() {
     });
     let (_, _, page) = http("GET", &addr, "/", &[], "");
     let token = {
-        let (_, _, letters) = http("GET", &addr, "/dead-letters?queue=jobs-dlq", &[], "");
+        let (_, _, letters) = http(
+            "GET",
+            &addr,
+            "/dead-letters?queue=local%3A%2F%2Fjobs-dlq",
+            &[],
+            "",
+        );
         assert!(letters.contains("4 letters match"), "{letters}");
         csrf(&letters)
     };
@@ -568,7 +583,7 @@ fn wasq_console_serves_a_data_directory_without_a_host() {
     assert_eq!(status, 404, "{page}");
     let all = serde_urlencoded::to_string([
         ("csrf", token.as_str()),
-        ("queue", "jobs-dlq"),
+        ("queue", "local://jobs-dlq"),
         ("action", "redrive"),
         ("all", "1"),
     ])

@@ -112,27 +112,39 @@ fn sent_at(ms: u64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
+/// A binding's dead-letter queue: its backend's admin and its name there.
+struct DeadLetters {
+    admin: Arc<dyn QueueAdmin>,
+    name: String,
+}
+
 impl Console {
-    /// The admin of dead-letter queue `name`, if a binding of this host
-    /// uses it: the console reaches no other queue.
-    fn dead_letter_queue(&self, name: &str) -> Option<Arc<dyn QueueAdmin>> {
+    /// The dead-letter queue the console names `key` (`local://NAME` or
+    /// `sqs://NAME`), if a binding of this host uses it: the console
+    /// reaches no other queue, and two queues of one name on different
+    /// backends stay apart.
+    fn dead_letter_queue(&self, key: &str) -> Option<DeadLetters> {
         self.inner
             .bindings
             .iter()
-            .find(|b| b.dlq.as_deref() == Some(name))
-            .and_then(|b| b.admin.clone())
+            .find(|b| b.dlq_key().as_deref() == Some(key))
+            .and_then(|b| {
+                Some(DeadLetters {
+                    admin: b.admin.clone()?,
+                    name: b.dlq.clone()?,
+                })
+            })
     }
 
-    /// The dead-letter queues of this host's bindings, each once.
+    /// The dead-letter queues of this host's bindings, each once, by key.
     fn dead_letter_queues(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .inner
-            .bindings
-            .iter()
-            .filter_map(|b| b.dlq.clone())
-            .collect();
-        names.dedup();
-        names
+        let mut keys: Vec<String> = Vec::new();
+        for key in self.inner.bindings.iter().filter_map(|b| b.dlq_key()) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
     }
 }
 
@@ -158,7 +170,7 @@ pub async fn list(
     {
         search.queue = first.clone();
     }
-    let Some(admin) = console.dead_letter_queue(&search.queue) else {
+    let Some(dlq) = console.dead_letter_queue(&search.queue) else {
         if queues.is_empty() {
             return page_response(
                 StatusCode::OK,
@@ -174,8 +186,9 @@ pub async fn list(
         ));
     };
     search.page = search.page.min(MAX_PAGE);
-    let page = match admin
-        .browse(&search.queue, &search.filter(), search.page * PAGE, PAGE)
+    let page = match dlq
+        .admin
+        .browse(&dlq.name, &search.filter(), search.page * PAGE, PAGE)
         .await
     {
         Ok(page) => page,
@@ -291,7 +304,7 @@ pub async fn letter(
     if let Err(answer) = console.admit(&headers) {
         return *answer;
     }
-    let Some(admin) = console.dead_letter_queue(&wanted.queue) else {
+    let Some(dlq) = console.dead_letter_queue(&wanted.queue) else {
         return not_found(&format!(
             "`{}` is not the dead-letter queue of a binding of this host.",
             wanted.queue
@@ -301,7 +314,7 @@ pub async fn letter(
         id: Some(wanted.id.clone()),
         ..LetterFilter::default()
     };
-    let found = match admin.browse(&wanted.queue, &filter, 0, 1).await {
+    let found = match dlq.admin.browse(&dlq.name, &filter, 0, 1).await {
         Ok(found) => found,
         Err(err) => return unavailable(&err.to_string()),
     };
@@ -433,10 +446,11 @@ impl Choice {
     }
 
     /// The ids of the letters chosen, looked up now for "all matching".
-    async fn ids(&self, admin: &dyn QueueAdmin) -> Result<Vec<String>, String> {
+    async fn ids(&self, dlq: &DeadLetters) -> Result<Vec<String>, String> {
         match &self.all {
-            Some(search) => admin
-                .matching_ids(&self.queue, &search.filter(), ALL_CAP)
+            Some(search) => dlq
+                .admin
+                .matching_ids(&dlq.name, &search.filter(), ALL_CAP)
                 .await
                 .map_err(|err| err.to_string()),
             None => Ok(self.ids.clone()),
@@ -457,10 +471,10 @@ fn chosen(
     console: &Console,
     headers: &HeaderMap,
     fields: Vec<(String, String)>,
-) -> Result<(Choice, Arc<dyn QueueAdmin>, LetterAction), Box<Response>> {
+) -> Result<(Choice, DeadLetters, LetterAction), Box<Response>> {
     let choice = Choice::from_form(fields);
     console.check_post(headers, &choice.csrf)?;
-    let Some(admin) = console.dead_letter_queue(&choice.queue) else {
+    let Some(dlq) = console.dead_letter_queue(&choice.queue) else {
         return Err(Box::new(not_found(&format!(
             "`{}` is not the dead-letter queue of a binding of this host.",
             choice.queue
@@ -472,7 +486,7 @@ fn chosen(
             super::pages::message("Nothing to do", "Choose redrive or delete."),
         )));
     };
-    Ok((choice, admin, action))
+    Ok((choice, dlq, action))
 }
 
 /// The confirmation of an action, stating the count.
@@ -481,12 +495,12 @@ pub async fn confirm(
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let (choice, admin, action) = match chosen(&console, &headers, fields) {
+    let (choice, dlq, action) = match chosen(&console, &headers, fields) {
         Ok(chosen) => chosen,
         Err(answer) => return *answer,
     };
     let count = match &choice.all {
-        Some(search) => match admin.browse(&choice.queue, &search.filter(), 0, 0).await {
+        Some(search) => match dlq.admin.browse(&dlq.name, &search.filter(), 0, 0).await {
             Ok(found) => (found.matched as usize).min(ALL_CAP),
             Err(err) => return unavailable(&err.to_string()),
         },
@@ -531,16 +545,16 @@ pub async fn act(
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let (choice, admin, action) = match chosen(&console, &headers, fields) {
+    let (choice, dlq, action) = match chosen(&console, &headers, fields) {
         Ok(chosen) => chosen,
         Err(answer) => return *answer,
     };
     let started = std::time::Instant::now();
-    let ids = match choice.ids(admin.as_ref()).await {
+    let ids = match choice.ids(&dlq).await {
         Ok(ids) => ids,
         Err(err) => return unavailable(&err),
     };
-    match admin.settle_letters(&choice.queue, &ids, action).await {
+    match dlq.admin.settle_letters(&dlq.name, &ids, action).await {
         Ok(done) => {
             tracing::info!(
                 queue = %crate::text::Escaped(&choice.queue),
@@ -576,6 +590,50 @@ pub async fn act(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two bindings whose dead-letter queues share a name, one embedded,
+    /// one on SQS: the console names them apart and reaches each through
+    /// its own backend.
+    #[test]
+    fn dead_letter_queues_of_one_name_on_two_backends_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn QueueAdmin> =
+            Arc::new(crate::queue::LocalQueues::open(&dir.path().join("a")).unwrap());
+        let other: Arc<dyn QueueAdmin> =
+            Arc::new(crate::queue::LocalQueues::open(&dir.path().join("b")).unwrap());
+        let view = |queue: &str, admin: &Arc<dyn QueueAdmin>| super::super::BindingView {
+            name: queue.into(),
+            queue: queue.into(),
+            dlq: Some("jobs-dlq".into()),
+            plugin: String::new(),
+            max_concurrency: 1,
+            dlq_alarm: None,
+            admin: Some(admin.clone()),
+            slot: None,
+        };
+        let console = Console::new(
+            vec![
+                view("local://jobs", &local),
+                view("https://sqs.us-east-1.amazonaws.com/1/jobs", &other),
+            ],
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            ([127, 0, 0, 1], 0).into(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            console.dead_letter_queues(),
+            ["local://jobs-dlq", "sqs://jobs-dlq"]
+        );
+        let sqs = console.dead_letter_queue("sqs://jobs-dlq").unwrap();
+        assert!(Arc::ptr_eq(&sqs.admin, &other));
+        assert_eq!(sqs.name, "jobs-dlq");
+        let embedded = console.dead_letter_queue("local://jobs-dlq").unwrap();
+        assert!(Arc::ptr_eq(&embedded.admin, &local));
+        assert!(console.dead_letter_queue("jobs-dlq").is_none());
+    }
 
     #[test]
     fn previews_cut_on_characters() {

@@ -65,6 +65,20 @@ pub struct BindingView {
     pub slot: Option<crate::runtime::PluginSlot>,
 }
 
+impl BindingView {
+    /// The dead-letter queue as the console names it, with its backend
+    /// (`local://NAME` or `sqs://NAME`): two bindings' dead-letter queues
+    /// of one name on different backends are different queues.
+    pub fn dlq_key(&self) -> Option<String> {
+        let dlq = self.dlq.as_ref()?;
+        Some(if self.queue.starts_with("local://") {
+            format!("local://{dlq}")
+        } else {
+            format!("sqs://{dlq}")
+        })
+    }
+}
+
 /// Who may use the console.
 #[derive(Clone)]
 enum Access {

@@ -55,8 +55,8 @@ pub fn overview(bindings: &[BindingNow], csrf: &str, hosted: bool) -> Markup {
                             td.num { (b.pollers) }
                             td.num { (b.queue_depth) }
                             td {
-                                @if let Some(dlq) = &b.view.dlq {
-                                    a href={ "/dead-letters?" (serde_urlencoded::to_string([("queue", dlq.as_str())]).unwrap_or_default()) } { code { (dlq) } }
+                                @if let (Some(dlq), Some(key)) = (&b.view.dlq, b.view.dlq_key()) {
+                                    a href={ "/dead-letters?" (serde_urlencoded::to_string([("queue", key.as_str())]).unwrap_or_default()) } { code { (dlq) } }
                                 } @else { "none" }
                             }
                             td.num { (b.dlq_depth) }
