@@ -5,7 +5,8 @@
 //! checked through the CLI; a binding pauses and resumes; bodies holding
 //! `<script>` and `onerror=` stay text and never run; a POST from the page
 //! without the CSRF token is refused. Screenshots of each page are saved
-//! under the target directory (`console-screenshots/`).
+//! under the target directory (`console-screenshots/`). The dead-letter
+//! pages are driven against SQS (moto) too.
 
 use crate::cli::free_port;
 use crate::harness::{Killed, wait_for_port};
@@ -277,5 +278,152 @@ async fn the_console_works_in_a_browser_and_hostile_text_stays_text() {
     client.goto(&format!("{base}/processors")).await.unwrap();
     wait_for_text(&client, "BLAKE3").await;
     shoot(&client, "processors").await;
+    client.close().await.unwrap();
+}
+
+/// The dead-letter pages against SQS (moto), in the browser: the letters
+/// a binding dead-lettered are listed and searched (each look receives
+/// them with visibility 0), one is opened, and the searched set is
+/// redriven; the queues' counts are then checked through the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and the moto server: `bash tests/run.sh` starts them and runs this"]
+async fn the_dead_letter_pages_work_on_sqs_in_a_browser() {
+    let _moto = crate::harness::moto().await;
+    let endpoint = crate::harness::moto_endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let wasq = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wasq"))
+            .env("WASQ_DATA_DIR", &data)
+            .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
+            .args(["--endpoint-url", &endpoint])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let made = wasq(&["queue", "create", "sqs://jobs"]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    for n in 0..3 {
+        let body = format!("{{\"job\": {n}, \"kind\": \"alpha\"}}");
+        assert!(
+            wasq(&["send", "sqs://jobs", "--body", &body])
+                .status
+                .success()
+        );
+    }
+    assert!(
+        wasq(&["send", "sqs://jobs", "--body", "{\"kind\": \"beta\"}"])
+            .status
+            .success()
+    );
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let host = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .env("WASQ_DATA_DIR", &data)
+        .env("WASQ_CACHE_DIR", crate::harness::cache_dir())
+        .env("WASQ_LOG", "info")
+        .args(["--endpoint-url", &endpoint])
+        .args([
+            "run",
+            "--queue",
+            "sqs://jobs",
+            "--plugin",
+            wasq_test_guests::ROGUE,
+        ])
+        .args(["--listen", &addr, "--receive-wait", "1s"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _host = Killed(host);
+    wait_for_port(&addr);
+    let stats = |queue: &str| {
+        let out = wasq(&["queue", "stats", queue, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let started = Instant::now();
+    while stats("sqs://jobs-dlq")["visible"] != 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the letters were not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (_driver, client) = browser().await;
+    let base = format!("http://{addr}");
+    // Paused, so that the redriven letters wait in the queue.
+    client.goto(&format!("{base}/")).await.unwrap();
+    client
+        .find(Locator::Css("tr[data-binding='jobs'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "paused").await;
+    client
+        .find(Locator::Css("a[href*='dead-letters']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "4 letters match").await;
+    wait_for_text(&client, "sqs://jobs-dlq").await;
+    let search = client.find(Locator::Css("input[name='q']")).await.unwrap();
+    search.send_keys("alpha").await.unwrap();
+    client
+        .find(Locator::Css("form.search button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "3 letters match").await;
+    client
+        .find(Locator::Css("table.letters td a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "\"kind\": \"alpha\"").await;
+    wait_for_text(&client, "unknown command").await;
+    shoot(&client, "dead-letter-sqs").await;
+    client.back().await.unwrap();
+    wait_for_text(&client, "3 letters match").await;
+    client
+        .find(Locator::XPath(
+            "//button[contains(., 'Redrive all 3 matching')]",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "Redrive 3 dead letters?").await;
+    client
+        .find(Locator::XPath("//button[contains(., 'Redrive 3')]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "Redrove 3 of the 3").await;
+    let started = Instant::now();
+    while stats("sqs://jobs")["visible"] != 3 || stats("sqs://jobs-dlq")["visible"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "jobs {} / dlq {}",
+            stats("sqs://jobs"),
+            stats("sqs://jobs-dlq")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     client.close().await.unwrap();
 }
