@@ -915,10 +915,15 @@ fn attributes_of(
     )
 }
 
-/// The failed entries of a batch call, each by the receipt its entry (whose
-/// id is its index in the chunk) stood for.
+/// Batch calls under way at once for one `per_ten`.
+const CALLS_AT_ONCE: usize = 8;
+
 /// Runs a batch call on each ten entries (an entry's batch id is its
-/// index among its ten) and gathers the entries SQS failed, by receipt.
+/// index among its ten), several at once, and gathers the entries SQS
+/// failed, by receipt. A call that fails as a whole fails its ten entries
+/// and the others go on (a batch's 10,000 leases are renewed in 1,000
+/// calls); only when every call failed is the error returned, so that a
+/// caller riding out an outage tries again.
 async fn per_ten<T: Clone, Fut>(
     entries: &[T],
     receipt: impl Fn(&T) -> &String,
@@ -927,14 +932,39 @@ async fn per_ten<T: Clone, Fut>(
 where
     Fut: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, QueueError>>,
 {
+    use futures_util::StreamExt as _;
+    let chunks: Vec<&[T]> = entries.chunks(MAX_BATCH).collect();
+    let calls: Vec<Fut> = chunks.iter().map(|chunk| call(chunk.to_vec())).collect();
+    // In order: each answer goes with its chunk.
+    let results: Vec<Result<Vec<BatchResultErrorEntry>, QueueError>> =
+        futures_util::stream::iter(calls)
+            .buffered(CALLS_AT_ONCE)
+            .collect()
+            .await;
     let mut failures = Vec::new();
-    for chunk in entries.chunks(MAX_BATCH) {
-        let failed = call(chunk.to_vec()).await?;
-        failures.extend(batch_failures(&failed, |i| {
-            chunk.get(i).map(|entry| receipt(entry).clone())
-        }));
+    let mut first_error = None;
+    let mut answered = 0;
+    for (chunk, result) in chunks.into_iter().zip(results) {
+        match result {
+            Ok(failed) => {
+                answered += 1;
+                failures.extend(batch_failures(&failed, |i| {
+                    chunk.get(i).map(|entry| receipt(entry).clone())
+                }));
+            }
+            Err(err) => {
+                failures.extend(chunk.iter().map(|entry| BatchFailure {
+                    receipt: receipt(entry).clone(),
+                    reason: err.to_string(),
+                }));
+                first_error.get_or_insert(err);
+            }
+        }
     }
-    Ok(failures)
+    match first_error {
+        Some(err) if answered == 0 => Err(err),
+        _ => Ok(failures),
+    }
 }
 
 fn batch_failures(
@@ -1211,6 +1241,48 @@ impl Queue for SqsQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 10,000 leases are 1,000 calls: one that fails whole fails its ten
+    /// entries and the rest go on; only when all fail is it an error.
+    #[tokio::test]
+    async fn a_failed_call_fails_its_ten_and_the_others_go_on() {
+        let receipts: Vec<String> = (0..35).map(|i| format!("r{i}")).collect();
+        let failures = per_ten(
+            &receipts,
+            |r| r,
+            |chunk: Vec<String>| async move {
+                if chunk[0] == "r10" {
+                    Err(QueueError::Unavailable("down".into()))
+                } else if chunk[0] == "r20" {
+                    Ok(vec![
+                        BatchResultErrorEntry::builder()
+                            .id("3")
+                            .code("ReceiptHandleIsInvalid")
+                            .sender_fault(true)
+                            .build()
+                            .unwrap(),
+                    ])
+                } else {
+                    Ok(Vec::new())
+                }
+            },
+        )
+        .await
+        .unwrap();
+        let failed: Vec<&str> = failures.iter().map(|f| f.receipt.as_str()).collect();
+        let mut want: Vec<String> = (10..20).map(|i| format!("r{i}")).collect();
+        want.push("r23".into());
+        assert_eq!(failed, want);
+        let all_down = per_ten(
+            &receipts,
+            |r| r,
+            |_chunk: Vec<String>| async {
+                Err::<Vec<BatchResultErrorEntry>, _>(QueueError::Unavailable("down".into()))
+            },
+        )
+        .await;
+        assert!(matches!(all_down, Err(QueueError::Unavailable(_))));
+    }
 
     #[test]
     fn names_and_arns_are_read_off_urls() {
