@@ -200,6 +200,19 @@ impl Host {
                 crate::queue::MAX_BATCH
             );
             let grants = plugin.grants();
+            // A payload is copied into the processor whole: one past its
+            // memory could never run, and would be read again each attempt.
+            if binding_config.payloads.bucket.is_some()
+                && binding_config.payloads.max >= plugin.limits().memory
+            {
+                anyhow::bail!(
+                    "binding {}: payload-max ({}) must be below the memory limit of plugin `{}` ({}): a payload is copied into the processor whole",
+                    spec.queue,
+                    crate::runtime::limits::Bytes(binding_config.payloads.max),
+                    plugin.name(),
+                    crate::runtime::limits::Bytes(plugin.limits().memory)
+                );
+            }
             // The host deletes payloads a sender names in the payload
             // bucket: outputs the processor may write must live elsewhere.
             if let Some(bucket) = &binding_config.payloads.bucket

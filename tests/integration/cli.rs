@@ -1055,3 +1055,31 @@ fn a_payload_bucket_the_processor_may_write_to_is_refused() {
         "{err}"
     );
 }
+
+/// A payload is copied into the processor whole: a payload-max that is not
+/// below the processor's memory limit is refused at start.
+#[test]
+fn a_payload_max_past_the_processors_memory_is_refused() {
+    let scratch = Scratch::new();
+    let out = scratch.wasq(&[
+        "run",
+        "--queue",
+        "local://jobs",
+        "--payload-bucket",
+        "payloads",
+        "--payload-max",
+        "256MiB",
+        "--memory",
+        "128MiB",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "payload-max (256 MiB) must be below the memory limit of plugin `compress` (128 MiB)"
+        ),
+        "{err}"
+    );
+}
