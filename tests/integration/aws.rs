@@ -236,8 +236,9 @@ async fn chosen_dead_letters_are_redriven_or_deleted_and_the_rest_stay() {
             .unwrap(),
         );
     }
+    let progress = std::sync::atomic::AtomicU64::new(0);
     let redriven = sqs
-        .settle_letters("chosen-dlq", &ids[..2], LetterAction::Redrive)
+        .settle_letters("chosen-dlq", &ids[..2], LetterAction::Redrive, &progress)
         .await
         .unwrap();
     assert_eq!(redriven, 2);
@@ -246,10 +247,13 @@ async fn chosen_dead_letters_are_redriven_or_deleted_and_the_rest_stay() {
             "chosen-dlq",
             &[ids[2].clone(), "no-such-id".into()],
             LetterAction::Delete,
+            &progress,
         )
         .await
         .unwrap();
     assert_eq!(deleted, 1);
+    // Each letter acted on was counted as it went.
+    assert_eq!(progress.load(std::sync::atomic::Ordering::Relaxed), 3);
     let mut back: Vec<String> = sqs
         .peek("chosen", 10)
         .await

@@ -19,7 +19,7 @@ use crate::queue::{
 };
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use std::sync::Arc;
 
@@ -539,7 +539,69 @@ pub async fn confirm(
     )
 }
 
-/// Carries out a confirmed action.
+/// How long an action is waited for before its progress is shown instead.
+const WAIT_FOR_DONE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Actions remembered for their progress pages.
+const TASKS_KEPT: usize = 32;
+
+/// A redrive or deletion under way, or done.
+pub struct Task {
+    action: LetterAction,
+    queue: String,
+    chosen: usize,
+    /// Letters acted on so far.
+    progress: std::sync::atomic::AtomicU64,
+    /// How it ended: letters acted on, or why it failed.
+    ended: std::sync::OnceLock<Result<u64, String>>,
+}
+
+impl Task {
+    /// The page for the task: how far it got, or how it ended.
+    fn page(&self, id: &str) -> Response {
+        match self.ended.get() {
+            Some(Ok(done)) => page_response(
+                StatusCode::OK,
+                super::pages::message(
+                    "Done",
+                    &format!(
+                        "{} {done} of the {} letters chosen ({} were no longer there).",
+                        match self.action {
+                            LetterAction::Redrive => "Redrove",
+                            LetterAction::Delete => "Deleted",
+                        },
+                        self.chosen,
+                        self.chosen as u64 - (*done).min(self.chosen as u64)
+                    ),
+                ),
+            ),
+            Some(Err(err)) => page_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                super::pages::message("Failed", &format!("{} failed: {err}", verb(self.action))),
+            ),
+            None => {
+                let done = self.progress.load(std::sync::atomic::Ordering::Relaxed);
+                page_response(
+                    StatusCode::OK,
+                    super::pages::refreshing(
+                        "Under way",
+                        1,
+                        html! {
+                            h1 { (verb(self.action)) " under way" }
+                            p { strong { (done) } " of " (self.chosen) " letters of " code { (self.queue) } " so far." }
+                            progress value=(done) max=(self.chosen) {}
+                            p.note { "This page looks again every second. "
+                                a href={ "/dead-letters/progress?" (serde_urlencoded::to_string([("task", id)]).unwrap_or_default()) } { "Look now" } }
+                        },
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// Carries out a confirmed action. It runs on its own: an action done
+/// within two seconds answers with its outcome; a longer one answers with
+/// a page showing its progress.
 pub async fn act(
     State(console): State<Console>,
     headers: HeaderMap,
@@ -554,42 +616,137 @@ pub async fn act(
         Ok(ids) => ids,
         Err(err) => return unavailable(&err),
     };
-    match dlq.admin.settle_letters(&dlq.name, &ids, action).await {
-        Ok(done) => {
-            tracing::info!(
-                queue = %crate::text::Escaped(&choice.queue),
-                chosen = ids.len(),
-                done,
-                took = ?started.elapsed(),
-                "dead letters {} from the console",
-                if action == LetterAction::Redrive { "redriven" } else { "deleted" }
-            );
-            page_response(
-                StatusCode::OK,
-                super::pages::message(
-                    "Done",
-                    &format!(
-                        "{} {done} of the {} letters chosen ({} were no longer there).",
-                        match action {
-                            LetterAction::Redrive => "Redrove",
-                            LetterAction::Delete => "Deleted",
-                        },
-                        ids.len(),
-                        ids.len() as u64 - done.min(ids.len() as u64)
-                    ),
-                ),
-            )
+    let mut key = [0u8; 16];
+    if getrandom::fill(&mut key).is_err() {
+        return unavailable("no randomness for a task id");
+    }
+    let id = hex::encode(key);
+    let task = Arc::new(Task {
+        action,
+        queue: choice.queue.clone(),
+        chosen: ids.len(),
+        progress: Default::default(),
+        ended: Default::default(),
+    });
+    {
+        let mut tasks = console
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while tasks.len() >= TASKS_KEPT {
+            tasks.pop_front();
         }
-        Err(err) => page_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            super::pages::message("Failed", &format!("{} failed: {err}", verb(action))),
-        ),
+        tasks.push_back((id.clone(), task.clone()));
+    }
+    let running = {
+        let task = task.clone();
+        tokio::spawn(async move {
+            let ended = dlq
+                .admin
+                .settle_letters(&dlq.name, &ids, action, &task.progress)
+                .await;
+            match &ended {
+                Ok(done) => tracing::info!(
+                    queue = %crate::text::Escaped(&task.queue),
+                    chosen = ids.len(),
+                    done,
+                    took = ?started.elapsed(),
+                    "dead letters {} from the console",
+                    if action == LetterAction::Redrive { "redriven" } else { "deleted" }
+                ),
+                Err(err) => tracing::warn!(
+                    queue = %crate::text::Escaped(&task.queue),
+                    error = %err,
+                    "a console action on dead letters failed"
+                ),
+            }
+            let _ = task.ended.set(ended.map_err(|err| err.to_string()));
+        })
+    };
+    // Whether or not it finishes in time, it runs to its end.
+    let _ = tokio::time::timeout(WAIT_FOR_DONE, running).await;
+    if task.ended.get().is_some() {
+        return task.page(&id);
+    }
+    Redirect::to(&format!(
+        "/dead-letters/progress?{}",
+        serde_urlencoded::to_string([("task", id.as_str())]).unwrap_or_default()
+    ))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct TaskQuery {
+    #[serde(default)]
+    task: String,
+}
+
+/// How far an action got, or how it ended.
+pub async fn progress(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(wanted): Query<TaskQuery>,
+) -> Response {
+    if let Err(answer) = console.admit(&headers) {
+        return *answer;
+    }
+    let task = console
+        .inner
+        .tasks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(id, _)| *id == wanted.task)
+        .map(|(_, task)| task.clone());
+    match task {
+        Some(task) => task.page(&wanted.task),
+        None => not_found("No such action (the console keeps its last 32)."),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn text_of(response: Response) -> (StatusCode, String) {
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// A long action shows how far it got, on a page that loads itself
+    /// again every second, and then how it ended.
+    #[tokio::test]
+    async fn an_action_under_way_shows_its_progress_then_its_end() {
+        let task = Task {
+            action: LetterAction::Redrive,
+            queue: "sqs://jobs-dlq".into(),
+            chosen: 10,
+            progress: std::sync::atomic::AtomicU64::new(3),
+            ended: Default::default(),
+        };
+        let (status, page) = text_of(task.page("abc")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            page.contains(r#"<meta http-equiv="refresh" content="1">"#),
+            "{page}"
+        );
+        assert!(
+            page.contains("<strong>3</strong> of 10 letters of <code>sqs://jobs-dlq</code>"),
+            "{page}"
+        );
+        assert!(page.contains(r#"<progress value="3" max="10">"#), "{page}");
+        task.ended.set(Ok(9)).unwrap();
+        let (_, page) = text_of(task.page("abc")).await;
+        assert!(
+            page.contains("Redrove 9 of the 10 letters chosen (1 were no longer there)."),
+            "{page}"
+        );
+        assert!(!page.contains("refresh"), "{page}");
+    }
 
     /// Two bindings whose dead-letter queues share a name, one embedded,
     /// one on SQS: the console names them apart and reaches each through

@@ -109,6 +109,8 @@ struct Inner {
     draining: AtomicBool,
     /// Wrong tokens shown lately, by address.
     wrong_tokens: WrongTokens,
+    /// Redrives and deletions under way or lately done, newest last.
+    pub(super) tasks: std::sync::Mutex<std::collections::VecDeque<(String, Arc<letters::Task>)>>,
     /// Whether a host runs the bindings (`wasq run`), or the console only
     /// shows a data directory's queues (`wasq console`).
     hosted: bool,
@@ -155,6 +157,7 @@ impl Console {
                 csrf: hex::encode(csrf),
                 draining: AtomicBool::new(false),
                 wrong_tokens: WrongTokens::default(),
+                tasks: Default::default(),
                 hosted: true,
             }),
         })
@@ -192,6 +195,7 @@ impl Console {
             .route("/dead-letters/letter", get(letters::letter))
             .route("/dead-letters/confirm", post(letters::confirm))
             .route("/dead-letters/act", post(letters::act))
+            .route("/dead-letters/progress", get(letters::progress))
             .route("/overview.json", get(overview_json))
             .route("/console.css", get(stylesheet))
             .route(

@@ -5,12 +5,23 @@ use super::BindingNow;
 use maud::{DOCTYPE, Markup, html};
 
 pub(super) fn layout(title: &str, body: Markup) -> Markup {
+    page(title, None, body)
+}
+
+/// A page that loads itself again every `secs` seconds (a progress page;
+/// no script needed).
+pub(super) fn refreshing(title: &str, secs: u32, body: Markup) -> Markup {
+    page(title, Some(secs), body)
+}
+
+fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(secs) = refresh { meta http-equiv="refresh" content=(secs); }
                 title { (title) " · wasq" }
                 link rel="stylesheet" href="/uplot.css";
                 link rel="stylesheet" href="/console.css";

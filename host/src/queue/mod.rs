@@ -324,12 +324,15 @@ pub trait QueueAdmin: Send + Sync {
     /// transaction. SQS has no way to reach a message by id: the queue is
     /// received through (at most [`SCAN_CAP`] letters), the chosen ones
     /// acted on, and the rest made visible again at once, one receive
-    /// added to their counts.
+    /// added to their counts. Each letter acted on is added to `progress`
+    /// as it goes (on SQS ten at a time; the embedded queue's one
+    /// transaction adds them all at its end).
     async fn settle_letters(
         &self,
         dlq: &str,
         ids: &[String],
         action: LetterAction,
+        progress: &std::sync::atomic::AtomicU64,
     ) -> Result<u64, QueueError>;
 
     /// A page of the letters of `name` that `filter` picks, oldest first,

@@ -443,6 +443,7 @@ impl SqsQueues {
         dlq: &str,
         ids: &[String],
         action: super::LetterAction,
+        progress: &std::sync::atomic::AtomicU64,
     ) -> Result<u64, QueueError> {
         let dlq = self.queue(dlq).await?;
         let mut wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
@@ -492,7 +493,9 @@ impl SqsQueues {
                 }
                 if !sent.is_empty() {
                     let failed = dlq.delete_batch(&sent).await?;
-                    settled += (sent.len() - failed.len()) as u64;
+                    let done = (sent.len() - failed.len()) as u64;
+                    settled += done;
+                    progress.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
                 }
                 if let Some(err) = failure {
                     return Err(err);
@@ -710,8 +713,9 @@ impl QueueAdmin for SqsQueues {
         dlq: &str,
         ids: &[String],
         action: super::LetterAction,
+        progress: &std::sync::atomic::AtomicU64,
     ) -> Result<u64, QueueError> {
-        SqsQueues::settle_letters(self, dlq, ids, action).await
+        SqsQueues::settle_letters(self, dlq, ids, action, progress).await
     }
 
     async fn redrive(&self, dlq: &str, to: &str) -> Result<Option<u64>, QueueError> {

@@ -465,9 +465,10 @@ impl QueueAdmin for LocalQueues {
         dlq: &str,
         ids: &[String],
         action: LetterAction,
+        progress: &std::sync::atomic::AtomicU64,
     ) -> Result<u64, QueueError> {
         let chosen: std::collections::HashSet<String> = ids.iter().cloned().collect();
-        match action {
+        let settled = match action {
             LetterAction::Redrive => self.redrive_where(dlq, None, Some(chosen)).await,
             LetterAction::Delete => {
                 let dlq = self.queue(dlq).await?;
@@ -488,6 +489,8 @@ impl QueueAdmin for LocalQueues {
                 })
                 .await
             }
-        }
+        }?;
+        progress.fetch_add(settled, std::sync::atomic::Ordering::Relaxed);
+        Ok(settled)
     }
 }
