@@ -148,6 +148,13 @@ impl Console {
     }
 }
 
+/// The answer to a queue the console does not reach.
+fn not_a_dead_letter_queue(key: &str) -> Response {
+    not_found(&format!(
+        "`{key}` is not the dead-letter queue of a binding of this host."
+    ))
+}
+
 fn not_found(what: &str) -> Response {
     page_response(
         StatusCode::NOT_FOUND,
@@ -180,10 +187,7 @@ pub async fn list(
                 ),
             );
         }
-        return not_found(&format!(
-            "`{}` is not the dead-letter queue of a binding of this host.",
-            search.queue
-        ));
+        return not_a_dead_letter_queue(&search.queue);
     };
     search.page = search.page.min(MAX_PAGE);
     let page = match dlq
@@ -305,10 +309,7 @@ pub async fn letter(
         return *answer;
     }
     let Some(dlq) = console.dead_letter_queue(&wanted.queue) else {
-        return not_found(&format!(
-            "`{}` is not the dead-letter queue of a binding of this host.",
-            wanted.queue
-        ));
+        return not_a_dead_letter_queue(&wanted.queue);
     };
     let filter = LetterFilter {
         id: Some(wanted.id.clone()),
@@ -475,10 +476,7 @@ fn chosen(
     let choice = Choice::from_form(fields);
     console.check_post(headers, &choice.csrf)?;
     let Some(dlq) = console.dead_letter_queue(&choice.queue) else {
-        return Err(Box::new(not_found(&format!(
-            "`{}` is not the dead-letter queue of a binding of this host.",
-            choice.queue
-        ))));
+        return Err(Box::new(not_a_dead_letter_queue(&choice.queue)));
     };
     let Some(action) = choice.action else {
         return Err(Box::new(page_response(

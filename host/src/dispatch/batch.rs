@@ -31,7 +31,7 @@ impl BindingState {
             return;
         }
         // Leases are kept from here: reading payloads takes time too.
-        let heartbeat = self.heartbeat_all(batch.iter().map(|m| m.receipt.clone()).collect());
+        let heartbeat = self.heartbeat(batch.iter().map(|m| m.receipt.clone()).collect());
         let runs = self.prepare_batch(batch, &plugin).await;
         heartbeat.cancel();
         if runs.is_empty() {
@@ -124,7 +124,7 @@ impl BindingState {
             format!("batch-{}", messages[0].id).as_str().into(),
             false,
         );
-        let heartbeat = self.heartbeat_all(receipts.clone()).drop_guard();
+        let heartbeat = self.heartbeat(receipts.clone()).drop_guard();
         let started = Instant::now();
         let running = std::panic::AssertUnwindSafe(self.runtime.run_batch(
             &plugin,
@@ -205,39 +205,5 @@ impl BindingState {
                     .await;
             })
             .await;
-    }
-
-    /// Keeps a batch's leases: every third of the visibility timeout, all
-    /// of them are renewed in full, ten to a call.
-    fn heartbeat_all(self: &Arc<Self>, receipts: Vec<String>) -> CancellationToken {
-        let done = CancellationToken::new();
-        let token = done.clone();
-        let state = self.clone();
-        let every = (self.config().visibility_timeout / 3).max(Duration::from_millis(100));
-        let span = tracing::Span::current();
-        self.tracker.spawn(
-            async move {
-                let renew: Vec<_> = receipts
-                    .into_iter()
-                    .map(|r| (r, state.config().visibility_timeout))
-                    .collect();
-                let mut ticks =
-                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    tokio::select! {
-                        _ = ticks.tick() => {
-                            match state.binding.queue.change_visibility_batch(&renew).await {
-                                Ok(failures) if failures.is_empty() => debug!("batch visibility renewed"),
-                                Ok(failures) => warn!(count = failures.len(), "could not renew some of the batch's leases: they may lapse"),
-                                Err(err) => warn!(error = %err, "could not renew the batch's leases: they may lapse"),
-                            }
-                        }
-                        _ = token.cancelled() => break,
-                    }
-                }
-            }
-            .instrument(span),
-        );
-        done
     }
 }

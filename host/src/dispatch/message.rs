@@ -76,7 +76,7 @@ impl BindingState {
             let log = LogSink::new(plugin.name().clone(), id.as_str().into(), false);
             // The lease is renewed until this guard drops: at the end of
             // the run, or while a panic unwinds.
-            let heartbeat = self.heartbeat(received.receipt.clone()).drop_guard();
+            let heartbeat = self.heartbeat(vec![received.receipt.clone()]).drop_guard();
             let started = Instant::now();
             self.metrics.invoked.inc();
             // A panic anywhere in the run (the host's side of an import, a
@@ -188,6 +188,9 @@ impl BindingState {
             Some(filters) => filters,
             None => plugin.filters(),
         };
+        if filters.is_empty() {
+            return true;
+        }
         filters.admits(&Subject {
             id,
             body,
@@ -198,27 +201,32 @@ impl BindingState {
         })
     }
 
-    /// Keeps a running message's lease: every third of the visibility
-    /// timeout, the timeout is renewed in full.
-    pub(super) fn heartbeat(self: &Arc<Self>, receipt: String) -> CancellationToken {
+    /// Keeps the leases of a running message (or batch): every third of
+    /// the visibility timeout, all of them are renewed in full, ten to a
+    /// call.
+    pub(super) fn heartbeat(self: &Arc<Self>, receipts: Vec<String>) -> CancellationToken {
         let done = CancellationToken::new();
         let token = done.clone();
         let state = self.clone();
         let every = (self.config().visibility_timeout / 3).max(Duration::from_millis(100));
         // Under the tracker, so shutdown waits for it, and in the message's
-        // span, so its log lines say which message.
+        // (or batch's) span, so its log lines say which.
         let span = tracing::Span::current();
         self.tracker.spawn(
             async move {
+                let renew: Vec<_> = receipts
+                    .into_iter()
+                    .map(|r| (r, state.config().visibility_timeout))
+                    .collect();
                 let mut ticks =
                     tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tokio::select! {
                         _ = ticks.tick() => {
-                            if state.renew(&receipt).await {
-                                debug!("visibility renewed");
-                            } else {
-                                warn!("could not renew visibility: the lease may lapse");
+                            match state.binding.queue.change_visibility_batch(&renew).await {
+                                Ok(failures) if failures.is_empty() => debug!("visibility renewed"),
+                                Ok(failures) => warn!(count = failures.len(), "could not renew visibility: the lease may lapse"),
+                                Err(err) => warn!(error = %err, "could not renew visibility: the lease may lapse"),
                             }
                         }
                         _ = token.cancelled() => break,
