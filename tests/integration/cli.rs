@@ -1083,3 +1083,45 @@ fn a_payload_max_past_the_processors_memory_is_refused() {
         "{err}"
     );
 }
+
+/// `wasq send --payload-bucket` to an embedded queue stores the body in the
+/// local store, but only when it is over the queue's limit, unless
+/// `--payload-always`; the message then carries the extended client's
+/// pointer and size.
+#[tokio::test]
+async fn wasq_send_offloads_a_body_to_the_payload_bucket() {
+    let scratch = Scratch::new();
+    assert!(scratch.wasq(&["queue", "create", "jobs"]).status.success());
+    let send = |extra: &[&str]| {
+        let mut args = vec![
+            "send",
+            "local://jobs",
+            "--body",
+            "small",
+            "--payload-bucket",
+            "payloads",
+        ];
+        args.extend_from_slice(extra);
+        let out = scratch.wasq(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    send(&[]);
+    send(&["--payload-always"]);
+    let queues = wasq::queue::LocalQueues::open(&scratch.dir.path().join("data")).unwrap();
+    let letters = queues.peek("jobs", 10).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    // Under the limit: sent as it is.
+    assert_eq!(letters[0].body, "small");
+    // Always: a pointer, and the body in the local store.
+    let pointer = wasq::payload::pointer(&letters[1].body, &letters[1].attributes)
+        .expect("a pointer")
+        .unwrap();
+    assert_eq!(pointer.size, 5);
+    assert_eq!(pointer.uri.bucket(), "payloads");
+    let stored = scratch
+        .dir
+        .path()
+        .join("data/blobs/payloads")
+        .join(pointer.uri.key());
+    assert_eq!(std::fs::read_to_string(stored).unwrap(), "small");
+}
