@@ -5,10 +5,10 @@
 // counts go to the records table named by the `table` setting (default
 // `wordcounts`) under the object's URI, and become the message's result.
 
-import { open } from "wasq:processor/blobs@0.1.3";
-import { get } from "wasq:processor/config@0.1.3";
-import { log } from "wasq:processor/log@0.1.3";
-import { put } from "wasq:processor/records@0.1.3";
+import { open } from "wasq:processor/blobs@0.1.4";
+import { get } from "wasq:processor/config@0.1.4";
+import { log } from "wasq:processor/log@0.1.4";
+import { put } from "wasq:processor/records@0.1.4";
 
 const CHUNK = 1 << 16;
 

@@ -4,8 +4,11 @@
 //! benchmark compares the two).
 
 use crate::job::{self, Job};
+use flate2::Compression;
+use flate2::write::DeflateEncoder;
 use serde::Serialize;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Write};
 use std::rc::Rc;
@@ -21,6 +24,9 @@ const LARGE_FILE: u64 = 0xF000_0000;
 /// itself when it can (S3 copies them inside the bucket); below it a copy
 /// saves too little to be worth its requests.
 const COPY_AT_LEAST: u64 = 16 << 20;
+/// Entries opened, and deflating, ahead of the one being written: the
+/// host deflates them on its own threads meanwhile.
+pub const AHEAD: usize = 16;
 /// The table results are recorded in, under the job id.
 pub const RESULTS_TABLE: &str = "archives";
 
@@ -60,6 +66,15 @@ pub trait ObjectReader {
     fn read(&mut self, max: u32) -> Result<Vec<u8>, StoreError>;
 }
 
+/// An object's bytes being deflated by the store: raw DEFLATE, non-final
+/// blocks ending byte-aligned.
+pub trait ObjectDeflated {
+    /// Up to `max` compressed bytes; empty at the end.
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, StoreError>;
+    /// The CRC-32 and size of what was deflated, once the end was read.
+    fn checksum(&self) -> Result<Checksum, StoreError>;
+}
+
 /// An object being written; nothing is visible until `finish`.
 pub trait ObjectWriter {
     fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError>;
@@ -70,6 +85,7 @@ pub trait ObjectWriter {
 pub trait Store {
     type Reader: ObjectReader;
     type Writer: ObjectWriter;
+    type Deflated: ObjectDeflated;
     fn stat(&self, uri: &str) -> Result<ObjectInfo, StoreError>;
     fn open(&self, uri: &str) -> Result<Self::Reader, StoreError>;
     fn create(&self, uri: &str, content_type: Option<&str>) -> Result<Self::Writer, StoreError>;
@@ -98,6 +114,77 @@ pub trait Store {
     /// one for that version.
     fn checksum(&self, _reader: &Self::Reader) -> Result<Option<Checksum>, StoreError> {
         Ok(None)
+    }
+    /// Starts deflating what `reader` reads at `level` (1-9); the work may
+    /// go on elsewhere while the caller does other things.
+    fn deflate(&self, reader: Self::Reader, level: u32) -> Result<Self::Deflated, StoreError>;
+}
+
+/// Deflates a reader here, as it is read: for stores that cannot deflate
+/// elsewhere (the tests' and the native benchmark's). It makes the stream
+/// the host makes: whole chunks of [`CHUNK`], ending with a sync flush.
+pub struct InlineDeflated<R> {
+    reader: R,
+    encoder: DeflateEncoder<Vec<u8>>,
+    crc: crc32fast::Hasher,
+    size: u64,
+    done: bool,
+    out: Vec<u8>,
+    at: usize,
+}
+
+impl<R: ObjectReader> InlineDeflated<R> {
+    pub fn new(reader: R, level: u32) -> Self {
+        InlineDeflated {
+            reader,
+            encoder: DeflateEncoder::new(Vec::new(), Compression::new(level)),
+            crc: crc32fast::Hasher::new(),
+            size: 0,
+            done: false,
+            out: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl<R: ObjectReader> ObjectDeflated for InlineDeflated<R> {
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, StoreError> {
+        let unwritable = |err: io::Error| StoreError::Unavailable(format!("deflating: {err}"));
+        while self.at == self.out.len() && !self.done {
+            let mut chunk = Vec::with_capacity(CHUNK as usize);
+            while chunk.len() < CHUNK as usize {
+                let read = self.reader.read(CHUNK - chunk.len() as u32)?;
+                if read.is_empty() {
+                    break;
+                }
+                chunk.extend_from_slice(&read);
+            }
+            self.crc.update(&chunk);
+            self.size += chunk.len() as u64;
+            self.encoder.write_all(&chunk).map_err(unwritable)?;
+            if chunk.len() < CHUNK as usize {
+                self.encoder.flush().map_err(unwritable)?;
+                self.done = true;
+            }
+            self.out = std::mem::take(self.encoder.get_mut());
+            self.at = 0;
+        }
+        let n = (max as usize).min(self.out.len() - self.at);
+        let bytes = self.out[self.at..self.at + n].to_vec();
+        self.at += n;
+        Ok(bytes)
+    }
+
+    fn checksum(&self) -> Result<Checksum, StoreError> {
+        if !self.done || self.at < self.out.len() {
+            return Err(StoreError::Invalid(
+                "the deflated stream was not read to its end".into(),
+            ));
+        }
+        Ok(Checksum {
+            crc32: self.crc.clone().finalize(),
+            size: self.size,
+        })
     }
 }
 
@@ -177,9 +264,11 @@ pub fn run<S: Store>(store: &S, body: &str, settings: &Settings) -> Result<Summa
 
 /// Writes the archive and signs its link.
 pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summary, Failure> {
-    // The host opens the inputs ahead, so their round trips overlap. Each
-    // is still checked as it comes: a missing one rejects the job with the
-    // archive unfinished, and an unfinished archive is never visible.
+    // The host opens the inputs ahead, so their round trips overlap, and
+    // deflates the next entries on its own threads while this one is
+    // written. Each is still checked in its turn: a missing one rejects the
+    // job with the archive unfinished, and an unfinished archive is never
+    // visible.
     store.prefetch(&job.files);
     let names = job::entry_names(&job.files);
 
@@ -192,18 +281,21 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
 
     let mut read = 0u64;
     let mut chunk = Vec::with_capacity(CHUNK as usize);
+    let mut ahead: VecDeque<Result<Prepared<S>, Failure>> = VecDeque::new();
     for (index, name) in names.iter().enumerate() {
+        while ahead.len() < AHEAD && index + ahead.len() < names.len() {
+            let next = index + ahead.len();
+            ahead.push_back(prepare(
+                store,
+                &job.files[next],
+                &names[next],
+                next,
+                settings,
+            ));
+        }
+        let Prepared { info, method, body } = ahead.pop_front().expect("prepared above")?;
         let uri = &job.files[index];
         let what = format!("files[{index}] `{uri}`");
-        let info = store
-            .stat(uri)
-            .map_err(|err| Failure::from_store(&what, err))?;
-        let method =
-            if settings.level == 0 || job::already_compressed(name, info.content_type.as_deref()) {
-                CompressionMethod::Stored
-            } else {
-                CompressionMethod::Deflated
-            };
         let options = SimpleFileOptions::default()
             .compression_method(method)
             .compression_level((method == CompressionMethod::Deflated).then_some(settings.level))
@@ -211,9 +303,24 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
             .unix_permissions(0o644);
         zip.start_file(name.as_str(), options)
             .map_err(|err| zip_failure(&output_what, err))?;
-        let mut reader = store
-            .open(uri)
-            .map_err(|err| Failure::from_store(&what, err))?;
+        let mut reader = match body {
+            Body::Plain(reader) => reader,
+            Body::Deflating(deflated) => {
+                let entry = deflated_entry(&mut zip, deflated, &what, &output_what)?;
+                if entry.size != info.size {
+                    return Err(Failure::Retry(format!(
+                        "{what}: {} bytes deflated where it held {}: the object changed",
+                        entry.size, info.size
+                    )));
+                }
+                read += info.size;
+                store.debug(&format!(
+                    "added {uri} as `{name}` ({} bytes, {method}, deflated by the store)",
+                    info.size
+                ));
+                continue;
+            }
+        };
         // A large stored entry's bytes are copied by the store; they are
         // still read, for the CRC-32 the zip records, and dropped here.
         let copied = method == CompressionMethod::Stored
@@ -246,9 +353,6 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
             ));
             continue;
         }
-        // The compressor gets whole chunks whatever sizes the reads come
-        // in (they follow the network), so its output is the same on
-        // every store and every run.
         let mut entry = 0u64;
         loop {
             chunk.clear();
@@ -304,6 +408,88 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
         size: archive.size,
         files: job.files.len(),
     })
+}
+
+/// An entry made ready ahead of its turn: described, opened, and when it
+/// is deflated, deflating in the store.
+struct Prepared<S: Store> {
+    info: ObjectInfo,
+    method: CompressionMethod,
+    body: Body<S>,
+}
+
+enum Body<S: Store> {
+    Plain(S::Reader),
+    Deflating(S::Deflated),
+}
+
+fn prepare<S: Store>(
+    store: &S,
+    uri: &str,
+    name: &str,
+    index: usize,
+    settings: &Settings,
+) -> Result<Prepared<S>, Failure> {
+    let what = format!("files[{index}] `{uri}`");
+    let info = store
+        .stat(uri)
+        .map_err(|err| Failure::from_store(&what, err))?;
+    let method =
+        if settings.level == 0 || job::already_compressed(name, info.content_type.as_deref()) {
+            CompressionMethod::Stored
+        } else {
+            CompressionMethod::Deflated
+        };
+    let reader = store
+        .open(uri)
+        .map_err(|err| Failure::from_store(&what, err))?;
+    let body = if method == CompressionMethod::Deflated {
+        let level = u32::try_from(settings.level).expect("levels are 1-9 here");
+        Body::Deflating(
+            store
+                .deflate(reader, level)
+                .map_err(|err| Failure::from_store(&what, err))?,
+        )
+    } else {
+        Body::Plain(reader)
+    };
+    Ok(Prepared { info, method, body })
+}
+
+/// Writes a deflated entry's bytes, as the store deflated them, into the
+/// entry the zip writer has open, and gives it their size and CRC-32.
+fn deflated_entry<W: ObjectWriter, D: ObjectDeflated>(
+    zip: &mut ZipWriter<zip::write::StreamWriter<Sink<W>>>,
+    mut deflated: D,
+    what: &str,
+    output_what: &str,
+) -> Result<Checksum, Failure> {
+    loop {
+        let bytes = deflated
+            .read(CHUNK)
+            .map_err(|err| Failure::from_store(what, err))?;
+        if bytes.is_empty() {
+            break;
+        }
+        // SAFETY: not memory safety; the zip crate's contract that the
+        // archive stays whole. The bytes go where the entry's compressor
+        // would write them, counted as the entry's; they are DEFLATE blocks
+        // that end byte-aligned and not final, so the final block the
+        // entry's compressor writes when the entry ends (it was given no
+        // input) completes the stream.
+        let inner = unsafe { zip.get_mut() }.expect("an entry is open");
+        inner
+            .write_all(&bytes)
+            .map_err(|err| io_failure(output_what, err))?;
+    }
+    let sum = deflated
+        .checksum()
+        .map_err(|err| Failure::from_store(what, err))?;
+    // SAFETY: as in `skip_entry`: the size and CRC-32 are those of the
+    // bytes the store deflated into this entry.
+    unsafe { zip.set_file_metadata(sum.size, sum.crc32) }
+        .map_err(|err| zip_failure(output_what, err))?;
+    Ok(sum)
 }
 
 /// The archive on its way to the store: written in chunks of [`CHUNK`],
@@ -524,6 +710,7 @@ mod tests {
     impl Store for MemStore {
         type Reader = MemReader;
         type Writer = MemWriter;
+        type Deflated = InlineDeflated<MemReader>;
 
         fn stat(&self, uri: &str) -> Result<ObjectInfo, StoreError> {
             let size = match zeros_len(uri) {
@@ -610,6 +797,13 @@ mod tests {
             }
             *self.copied.borrow_mut() += length;
             Ok(true)
+        }
+        fn deflate(
+            &self,
+            reader: MemReader,
+            level: u32,
+        ) -> Result<InlineDeflated<MemReader>, StoreError> {
+            Ok(InlineDeflated::new(reader, level))
         }
     }
 

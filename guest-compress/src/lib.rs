@@ -10,7 +10,8 @@ pub mod job;
 #[cfg(target_arch = "wasm32")]
 mod component {
     use crate::archive::{
-        self, Checksum, Failure, ObjectInfo, ObjectReader, ObjectWriter, Store, StoreError,
+        self, Checksum, Failure, ObjectDeflated, ObjectInfo, ObjectReader, ObjectWriter, Store,
+        StoreError,
     };
     use bindings::wasq::processor::{blobs, config, log, records, types};
     use bindings::{Guest, Message, Outcome};
@@ -81,6 +82,19 @@ mod component {
         }
     }
 
+    impl ObjectDeflated for blobs::Deflated {
+        fn read(&mut self, max: u32) -> Result<Vec<u8>, StoreError> {
+            Ok(blobs::Deflated::read(self, max)?)
+        }
+        fn checksum(&self) -> Result<Checksum, StoreError> {
+            let sum = blobs::Deflated::checksum(self)?;
+            Ok(Checksum {
+                crc32: sum.crc32,
+                size: sum.size,
+            })
+        }
+    }
+
     impl ObjectWriter for blobs::Writer {
         fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
             Ok(blobs::Writer::write(self, chunk)?)
@@ -93,6 +107,7 @@ mod component {
     impl Store for Host {
         type Reader = blobs::Reader;
         type Writer = blobs::Writer;
+        type Deflated = blobs::Deflated;
 
         fn stat(&self, uri: &str) -> Result<ObjectInfo, StoreError> {
             Ok(info(blobs::stat(uri)?))
@@ -136,6 +151,15 @@ mod component {
             length: u64,
         ) -> Result<bool, StoreError> {
             Ok(writer.append_from(reader, offset, length)?)
+        }
+        fn deflate(
+            &self,
+            reader: blobs::Reader,
+            level: u32,
+        ) -> Result<blobs::Deflated, StoreError> {
+            let level = u8::try_from(level)
+                .map_err(|_| StoreError::Invalid(format!("deflate level {level}")))?;
+            Ok(blobs::deflate(reader, level)?)
         }
     }
 

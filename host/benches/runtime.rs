@@ -15,7 +15,7 @@
 mod shared;
 
 use guest_compress::archive::{
-    self, ObjectInfo, ObjectReader, ObjectWriter, Settings, Store, StoreError,
+    self, InlineDeflated, ObjectInfo, ObjectReader, ObjectWriter, Settings, Store, StoreError,
 };
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -369,6 +369,7 @@ impl ObjectWriter for NativeWriter {
 impl Store for NativeStore {
     type Reader = NativeReader;
     type Writer = NativeWriter;
+    type Deflated = InlineDeflated<NativeReader>;
 
     fn stat(&self, uri: &str) -> Result<ObjectInfo, StoreError> {
         let meta =
@@ -403,4 +404,8 @@ impl Store for NativeStore {
     }
 
     fn info(&self, _: &str) {}
+
+    fn deflate(&self, reader: NativeReader, level: u32) -> Result<Self::Deflated, StoreError> {
+        Ok(InlineDeflated::new(reader, level))
+    }
 }

@@ -402,3 +402,33 @@ async fn the_archive_is_byte_identical_whatever_order_reads_complete_in() {
     let b = std::fs::read(env.root().join("archives/reversed.zip")).unwrap();
     assert!(a == b, "the archives differ");
 }
+
+#[tokio::test]
+async fn what_the_host_deflates_counts_against_the_bytes_read_limit() {
+    let env = Env::new();
+    env.put("docs/log.txt", &text(3 << 20));
+    let job = job("j", &["s3://docs/log.txt"], "s3://archives/j.zip");
+    let limits = Limits {
+        bytes_read: 2 << 20,
+        ..Limits::default()
+    };
+    // The text is deflated by the host: its 3 MiB count when the stream
+    // starts, before a byte of it is read.
+    let (over, _) = run(
+        &harness::compress(limits, BTreeMap::new()),
+        &env.services,
+        &message("m", &job),
+    )
+    .await;
+    assert_eq!(over.fault, Some(wasq::runtime::Fault::BytesRead(2 << 20)));
+    assert!(!env.root().join("archives/j.zip").exists());
+
+    let (within, _) = run(
+        &harness::compress(Limits::default(), BTreeMap::new()),
+        &env.services,
+        &message("m", &job),
+    )
+    .await;
+    assert_eq!(within.usage.bytes_read, 3 << 20);
+    assert_eq!(result_of(&within.outcome)["files"], 1);
+}

@@ -10,6 +10,7 @@ wasmtime::component::bindgen!({
     with: {
         "wasq:processor/blobs.reader": crate::runtime::host::blobs::ReaderHandle,
         "wasq:processor/blobs.writer": crate::runtime::host::blobs::WriterHandle,
+        "wasq:processor/blobs.deflated": crate::runtime::host::blobs::DeflatedHandle,
     },
     trappable_error_type: {
         "wasq:processor/blobs.error" => crate::runtime::host::HostBlobError,

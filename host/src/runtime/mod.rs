@@ -3,6 +3,7 @@
 
 mod bindings;
 pub mod cache;
+pub mod deflate;
 pub mod grants;
 pub mod host;
 pub mod limits;

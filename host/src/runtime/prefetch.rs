@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// Objects opened ahead at once, per message.
-pub const WINDOW: usize = 32;
+pub const WINDOW: usize = 64;
 /// Hinted objects waiting their turn, per message; more are ignored.
 pub const MAX_WAITING: usize = 100_000;
 

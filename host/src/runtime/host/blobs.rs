@@ -4,6 +4,7 @@
 use super::HostBlobError;
 use crate::blobs::{BlobError, BlobReader, BlobUri, BlobWriter, CreateOptions, ObjectInfo};
 use crate::runtime::bindings::blobs as wit;
+use crate::runtime::deflate::Deflation;
 use crate::runtime::state::{Fault, HostState};
 use std::time::Duration;
 use wasmtime::component::Resource;
@@ -14,8 +15,14 @@ pub const MAX_OPEN_HANDLES: usize = 64;
 /// processor cannot make the host allocate without bound.
 pub const MAX_READ_CHUNK: usize = 8 << 20;
 
-/// A reader as the resource table holds it.
-pub struct ReaderHandle(Box<dyn BlobReader>);
+/// A reader as the resource table holds it, with how much was read.
+pub struct ReaderHandle {
+    reader: Box<dyn BlobReader>,
+    read: u64,
+}
+
+/// A stream being deflated by the host, as the resource table holds it.
+pub struct DeflatedHandle(Deflation);
 
 /// A writer as the resource table holds it; `None` once finished.
 pub struct WriterHandle {
@@ -73,7 +80,7 @@ impl wit::Host for HostState {
             None => self.services.blobs.open(&uri, &self.budget).await,
         };
         match opened {
-            Ok(reader) => Ok(self.table.push(ReaderHandle(reader))?),
+            Ok(reader) => Ok(self.table.push(ReaderHandle { reader, read: 0 })?),
             Err(err) => {
                 self.release_handle();
                 Err(err.into())
@@ -135,6 +142,33 @@ impl wit::Host for HostState {
         Ok(())
     }
 
+    async fn deflate(
+        &mut self,
+        source: Resource<ReaderHandle>,
+        level: u8,
+    ) -> Result<Resource<DeflatedHandle>, HostBlobError> {
+        // The reader is taken whatever happens, as the signature says.
+        let ReaderHandle { reader, read } = self.table.delete(source)?;
+        if !(1..=9).contains(&level) {
+            self.release_handle();
+            return Err(BlobError::Invalid(format!(
+                "deflate level {level} is not 1-9 (level 0 is no compression: read the object)"
+            ))
+            .into());
+        }
+        // Everything still to read counts now, as if read: the stream
+        // reads it on the processor's behalf.
+        let rest = reader.info().size.saturating_sub(read);
+        let limit = self.limits.bytes_read;
+        if self.usage.bytes_read.saturating_add(rest) > limit {
+            self.release_handle();
+            return Err(self.exceed(Fault::BytesRead(limit)).into());
+        }
+        self.usage.bytes_read += rest;
+        let deflation = Deflation::start(reader, rest, u32::from(level), self.budget.clone());
+        Ok(self.table.push(DeflatedHandle(deflation))?)
+    }
+
     fn convert_error(&mut self, err: HostBlobError) -> wasmtime::Result<wit::Error> {
         match err {
             HostBlobError::Blob(BlobError::NotFound(m)) => Ok(wit::Error::NotFound(m)),
@@ -162,7 +196,8 @@ impl wit::HostReader for HostState {
             .min(MAX_READ_CHUNK)
             .min(usize::try_from(allowance).unwrap_or(usize::MAX));
         let handle = self.table.get_mut(&reader)?;
-        let chunk = handle.0.read(want).await?;
+        let chunk = handle.reader.read(want).await?;
+        handle.read += chunk.len() as u64;
         self.usage.bytes_read += chunk.len() as u64;
         if self.usage.bytes_read > limit {
             return Err(self.exceed(Fault::BytesRead(limit)).into());
@@ -174,7 +209,7 @@ impl wit::HostReader for HostState {
         &mut self,
         reader: Resource<ReaderHandle>,
     ) -> Result<Option<wit::ObjectChecksum>, HostBlobError> {
-        let checksum = self.table.get(&reader)?.0.checksum().await?;
+        let checksum = self.table.get(&reader)?.reader.checksum().await?;
         Ok(checksum.map(|c| wit::ObjectChecksum {
             crc32: c.crc32,
             size: c.size,
@@ -224,7 +259,7 @@ impl wit::HostWriter for HostState {
         offset: u64,
         length: u64,
     ) -> Result<bool, HostBlobError> {
-        let object = self.table.get(&source)?.0.info().clone();
+        let object = self.table.get(&source)?.reader.info().clone();
         if offset
             .checked_add(length)
             .is_none_or(|end| end > object.size)
@@ -284,6 +319,36 @@ impl wit::HostWriter for HostState {
     async fn drop(&mut self, writer: Resource<WriterHandle>) -> wasmtime::Result<()> {
         // An unfinished writer is discarded by its own drop.
         self.table.delete(writer)?;
+        self.release_handle();
+        Ok(())
+    }
+}
+
+impl wit::HostDeflated for HostState {
+    async fn read(
+        &mut self,
+        deflated: Resource<DeflatedHandle>,
+        max: u32,
+    ) -> Result<Vec<u8>, HostBlobError> {
+        let want = (max as usize).clamp(1, MAX_READ_CHUNK);
+        Ok(self.table.get_mut(&deflated)?.0.read(want).await?)
+    }
+
+    async fn checksum(
+        &mut self,
+        deflated: Resource<DeflatedHandle>,
+    ) -> Result<wit::ObjectChecksum, HostBlobError> {
+        let sum = self.table.get(&deflated)?.0.checksum().ok_or_else(|| {
+            BlobError::Invalid("the deflated stream was not read to its end".to_string())
+        })?;
+        Ok(wit::ObjectChecksum {
+            crc32: sum.crc32,
+            size: sum.size,
+        })
+    }
+
+    async fn drop(&mut self, deflated: Resource<DeflatedHandle>) -> wasmtime::Result<()> {
+        self.table.delete(deflated)?;
         self.release_handle();
         Ok(())
     }
