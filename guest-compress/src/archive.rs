@@ -122,10 +122,11 @@ pub trait Store {
 
 /// Deflates a reader here, as it is read: for stores that cannot deflate
 /// elsewhere (the tests' and the native benchmark's). It makes the stream
-/// the host makes: whole chunks of [`CHUNK`], ending with a sync flush.
+/// the host makes: each whole chunk of [`CHUNK`] deflated on its own and
+/// ended with a sync flush.
 pub struct InlineDeflated<R> {
     reader: R,
-    encoder: DeflateEncoder<Vec<u8>>,
+    level: u32,
     crc: crc32fast::Hasher,
     size: u64,
     done: bool,
@@ -137,7 +138,7 @@ impl<R: ObjectReader> InlineDeflated<R> {
     pub fn new(reader: R, level: u32) -> Self {
         InlineDeflated {
             reader,
-            encoder: DeflateEncoder::new(Vec::new(), Compression::new(level)),
+            level,
             crc: crc32fast::Hasher::new(),
             size: 0,
             done: false,
@@ -161,12 +162,11 @@ impl<R: ObjectReader> ObjectDeflated for InlineDeflated<R> {
             }
             self.crc.update(&chunk);
             self.size += chunk.len() as u64;
-            self.encoder.write_all(&chunk).map_err(unwritable)?;
-            if chunk.len() < CHUNK as usize {
-                self.encoder.flush().map_err(unwritable)?;
-                self.done = true;
-            }
-            self.out = std::mem::take(self.encoder.get_mut());
+            self.done = chunk.len() < CHUNK as usize;
+            let mut encoder = DeflateEncoder::new(Vec::new(), Compression::new(self.level));
+            encoder.write_all(&chunk).map_err(unwritable)?;
+            encoder.flush().map_err(unwritable)?;
+            self.out = std::mem::take(encoder.get_mut());
             self.at = 0;
         }
         let n = (max as usize).min(self.out.len() - self.at);
