@@ -81,9 +81,27 @@ fn timed_get(addr: &str, path: &str, expect: &str, runs: usize) -> anyhow::Resul
     Ok(median(samples))
 }
 
+/// The CPU seconds (user + system) process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
 /// Messages per second through `wasq run` on `MESSAGES` no-op messages,
-/// with the overview fetched every second when `watched`.
-fn dispatch_rate(watched: bool) -> anyhow::Result<f64> {
+/// with the overview fetched every second when `watched`, and the host's
+/// CPU time per message over the same stretch, in microseconds.
+fn dispatch_rate(watched: bool) -> anyhow::Result<(f64, f64)> {
     const MESSAGES: usize = 20_000;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
@@ -125,6 +143,7 @@ fn dispatch_rate(watched: bool) -> anyhow::Result<f64> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
+    let pid = host.id();
     let _host = Killed(host);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = watched.then(|| {
@@ -166,20 +185,66 @@ fn dispatch_rate(watched: bool) -> anyhow::Result<f64> {
         );
         let count = done(&addr);
         if count >= 1.0 && first.is_none() {
-            first = Some((Instant::now(), count));
+            first = Some((Instant::now(), count, cpu_seconds(pid)));
         }
         if count >= MESSAGES as f64 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (at, counted) = first.expect("a first message was seen");
+    let (at, counted, cpu_at) = first.expect("a first message was seen");
     let rate = (MESSAGES as f64 - counted) / at.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds(pid) - cpu_at) / (MESSAGES as f64 - counted) * 1e6;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(watcher) = watcher {
         let _ = watcher.join();
     }
-    Ok(rate)
+    Ok((rate, cpu))
+}
+
+/// The host's CPU time for one look at the overview (the page and its
+/// chart data), in milliseconds: 200 looks at an idle host bound to an
+/// empty queue, less what it spends idle over as long.
+fn overview_cost() -> anyhow::Result<f64> {
+    const LOOKS: u32 = 200;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let runtime = tokio::runtime::Runtime::new()?;
+    let queues = LocalQueues::open(&data)?;
+    runtime.block_on(queues.create("idle", QueueOptions::default()))?;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let host = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .current_dir(dir.path())
+        .env("WASQ_DATA_DIR", &data)
+        .env("WASQ_LOG", "warn")
+        .args(["run", "--queue", "local://idle", "--no-dlq"])
+        .args(["--plugin", wasq_test_guests::ROGUE, "--listen", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = host.id();
+    let _host = Killed(host);
+    let started = Instant::now();
+    while http(&addr, "GET", "/overview.json", "").is_err() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the host did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (idle_at, idle_cpu) = (Instant::now(), cpu_seconds(pid));
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rate = (cpu_seconds(pid) - idle_cpu) / idle_at.elapsed().as_secs_f64();
+    let (at, cpu) = (Instant::now(), cpu_seconds(pid));
+    for _ in 0..LOOKS {
+        let (status, _) = http(&addr, "GET", "/", "")?;
+        anyhow::ensure!(status == 200, "the overview answered {status}");
+        http(&addr, "GET", "/overview.json", "")?;
+    }
+    let spent = cpu_seconds(pid) - cpu - idle_rate * at.elapsed().as_secs_f64();
+    Ok(spent / f64::from(LOOKS) * 1e3)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -347,19 +412,32 @@ fn main() -> anyhow::Result<()> {
         alone.push(dispatch_rate(false)?);
         watched.push(dispatch_rate(true)?);
     }
-    let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
+    type Pick = fn(&(f64, f64)) -> f64;
+    let mean =
+        |runs: &[(f64, f64)], pick: Pick| runs.iter().map(pick).sum::<f64>() / runs.len() as f64;
+    let (rate, cpu): (Pick, Pick) = (|r| r.0, |r| r.1);
     println!("\nno-op dispatch, 20,000 messages, concurrency 16 ({RUNS} runs each, alternating):");
+    for (what, runs) in [
+        ("nobody looking", &alone),
+        ("overview fetched every 1 s", &watched),
+    ] {
+        println!(
+            "  {what:<27}{:>8.0} messages/s, host CPU {:>5.1} µs/message  {:.0?} {:.1?}",
+            mean(runs, rate),
+            mean(runs, cpu),
+            runs.iter().map(rate).collect::<Vec<_>>(),
+            runs.iter().map(cpu).collect::<Vec<_>>(),
+        );
+    }
+    let look = overview_cost()?;
     println!(
-        "  nobody looking             {:>8.0} messages/s  {alone:.0?}",
-        mean(&alone)
+        "  one look at the overview (page and chart data): {look:.2} ms of the host's CPU, {:.2} % of the CPU dispatch used per second",
+        look / 1e3 / (mean(&alone, rate) * mean(&alone, cpu) / 1e6) * 100.0
     );
     println!(
-        "  overview fetched every 1 s {:>8.0} messages/s  {watched:.0?}",
-        mean(&watched)
-    );
-    println!(
-        "  change with the console polled: {:+.1} %",
-        (mean(&watched) / mean(&alone) - 1.0) * 100.0
+        "  change with the console polled: throughput {:+.1} %, host CPU per message {:+.1} %",
+        (mean(&watched, rate) / mean(&alone, rate) - 1.0) * 100.0,
+        (mean(&watched, cpu) / mean(&alone, cpu) - 1.0) * 100.0
     );
     Ok(())
 }
