@@ -283,7 +283,13 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
     let mut chunk = Vec::with_capacity(CHUNK as usize);
     let mut ahead: VecDeque<Result<Prepared<S>, Failure>> = VecDeque::new();
     for (index, name) in names.iter().enumerate() {
-        while ahead.len() < AHEAD && index + ahead.len() < names.len() {
+        // Once an entry failed, none after it is started: its failure is
+        // the job's, and a later one must not end the run first (a
+        // bytes-read limit passed by a stream started ahead would).
+        while ahead.len() < AHEAD
+            && index + ahead.len() < names.len()
+            && ahead.back().is_none_or(Result::is_ok)
+        {
             let next = index + ahead.len();
             ahead.push_back(prepare(
                 store,
@@ -464,10 +470,14 @@ fn deflated_entry<W: ObjectWriter, D: ObjectDeflated>(
     what: &str,
     output_what: &str,
 ) -> Result<Checksum, Failure> {
+    // The store fails the stream as invalid when the object changed while
+    // it was read: worth another try, as for a copy.
+    let failed = |err: StoreError| match err {
+        StoreError::Invalid(_) => Failure::Retry(format!("{what}: deflating it: {err}")),
+        err => Failure::from_store(&format!("{what}: deflating it"), err),
+    };
     loop {
-        let bytes = deflated
-            .read(CHUNK)
-            .map_err(|err| Failure::from_store(what, err))?;
+        let bytes = deflated.read(CHUNK).map_err(failed)?;
         if bytes.is_empty() {
             break;
         }
@@ -482,9 +492,7 @@ fn deflated_entry<W: ObjectWriter, D: ObjectDeflated>(
             .write_all(&bytes)
             .map_err(|err| io_failure(output_what, err))?;
     }
-    let sum = deflated
-        .checksum()
-        .map_err(|err| Failure::from_store(what, err))?;
+    let sum = deflated.checksum().map_err(failed)?;
     // SAFETY: as in `skip_entry`: the size and CRC-32 are those of the
     // bytes the store deflated into this entry.
     unsafe { zip.set_file_metadata(sum.size, sum.crc32) }
@@ -855,6 +863,31 @@ mod tests {
         );
         assert!(store.written.borrow().is_empty());
         assert!(store.records.borrow().is_empty());
+    }
+
+    /// Entries are opened (and deflating) ahead, but a failure is still
+    /// the first failing file's, and nothing after it is started.
+    #[test]
+    fn the_first_failing_file_is_the_one_named() {
+        let store = MemStore::default();
+        for name in ["a.txt", "b.txt", "c.txt"] {
+            store
+                .objects
+                .borrow_mut()
+                .insert(format!("s3://d/{name}"), b"text".repeat(1000));
+        }
+        let body = serde_json::json!({
+            "job_id": "j",
+            "files": ["s3://d/a.txt", "s3://d/gone-1.txt", "s3://d/b.txt", "s3://d/gone-2.txt", "s3://d/c.txt"],
+            "output": "s3://o/j.zip"
+        })
+        .to_string();
+        let failure = run(&store, &body, &Settings::default()).unwrap_err();
+        assert_eq!(
+            failure,
+            Failure::Reject("files[1] `s3://d/gone-1.txt`: not found: s3://d/gone-1.txt".into())
+        );
+        assert!(store.written.borrow().is_empty());
     }
 
     /// A large stored entry the store copies itself gives the very archive

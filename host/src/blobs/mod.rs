@@ -170,6 +170,8 @@ pub struct Budget {
     reading: std::sync::Arc<tokio::sync::Semaphore>,
     uploading: std::sync::Arc<tokio::sync::Semaphore>,
     total: u64,
+    /// Told whenever a reservation is dropped, for those waiting for room.
+    freed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Budget permits are counted in KiB, so `u32` permits cover 4 TiB.
@@ -186,7 +188,14 @@ impl Budget {
             reading: std::sync::Arc::new(tokio::sync::Semaphore::new(units as usize / 2)),
             uploading: std::sync::Arc::new(tokio::sync::Semaphore::new(units as usize / 2)),
             total: units * BUDGET_UNIT,
+            freed: Default::default(),
         }
+    }
+
+    /// Told whenever a reservation is given back: those waiting for room
+    /// try again then.
+    pub fn freed(&self) -> &tokio::sync::Notify {
+        &self.freed
     }
 
     /// The budget in bytes.
@@ -225,7 +234,7 @@ impl Budget {
             .try_acquire_many_owned(units)
             .map_err(|_| self.full(what))?;
         let mut held = self.reserve(bytes, what)?;
-        held.1 = Some(share);
+        held.share = Some(share);
         Ok(held)
     }
 
@@ -242,7 +251,11 @@ impl Budget {
     pub fn reserve(&self, bytes: u64, what: &str) -> Result<Reservation, BlobError> {
         let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
         match self.permits.clone().try_acquire_many_owned(units) {
-            Ok(permit) => Ok(Reservation(permit, None)),
+            Ok(permit) => Ok(Reservation {
+                whole: Some(permit),
+                share: None,
+                freed: self.freed.clone(),
+            }),
             Err(_) => Err(BlobError::Denied(format!(
                 "{what}: the message's buffer budget of {} is in use ({} held); finish or drop a reader or writer first",
                 crate::runtime::limits::Bytes(self.total),
@@ -260,10 +273,20 @@ impl Default for Budget {
 
 /// Budget held until dropped (with its share of read-ahead, for a read).
 #[derive(Debug)]
-pub struct Reservation(
-    #[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit,
-    #[allow(dead_code, reason = "held for its drop")] Option<tokio::sync::OwnedSemaphorePermit>,
-);
+pub struct Reservation {
+    whole: Option<tokio::sync::OwnedSemaphorePermit>,
+    share: Option<tokio::sync::OwnedSemaphorePermit>,
+    freed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // The room first, then the news.
+        drop(self.share.take());
+        drop(self.whole.take());
+        self.freed.notify_waiters();
+    }
+}
 
 /// An object store.
 #[async_trait]

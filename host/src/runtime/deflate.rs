@@ -6,20 +6,26 @@
 //! the store's reads come in) and deflates each chunk on its own, with a
 //! fresh compressor, ending it with a sync flush: the chunks' outputs,
 //! byte-aligned and none of them final, follow one another as one DEFLATE
-//! stream, and each depends only on its chunk's bytes, so the stream is the
-//! same on every store and every run, and the chunks of one object, like
-//! those of many, compress in parallel (a back-reference never crosses a
-//! chunk: about 0.1 % of size, at 1 MiB chunks). A chunk is compressed on
-//! a blocking thread once it holds one of the host's CPU permits (one per
-//! core, for every message's streams, in the order asked for).
+//! stream, and each depends only on its chunk's bytes and the level, so the
+//! stream is the same on every store and every run of this host, and the
+//! chunks of one object, like those of many, compress in parallel (a
+//! back-reference never crosses a chunk: about 0.1 % of size, at 1 MiB).
+//!
+//! CPU: a chunk is compressed on a blocking thread holding one of the
+//! host's CPU permits (one per core, for every message together) for as
+//! long as it runs, even past its stream's end. A message's streams ask
+//! for at most as many permits at once as there are cores ([`Share`]), so
+//! the permits' queue takes messages in turn rather than one message's
+//! whole backlog first. A dropped stream's chunks stop within 64 KiB.
 //!
 //! Memory: before a stream reads a chunk it reserves the chunk's worst case
-//! ([`HELD`]) in the message's buffer budget, within the half read-ahead
-//! may hold, and keeps it until the processor has taken the compressed
-//! bytes. When the budget is full a stream waits, unless the processor is
-//! waiting for it, which then takes the chunk at once. Beyond the budget:
-//! a chunk's output while it is compressed, one per core. Dropping the
-//! stream stops it and the compressions it started.
+//! (at most [`HELD`]) in the message's buffer budget, within the half
+//! read-ahead may hold, and keeps it until the processor has taken the
+//! compressed bytes. When the budget is full a stream waits until a
+//! reservation is given back, unless the processor is waiting for it with
+//! nothing queued, which then takes that chunk at once. Beyond the budget:
+//! the chunk being handed to a waiting processor, and a chunk's output
+//! while it is compressed, one per core for the whole host.
 
 use crate::blobs::{BlobError, BlobReader, Budget, Checksum, Reservation};
 use flate2::Compression;
@@ -28,7 +34,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::task::AbortOnDropHandle;
 
 /// Bytes deflated at a time, each chunk on its own.
@@ -36,26 +42,62 @@ pub const CHUNK: usize = 1 << 20;
 /// What one chunk may hold at most, reserved before it is read: its input,
 /// then its output (deflate adds at most 5 bytes per 16 KiB, plus the
 /// flush, to bytes that do not compress).
-pub const HELD: u64 = CHUNK as u64 + CHUNK as u64 / 64;
-/// Chunks one stream has under way or waiting at most; the budget is the
-/// bound that matters, this only caps a stream's queue.
+pub const HELD: u64 = worst_case(CHUNK as u64);
+/// Bytes compressed between looks at whether the stream was dropped.
+const SLICE: usize = 64 << 10;
+/// Chunks one stream has under way or waiting at most.
 const QUEUE: usize = 64;
+
+const fn worst_case(input: u64) -> u64 {
+    input + input / 64 + 64
+}
+
+/// The level `deflate` was asked for, if it is one (1-9).
+pub fn level(asked: u8) -> Result<u32, BlobError> {
+    if (1..=9).contains(&asked) {
+        Ok(u32::from(asked))
+    } else {
+        Err(BlobError::Invalid(format!(
+            "deflate level {asked} is not 1-9 (level 0 is no compression: read the object)"
+        )))
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// One permit per core, for every message's deflate work together.
 fn cpu() -> &'static Arc<Semaphore> {
     static CPU: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    CPU.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Arc::new(Semaphore::new(cores))
-    })
+    CPU.get_or_init(|| Arc::new(Semaphore::new(cores())))
+}
+
+/// One message's share of the host's CPU permits: its streams together
+/// ask for at most one per core at once.
+#[derive(Clone)]
+pub struct Share(Arc<Semaphore>);
+
+impl Default for Share {
+    fn default() -> Self {
+        Share(Arc::new(Semaphore::new(cores())))
+    }
 }
 
 /// A chunk on its way: compressing, or compressed; with the end's checksum
 /// if it is the last.
 struct Pending {
     job: AbortOnDropHandle<Result<Vec<u8>, BlobError>>,
-    _held: Option<Reservation>,
+    held: Option<Reservation>,
     end: Option<Checksum>,
+}
+
+/// Whether the processor waits for a stream's next chunk, and a bell for
+/// the stream when it starts to.
+#[derive(Default)]
+struct Wanted {
+    now: AtomicBool,
+    bell: Notify,
 }
 
 /// A stream being deflated, as the processor reads it.
@@ -65,31 +107,50 @@ pub struct Deflation {
     current: Vec<u8>,
     at: usize,
     /// What `current` holds in the budget.
-    _held: Option<Reservation>,
+    held: Option<Reservation>,
     /// Set once the last chunk arrived.
     end: Option<Checksum>,
     /// Set once `read` returned the end.
     finished: bool,
-    /// Set while the processor waits for this stream's next chunk.
-    wanted: Arc<AtomicBool>,
+    wanted: Arc<Wanted>,
+    /// Set when the stream is dropped: its chunks stop compressing.
+    dropped: Arc<AtomicBool>,
     _task: AbortOnDropHandle<()>,
 }
 
 impl Deflation {
     /// Starts deflating the rest of `reader`, which should hold `expected`
-    /// more bytes, at `level` (1-9).
-    pub fn start(reader: Box<dyn BlobReader>, expected: u64, level: u32, budget: Budget) -> Self {
+    /// more bytes, at `level` (1-9), within the message's `budget` and
+    /// `share` of the cores.
+    pub fn start(
+        reader: Box<dyn BlobReader>,
+        expected: u64,
+        level: u32,
+        budget: Budget,
+        share: Share,
+    ) -> Self {
         let (tx, pending) = mpsc::channel(QUEUE);
-        let wanted = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(reader, expected, level, budget, tx, wanted.clone()));
+        let wanted = Arc::new(Wanted::default());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let stream = Stream {
+            expected,
+            level,
+            budget,
+            share,
+            tx,
+            wanted: wanted.clone(),
+            dropped: dropped.clone(),
+        };
+        let task = tokio::spawn(stream.run(reader));
         Deflation {
             pending,
             current: Vec::new(),
             at: 0,
-            _held: None,
+            held: None,
             end: None,
             finished: false,
             wanted,
+            dropped,
             _task: AbortOnDropHandle::new(task),
         }
     }
@@ -97,14 +158,15 @@ impl Deflation {
     /// Up to `max` compressed bytes; empty at the end.
     pub async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError> {
         while self.at == self.current.len() {
-            self._held = None;
+            self.held = None;
             if self.end.is_some() {
                 self.finished = true;
                 return Ok(Vec::new());
             }
-            self.wanted.store(true, Ordering::Release);
+            self.wanted.now.store(true, Ordering::Release);
+            self.wanted.bell.notify_one();
             let next = self.pending.recv().await;
-            self.wanted.store(false, Ordering::Release);
+            self.wanted.now.store(false, Ordering::Release);
             let pending = next.ok_or_else(|| {
                 BlobError::Unavailable("deflating: the stream stopped".to_string())
             })??;
@@ -113,7 +175,7 @@ impl Deflation {
                 .await
                 .map_err(|err| BlobError::Unavailable(format!("deflating: {err}")))??;
             self.at = 0;
-            self._held = pending._held;
+            self.held = pending.held;
             self.end = pending.end;
         }
         let n = max.min(self.current.len() - self.at);
@@ -129,102 +191,130 @@ impl Deflation {
     }
 }
 
-async fn run(
-    reader: Box<dyn BlobReader>,
-    expected: u64,
-    level: u32,
-    budget: Budget,
-    tx: mpsc::Sender<Result<Pending, BlobError>>,
-    wanted: Arc<AtomicBool>,
-) {
-    if let Err(err) = read_all(reader, expected, level, &budget, &tx, &wanted).await {
-        let _ = tx.send(Err(err)).await;
+impl Drop for Deflation {
+    fn drop(&mut self) {
+        self.dropped.store(true, Ordering::Release);
     }
 }
 
-/// Reads the object chunk by chunk and starts each chunk's compression.
-async fn read_all(
-    mut reader: Box<dyn BlobReader>,
+/// The reading side of a stream: it reads the object chunk by chunk and
+/// starts each chunk's compression.
+struct Stream {
     expected: u64,
     level: u32,
-    budget: &Budget,
-    tx: &mpsc::Sender<Result<Pending, BlobError>>,
-    wanted: &AtomicBool,
-) -> Result<(), BlobError> {
-    let uri = reader.info().uri.clone();
-    let changed = |seen: u64| {
-        BlobError::Invalid(format!(
-            "`{uri}` changed while it was deflated: {seen} bytes where {expected} were expected"
-        ))
-    };
-    let mut crc = crc32fast::Hasher::new();
-    let mut total = 0u64;
-    loop {
-        let held = hold(budget, wanted, tx).await;
-        let chunk = fill(reader.as_mut(), CHUNK).await?;
-        total += chunk.len() as u64;
-        let end = chunk.len() < CHUNK;
-        if total > expected || (end && total != expected) {
-            return Err(changed(total));
+    budget: Budget,
+    share: Share,
+    tx: mpsc::Sender<Result<Pending, BlobError>>,
+    wanted: Arc<Wanted>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl Stream {
+    async fn run(self, reader: Box<dyn BlobReader>) {
+        if let Err(err) = self.read_all(reader).await {
+            let _ = self.tx.send(Err(err)).await;
         }
-        crc.update(&chunk);
-        let job = tokio::spawn(async move {
-            let _permit =
-                cpu().clone().acquire_owned().await.map_err(|_| {
-                    BlobError::Unavailable("deflating: the host is stopping".into())
-                })?;
-            tokio::task::spawn_blocking(move || deflate_chunk(&chunk, level))
+    }
+
+    async fn read_all(&self, mut reader: Box<dyn BlobReader>) -> Result<(), BlobError> {
+        let uri = reader.info().uri.clone();
+        let changed = |seen: u64| {
+            BlobError::Invalid(format!(
+                "`{uri}` changed while it was deflated: {seen} bytes where {} were expected",
+                self.expected
+            ))
+        };
+        let mut crc = crc32fast::Hasher::new();
+        let mut total = 0u64;
+        loop {
+            let left = self.expected.saturating_sub(total).min(CHUNK as u64);
+            let held = self.hold(worst_case(left)).await;
+            let chunk = fill(reader.as_mut(), CHUNK).await?;
+            total += chunk.len() as u64;
+            let end = chunk.len() < CHUNK;
+            if total > self.expected || (end && total != self.expected) {
+                return Err(changed(total));
+            }
+            crc.update(&chunk);
+            let (share, level, dropped) = (self.share.clone(), self.level, self.dropped.clone());
+            let job = tokio::spawn(async move {
+                let stopping = |_| BlobError::Unavailable("deflating: the host is stopping".into());
+                let turn = share.0.acquire_owned().await.map_err(stopping)?;
+                let permit = cpu().clone().acquire_owned().await.map_err(stopping)?;
+                // The permits go with the work: a compression that outlives
+                // its stream still counts until it stops.
+                tokio::task::spawn_blocking(move || {
+                    let _held = (turn, permit);
+                    deflate_chunk(&chunk, level, &dropped)
+                })
                 .await
                 .map_err(|err| BlobError::Unavailable(format!("deflating: {err}")))?
-        });
-        let pending = Pending {
-            job: AbortOnDropHandle::new(job),
-            _held: held,
-            end: end.then(|| Checksum {
-                crc32: crc.clone().finalize(),
-                size: total,
-            }),
-        };
-        if tx.send(Ok(pending)).await.is_err() || end {
-            return Ok(());
+            });
+            let pending = Pending {
+                job: AbortOnDropHandle::new(job),
+                held,
+                end: end.then(|| Checksum {
+                    crc32: crc.clone().finalize(),
+                    size: total,
+                }),
+            };
+            if self.tx.send(Ok(pending)).await.is_err() || end {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reserves `bytes` in the message's budget; while it is full, waits
+    /// until a reservation is given back, or until the processor waits for
+    /// this stream with nothing queued, and then goes on without (the
+    /// processor takes that chunk at once).
+    async fn hold(&self, bytes: u64) -> Option<Reservation> {
+        loop {
+            let freed = self.budget.freed().notified();
+            let wanted = self.wanted.bell.notified();
+            if let Ok(held) = self
+                .budget
+                .reserve_for_reading(bytes, "chunks being deflated")
+            {
+                return Some(held);
+            }
+            if self.wanted.now.load(Ordering::Acquire)
+                && self.tx.capacity() == self.tx.max_capacity()
+            {
+                return None;
+            }
+            // A reservation given back, or the processor starting to wait;
+            // the timeout only covers a bell rung before the wait began.
+            tokio::select! {
+                () = freed => {}
+                () = wanted => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
     }
 }
 
 /// One chunk deflated on its own, ending with a sync flush: byte-aligned,
 /// with no final block, which the container's writer adds after the last.
-fn deflate_chunk(chunk: &[u8], level: u32) -> Result<Vec<u8>, BlobError> {
+/// Stops early, failing, once the stream is dropped.
+fn deflate_chunk(chunk: &[u8], level: u32, dropped: &AtomicBool) -> Result<Vec<u8>, BlobError> {
+    let failed = |err: std::io::Error| BlobError::Unavailable(format!("deflating: {err}"));
     let mut encoder = DeflateEncoder::new(
         Vec::with_capacity(chunk.len() / 2 + 64),
         Compression::new(level),
     );
-    encoder
-        .write_all(chunk)
-        .and_then(|()| encoder.flush())
-        .map_err(|err| BlobError::Unavailable(format!("deflating: {err}")))?;
+    for slice in chunk.chunks(SLICE) {
+        if dropped.load(Ordering::Acquire) {
+            return Err(BlobError::Unavailable(
+                "deflating: the stream was dropped".into(),
+            ));
+        }
+        encoder.write_all(slice).map_err(failed)?;
+    }
+    encoder.flush().map_err(failed)?;
     // What the encoder would add when dropped goes into the vector it
     // drops, not into the stream.
     Ok(std::mem::take(encoder.get_mut()))
-}
-
-/// Reserves a chunk's worst case in the message's budget; while it is full,
-/// waits until there is room, or until the processor waits for this stream
-/// with nothing left in its queue, and then goes on without (the processor
-/// takes that chunk at once).
-async fn hold(
-    budget: &Budget,
-    wanted: &AtomicBool,
-    tx: &mpsc::Sender<Result<Pending, BlobError>>,
-) -> Option<Reservation> {
-    loop {
-        if let Ok(held) = budget.reserve_for_reading(HELD, "chunks being deflated") {
-            return Some(held);
-        }
-        if wanted.load(Ordering::Acquire) && tx.capacity() == tx.max_capacity() {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 /// Reads until `want` bytes or the end.
@@ -347,7 +437,7 @@ mod tests {
             for step in [1, 7919, 1 << 20] {
                 let reader = object(bytes.clone(), len as u64, step);
                 let (out, sum) = drain(
-                    Deflation::start(reader, len as u64, 6, budget.clone()),
+                    Deflation::start(reader, len as u64, 6, budget.clone(), Share::default()),
                     4096,
                 )
                 .await
@@ -386,9 +476,12 @@ mod tests {
         let budget = Budget::new(64 << 20);
         for (len, said) in [(3 * CHUNK, 2 * CHUNK as u64), (1000, 2000)] {
             let reader = object(text(len), said, 7919);
-            let err = drain(Deflation::start(reader, said, 6, budget.clone()), CHUNK)
-                .await
-                .unwrap_err();
+            let err = drain(
+                Deflation::start(reader, said, 6, budget.clone(), Share::default()),
+                CHUNK,
+            )
+            .await
+            .unwrap_err();
             assert!(
                 matches!(&err, BlobError::Invalid(m) if m.contains("changed while it was deflated") && m.contains("s3://docs/object.txt")),
                 "{err:?}"
@@ -413,7 +506,13 @@ mod tests {
         let mut ahead: Vec<Deflation> = (0..8)
             .map(|_| {
                 let reader = object(noise.clone(), noise.len() as u64, 1 << 20);
-                Deflation::start(reader, noise.len() as u64, 6, budget.clone())
+                Deflation::start(
+                    reader,
+                    noise.len() as u64,
+                    6,
+                    budget.clone(),
+                    Share::default(),
+                )
             })
             .collect();
         // Until the streams have filled what they may hold, and a while
@@ -442,5 +541,30 @@ mod tests {
         drop(ahead);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(budget.in_use(), 0, "dropped streams free what they held");
+    }
+
+    #[test]
+    fn levels_are_1_to_9() {
+        assert_eq!(level(1).unwrap(), 1);
+        assert_eq!(level(9).unwrap(), 9);
+        for bad in [0, 10, 255] {
+            let err = level(bad).unwrap_err();
+            assert!(
+                matches!(&err, BlobError::Invalid(m) if m.contains(&format!("level {bad} is not 1-9"))),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_chunk_of_a_dropped_stream_stops() {
+        let chunk = text(CHUNK);
+        let whole = deflate_chunk(&chunk, 6, &AtomicBool::new(false)).unwrap();
+        assert_eq!(inflate(&whole), chunk);
+        let err = deflate_chunk(&chunk, 6, &AtomicBool::new(true)).unwrap_err();
+        assert!(
+            matches!(&err, BlobError::Unavailable(m) if m.contains("dropped")),
+            "{err:?}"
+        );
     }
 }

@@ -503,6 +503,7 @@ impl Runtime {
             budget: crate::blobs::Budget::new(limits.buffers),
             written: Default::default(),
             prefetch: Default::default(),
+            deflating: Default::default(),
             fault: None,
         };
         let mut store = Store::new(&self.engine, state);

@@ -147,15 +147,16 @@ impl wit::Host for HostState {
         source: Resource<ReaderHandle>,
         level: u8,
     ) -> Result<Resource<DeflatedHandle>, HostBlobError> {
-        // The reader is taken whatever happens, as the signature says.
+        // The reader is taken whatever happens, as the signature says; its
+        // handle's place passes to the stream, or is given back.
         let ReaderHandle { reader, read } = self.table.delete(source)?;
-        if !(1..=9).contains(&level) {
-            self.release_handle();
-            return Err(BlobError::Invalid(format!(
-                "deflate level {level} is not 1-9 (level 0 is no compression: read the object)"
-            ))
-            .into());
-        }
+        let level = match crate::runtime::deflate::level(level) {
+            Ok(level) => level,
+            Err(err) => {
+                self.release_handle();
+                return Err(err.into());
+            }
+        };
         // Everything still to read counts now, as if read: the stream
         // reads it on the processor's behalf.
         let rest = reader.info().size.saturating_sub(read);
@@ -165,8 +166,20 @@ impl wit::Host for HostState {
             return Err(self.exceed(Fault::BytesRead(limit)).into());
         }
         self.usage.bytes_read += rest;
-        let deflation = Deflation::start(reader, rest, u32::from(level), self.budget.clone());
-        Ok(self.table.push(DeflatedHandle(deflation))?)
+        let deflation = Deflation::start(
+            reader,
+            rest,
+            level,
+            self.budget.clone(),
+            self.deflating.clone(),
+        );
+        match self.table.push(DeflatedHandle(deflation)) {
+            Ok(handle) => Ok(handle),
+            Err(err) => {
+                self.release_handle();
+                Err(err.into())
+            }
+        }
     }
 
     fn convert_error(&mut self, err: HostBlobError) -> wasmtime::Result<wit::Error> {
