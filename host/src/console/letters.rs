@@ -538,7 +538,7 @@ pub async fn confirm(
 }
 
 /// How long an action is waited for before its progress is shown instead.
-const WAIT_FOR_DONE: std::time::Duration = std::time::Duration::from_secs(2);
+pub(super) const WAIT_FOR_DONE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Actions remembered for their progress pages.
 const TASKS_KEPT: usize = 32;
 
@@ -663,7 +663,7 @@ pub async fn act(
         })
     };
     // Whether or not it finishes in time, it runs to its end.
-    let _ = tokio::time::timeout(WAIT_FOR_DONE, running).await;
+    let _ = tokio::time::timeout(console.inner.wait_for_done, running).await;
     if task.ended.get().is_some() {
         return task.page(&id);
     }
@@ -744,6 +744,131 @@ mod tests {
             "{page}"
         );
         assert!(!page.contains("refresh"), "{page}");
+    }
+
+    /// An action not done when the console stops waiting answers with a
+    /// redirect to its progress page, which shows how far it got until it
+    /// shows how it ended; the letters are redriven meanwhile, through the
+    /// router as a browser would ask.
+    #[tokio::test]
+    async fn a_long_action_is_followed_on_its_progress_page_to_its_end() {
+        use crate::queue::{LocalQueues, Outgoing, Queue as _, QueueOptions};
+        use tower::ServiceExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let queues = LocalQueues::open(dir.path()).unwrap();
+        queues
+            .create("jobs", QueueOptions::default())
+            .await
+            .unwrap();
+        queues
+            .create("jobs-dlq", QueueOptions::default())
+            .await
+            .unwrap();
+        let letters: Vec<Outgoing> = (0..10)
+            .map(|i| Outgoing {
+                body: format!("letter {i}"),
+                attributes: vec![("wasq-source-queue".into(), "jobs".into())],
+                ..Outgoing::default()
+            })
+            .collect();
+        queues
+            .queue("jobs-dlq")
+            .await
+            .unwrap()
+            .send_batch(letters)
+            .await
+            .unwrap();
+        let admin: Arc<dyn QueueAdmin> = Arc::new(queues.clone());
+        let mut console = Console::new(
+            vec![super::super::BindingView {
+                name: "local://jobs".into(),
+                queue: "local://jobs".into(),
+                dlq: Some("jobs-dlq".into()),
+                plugin: String::new(),
+                max_concurrency: 1,
+                dlq_alarm: None,
+                admin: Some(admin),
+                slot: None,
+            }],
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            ([127, 0, 0, 1], 0).into(),
+            None,
+        )
+        .unwrap();
+        // A slow backend: another writer holds the queues' database, so
+        // the redrive waits for it past the console's patience.
+        Arc::get_mut(&mut console.inner).unwrap().wait_for_done =
+            std::time::Duration::from_millis(300);
+        let writer = rusqlite::Connection::open(dir.path().join("queues.db")).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let form = serde_urlencoded::to_string([
+            ("csrf", console.inner.csrf.as_str()),
+            ("queue", "local://jobs-dlq"),
+            ("action", "redrive"),
+            ("all", "1"),
+            ("q", "letter"),
+        ])
+        .unwrap();
+        let answer = console
+            .router()
+            .oneshot(
+                axum::http::Request::post("/dead-letters/act")
+                    .header("host", "127.0.0.1")
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(axum::body::Body::from(form))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        let to = answer.headers()["location"].to_str().unwrap().to_string();
+        assert!(to.starts_with("/dead-letters/progress?task="), "{to}");
+        let look = || async {
+            text_of(
+                console
+                    .router()
+                    .oneshot(
+                        axum::http::Request::get(&to)
+                            .header("host", "127.0.0.1")
+                            .body(axum::body::Body::empty())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap(),
+            )
+            .await
+        };
+        let (status, under_way) = look().await;
+        assert_eq!(status, StatusCode::OK, "{under_way}");
+        assert!(under_way.contains("Redrive under way"), "{under_way}");
+        assert!(
+            under_way.contains("<strong>0</strong> of 10 letters of <code>local://jobs-dlq</code>"),
+            "{under_way}"
+        );
+        assert!(under_way.contains(r#"<meta http-equiv="refresh" content="1">"#));
+        writer.execute_batch("COMMIT").unwrap();
+        let mut pages = Vec::new();
+        for _ in 0..500 {
+            let (status, page) = look().await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let done = page.contains("Redrove");
+            pages.push(page);
+            if done {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let last = pages.last().unwrap();
+        assert!(
+            last.contains("Redrove 10 of the 10 letters chosen (0 were no longer there)."),
+            "{last}"
+        );
+        for (queue, holds) in [("jobs", 10), ("jobs-dlq", 0)] {
+            let stats = queues.queue(queue).await.unwrap().stats().await.unwrap();
+            assert_eq!(stats.visible, holds, "{queue}");
+        }
     }
 
     /// Two bindings whose dead-letter queues share a name, one embedded,

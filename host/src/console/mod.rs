@@ -114,6 +114,9 @@ struct Inner {
     /// Whether a host runs the bindings (`wasq run`), or the console only
     /// shows a data directory's queues (`wasq console`).
     hosted: bool,
+    /// How long an action on dead letters is waited for before its
+    /// progress page is shown instead.
+    pub(super) wait_for_done: std::time::Duration,
 }
 
 impl Console {
@@ -159,6 +162,7 @@ impl Console {
                 wrong_tokens: WrongTokens::default(),
                 tasks: Default::default(),
                 hosted: true,
+                wait_for_done: letters::WAIT_FOR_DONE,
             }),
         })
     }
