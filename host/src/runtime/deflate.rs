@@ -63,8 +63,10 @@ pub fn level(asked: u8) -> Result<u32, BlobError> {
     }
 }
 
+/// The host's cores, asked once (the question reads cgroup files).
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// One permit per core, for every message's deflate work together.
