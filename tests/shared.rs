@@ -1,5 +1,6 @@
 //! What the integration tests and the benches share: the engine they run
-//! plugins on, the rogue test plugin, and deterministic bytes. Each
+//! plugins on, the rogue test plugin, deterministic bytes, and the CPU time
+//! a process has used. Each
 //! includes this file as a module of its own.
 
 use std::collections::BTreeMap;
@@ -49,4 +50,23 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// The CPU seconds (user + system) process `pid` (or `self`) has used so
+/// far, from `/proc`; NaN when it cannot be read.
+#[allow(dead_code, reason = "the benches use it, the integration tests do not")]
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
 }

@@ -17,6 +17,11 @@
 //! browser left open fetches the data every 15 s), alternately, five runs
 //! each.
 
+#[path = "../../tests/shared.rs"]
+#[allow(dead_code)]
+mod shared;
+use shared::cpu_seconds;
+
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,21 +86,28 @@ fn timed_get(addr: &str, path: &str, expect: &str, runs: usize) -> anyhow::Resul
     Ok(median(samples))
 }
 
-/// The CPU seconds (user + system) process `pid` has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // The fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
+/// A release `wasq run` of the no-op `rogue` processor on embedded queue
+/// `queue`, its console on a free loopback port (returned).
+fn noop_host(
+    dir: &std::path::Path,
+    data: &std::path::Path,
+    queue: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Child, String)> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let host = Command::new(env!("CARGO_BIN_EXE_wasq"))
+        .current_dir(dir)
+        .env("WASQ_DATA_DIR", data)
+        .env("WASQ_LOG", "warn")
+        .args(["run", "--queue", &format!("local://{queue}"), "--no-dlq"])
+        .args(["--plugin", wasq_test_guests::ROGUE, "--listen", &addr])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok((host, addr))
 }
 
 /// Messages per second through `wasq run` on `MESSAGES` no-op messages,
@@ -124,26 +136,8 @@ fn dispatch_rate(watched: bool) -> anyhow::Result<(f64, f64)> {
         }
         anyhow::Ok(())
     })?;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .to_string();
-    let host = Command::new(env!("CARGO_BIN_EXE_wasq"))
-        .current_dir(dir.path())
-        .env("WASQ_DATA_DIR", &data)
-        .env("WASQ_LOG", "warn")
-        .args([
-            "run",
-            "--queue",
-            "local://noop",
-            "--no-dlq",
-            "--plugin",
-            wasq_test_guests::ROGUE,
-        ])
-        .args(["--max-concurrency", "16", "--listen", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = host.id();
+    let (host, addr) = noop_host(dir.path(), &data, "noop", &["--max-concurrency", "16"])?;
+    let pid = host.id().to_string();
     let _host = Killed(host);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = watched.then(|| {
@@ -185,7 +179,7 @@ fn dispatch_rate(watched: bool) -> anyhow::Result<(f64, f64)> {
         );
         let count = done(&addr);
         if count >= 1.0 && first.is_none() {
-            first = Some((Instant::now(), count, cpu_seconds(pid)));
+            first = Some((Instant::now(), count, cpu_seconds(&pid)));
         }
         if count >= MESSAGES as f64 {
             break;
@@ -194,7 +188,7 @@ fn dispatch_rate(watched: bool) -> anyhow::Result<(f64, f64)> {
     }
     let (at, counted, cpu_at) = first.expect("a first message was seen");
     let rate = (MESSAGES as f64 - counted) / at.elapsed().as_secs_f64();
-    let cpu = (cpu_seconds(pid) - cpu_at) / (MESSAGES as f64 - counted) * 1e6;
+    let cpu = (cpu_seconds(&pid) - cpu_at) / (MESSAGES as f64 - counted) * 1e6;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(watcher) = watcher {
         let _ = watcher.join();
@@ -212,19 +206,8 @@ fn overview_cost() -> anyhow::Result<f64> {
     let runtime = tokio::runtime::Runtime::new()?;
     let queues = LocalQueues::open(&data)?;
     runtime.block_on(queues.create("idle", QueueOptions::default()))?;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .to_string();
-    let host = Command::new(env!("CARGO_BIN_EXE_wasq"))
-        .current_dir(dir.path())
-        .env("WASQ_DATA_DIR", &data)
-        .env("WASQ_LOG", "warn")
-        .args(["run", "--queue", "local://idle", "--no-dlq"])
-        .args(["--plugin", wasq_test_guests::ROGUE, "--listen", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = host.id();
+    let (host, addr) = noop_host(dir.path(), &data, "idle", &[])?;
+    let pid = host.id().to_string();
     let _host = Killed(host);
     let started = Instant::now();
     while http(&addr, "GET", "/overview.json", "").is_err() {
@@ -234,16 +217,16 @@ fn overview_cost() -> anyhow::Result<f64> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (idle_at, idle_cpu) = (Instant::now(), cpu_seconds(pid));
+    let (idle_at, idle_cpu) = (Instant::now(), cpu_seconds(&pid));
     std::thread::sleep(Duration::from_secs(2));
-    let idle_rate = (cpu_seconds(pid) - idle_cpu) / idle_at.elapsed().as_secs_f64();
-    let (at, cpu) = (Instant::now(), cpu_seconds(pid));
+    let idle_rate = (cpu_seconds(&pid) - idle_cpu) / idle_at.elapsed().as_secs_f64();
+    let (at, cpu) = (Instant::now(), cpu_seconds(&pid));
     for _ in 0..LOOKS {
         let (status, _) = http(&addr, "GET", "/", "")?;
         anyhow::ensure!(status == 200, "the overview answered {status}");
         http(&addr, "GET", "/overview.json", "")?;
     }
-    let spent = cpu_seconds(pid) - cpu - idle_rate * at.elapsed().as_secs_f64();
+    let spent = cpu_seconds(&pid) - cpu - idle_rate * at.elapsed().as_secs_f64();
     Ok(spent / f64::from(LOOKS) * 1e3)
 }
 

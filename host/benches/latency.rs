@@ -42,7 +42,7 @@
 #[path = "../../tests/shared.rs"]
 #[allow(dead_code)]
 mod shared;
-use shared::noise;
+use shared::{cpu_seconds, noise};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -306,23 +306,6 @@ struct WasqRun {
     /// CPU seconds (user + system) spent while the job ran: by the host,
     /// by SeaweedFS, and by this process (the proxy).
     cpu: [f64; 3],
-}
-
-/// The CPU seconds (user + system) process `pid` has used so far.
-fn cpu_seconds(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // The fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
 }
 
 /// The CPU seconds of every process in SeaweedFS's process group.

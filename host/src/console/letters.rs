@@ -715,6 +715,32 @@ mod tests {
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
+    /// A binding of `queue` whose dead letters go to `jobs-dlq`.
+    fn binding(queue: &str, admin: &Arc<dyn QueueAdmin>) -> super::super::BindingView {
+        super::super::BindingView {
+            name: queue.into(),
+            queue: queue.into(),
+            dlq: Some("jobs-dlq".into()),
+            plugin: String::new(),
+            max_concurrency: 1,
+            dlq_alarm: None,
+            admin: Some(admin.clone()),
+            slot: None,
+        }
+    }
+
+    fn loopback_console(bindings: Vec<super::super::BindingView>) -> Console {
+        Console::new(
+            bindings,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            ([127, 0, 0, 1], 0).into(),
+            None,
+        )
+        .unwrap()
+    }
+
     /// A long action shows how far it got, on a page that loads itself
     /// again every second, and then how it ended.
     #[tokio::test]
@@ -779,24 +805,7 @@ mod tests {
             .await
             .unwrap();
         let admin: Arc<dyn QueueAdmin> = Arc::new(queues.clone());
-        let mut console = Console::new(
-            vec![super::super::BindingView {
-                name: "local://jobs".into(),
-                queue: "local://jobs".into(),
-                dlq: Some("jobs-dlq".into()),
-                plugin: String::new(),
-                max_concurrency: 1,
-                dlq_alarm: None,
-                admin: Some(admin),
-                slot: None,
-            }],
-            Default::default(),
-            Default::default(),
-            Default::default(),
-            ([127, 0, 0, 1], 0).into(),
-            None,
-        )
-        .unwrap();
+        let mut console = loopback_console(vec![binding("local://jobs", &admin)]);
         // A slow backend: another writer holds the queues' database, so
         // the redrive waits for it past the console's patience.
         Arc::get_mut(&mut console.inner).unwrap().wait_for_done =
@@ -881,28 +890,10 @@ mod tests {
             Arc::new(crate::queue::LocalQueues::open(&dir.path().join("a")).unwrap());
         let other: Arc<dyn QueueAdmin> =
             Arc::new(crate::queue::LocalQueues::open(&dir.path().join("b")).unwrap());
-        let view = |queue: &str, admin: &Arc<dyn QueueAdmin>| super::super::BindingView {
-            name: queue.into(),
-            queue: queue.into(),
-            dlq: Some("jobs-dlq".into()),
-            plugin: String::new(),
-            max_concurrency: 1,
-            dlq_alarm: None,
-            admin: Some(admin.clone()),
-            slot: None,
-        };
-        let console = Console::new(
-            vec![
-                view("local://jobs", &local),
-                view("https://sqs.us-east-1.amazonaws.com/1/jobs", &other),
-            ],
-            Default::default(),
-            Default::default(),
-            Default::default(),
-            ([127, 0, 0, 1], 0).into(),
-            None,
-        )
-        .unwrap();
+        let console = loopback_console(vec![
+            binding("local://jobs", &local),
+            binding("https://sqs.us-east-1.amazonaws.com/1/jobs", &other),
+        ]);
         assert_eq!(
             console.dead_letter_queues(),
             ["local://jobs-dlq", "sqs://jobs-dlq"]
