@@ -23,9 +23,10 @@
 //! read-ahead may hold, and keeps it until the processor has taken the
 //! compressed bytes. When the budget is full a stream waits until a
 //! reservation is given back, unless the processor is waiting for it with
-//! nothing queued, which then takes that chunk at once. Beyond the budget:
-//! the chunk being handed to a waiting processor, and a chunk's output
-//! while it is compressed, one per core for the whole host.
+//! nothing queued: it then takes the message's one overdraft, a chunk
+//! beyond the budget, which the processor takes at once. Beyond the budget
+//! besides: a chunk's output while it is compressed, one per core for the
+//! whole host.
 
 use crate::blobs::{BlobError, BlobReader, Budget, Checksum, Reservation};
 use flate2::Compression;
@@ -75,22 +76,36 @@ fn cpu() -> &'static Arc<Semaphore> {
     CPU.get_or_init(|| Arc::new(Semaphore::new(cores())))
 }
 
-/// One message's share of the host's CPU permits: its streams together
-/// ask for at most one per core at once.
+/// One message's share of the host: its streams together ask for at most
+/// one CPU permit per core at once, and hold at most one chunk beyond the
+/// message's budget (the overdraft).
 #[derive(Clone)]
-pub struct Share(Arc<Semaphore>);
+pub struct Share {
+    cpu: Arc<Semaphore>,
+    overdraft: Arc<Semaphore>,
+}
 
 impl Default for Share {
     fn default() -> Self {
-        Share(Arc::new(Semaphore::new(cores())))
+        Share {
+            cpu: Arc::new(Semaphore::new(cores())),
+            overdraft: Arc::new(Semaphore::new(1)),
+        }
     }
+}
+
+/// What a chunk on its way holds: room in the message's budget, or the
+/// message's one overdraft.
+enum Held {
+    Reserved(#[allow(dead_code, reason = "held for its drop")] Reservation),
+    Overdraft(#[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit),
 }
 
 /// A chunk on its way: compressing, or compressed; with the end's checksum
 /// if it is the last.
 struct Pending {
     job: AbortOnDropHandle<Result<Vec<u8>, BlobError>>,
-    held: Option<Reservation>,
+    held: Held,
     end: Option<Checksum>,
 }
 
@@ -108,8 +123,8 @@ pub struct Deflation {
     /// The chunk being handed out, and how much of it went.
     current: Vec<u8>,
     at: usize,
-    /// What `current` holds in the budget.
-    held: Option<Reservation>,
+    /// What `current` holds.
+    held: Option<Held>,
     /// Set once the last chunk arrived.
     end: Option<Checksum>,
     /// Set once `read` returned the end.
@@ -160,6 +175,9 @@ impl Deflation {
     /// Up to `max` compressed bytes; empty at the end.
     pub async fn read(&mut self, max: usize) -> Result<Vec<u8>, BlobError> {
         while self.at == self.current.len() {
+            // The chunk handed out goes with what it held.
+            self.current = Vec::new();
+            self.at = 0;
             self.held = None;
             if self.end.is_some() {
                 self.finished = true;
@@ -177,7 +195,7 @@ impl Deflation {
                 .await
                 .map_err(|err| BlobError::Unavailable(format!("deflating: {err}")))??;
             self.at = 0;
-            self.held = pending.held;
+            self.held = Some(pending.held);
             self.end = pending.end;
         }
         let n = max.min(self.current.len() - self.at);
@@ -231,7 +249,9 @@ impl Stream {
         loop {
             let left = self.expected.saturating_sub(total).min(CHUNK as u64);
             let held = self.hold(worst_case(left)).await;
-            let chunk = fill(reader.as_mut(), CHUNK).await?;
+            // One byte past what is left is enough to see the object grew.
+            let want = usize::try_from(left).map_or(CHUNK, |left| (left + 1).min(CHUNK));
+            let chunk = fill(reader.as_mut(), want).await?;
             total += chunk.len() as u64;
             let end = chunk.len() < CHUNK;
             if total > self.expected || (end && total != self.expected) {
@@ -241,7 +261,7 @@ impl Stream {
             let (share, level, dropped) = (self.share.clone(), self.level, self.dropped.clone());
             let job = tokio::spawn(async move {
                 let stopping = |_| BlobError::Unavailable("deflating: the host is stopping".into());
-                let turn = share.0.acquire_owned().await.map_err(stopping)?;
+                let turn = share.cpu.acquire_owned().await.map_err(stopping)?;
                 let permit = cpu().clone().acquire_owned().await.map_err(stopping)?;
                 // The permits go with the work: a compression that outlives
                 // its stream still counts until it stops.
@@ -268,9 +288,9 @@ impl Stream {
 
     /// Reserves `bytes` in the message's budget; while it is full, waits
     /// until a reservation is given back, or until the processor waits for
-    /// this stream with nothing queued, and then goes on without (the
-    /// processor takes that chunk at once).
-    async fn hold(&self, bytes: u64) -> Option<Reservation> {
+    /// this stream with nothing queued, and then takes the message's
+    /// overdraft (the processor takes that chunk at once).
+    async fn hold(&self, bytes: u64) -> Held {
         loop {
             let freed = self.budget.freed().notified();
             let wanted = self.wanted.bell.notified();
@@ -278,19 +298,22 @@ impl Stream {
                 .budget
                 .reserve_for_reading(bytes, "chunks being deflated")
             {
-                return Some(held);
+                return Held::Reserved(held);
             }
             if self.wanted.now.load(Ordering::Acquire)
                 && self.tx.capacity() == self.tx.max_capacity()
+                && let Ok(permit) = self.share.overdraft.clone().try_acquire_owned()
             {
-                return None;
+                return Held::Overdraft(permit);
             }
             // A reservation given back, or the processor starting to wait;
-            // the timeout only covers a bell rung before the wait began.
+            // the timeout covers room freed without a word (a reservation
+            // refused halfway gives back what it took silently) and an
+            // overdraft given back.
             tokio::select! {
                 () = freed => {}
                 () = wanted => {}
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
     }
