@@ -204,7 +204,11 @@ impl LocalQueues {
     ) -> Result<LetterPage, QueueError> {
         let queue = self.queue(name).await?;
         let (clause, values) = filter_sql(&queue.name, filter);
+        let indexed = !text_query(filter).is_empty();
         self.with_db(move |conn| {
+            if indexed {
+                catch_up_index(conn, &queue.name)?;
+            }
             let matched: i64 = conn
                 .query_row(
                     &format!("SELECT count(*) FROM messages WHERE {clause}"),
@@ -242,7 +246,11 @@ impl LocalQueues {
     ) -> Result<Vec<String>, QueueError> {
         let queue = self.queue(name).await?;
         let (clause, values) = filter_sql(&queue.name, filter);
+        let indexed = !text_query(filter).is_empty();
         self.with_db(move |conn| {
+            if indexed {
+                catch_up_index(conn, &queue.name)?;
+            }
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT id FROM messages WHERE {clause} ORDER BY seq LIMIT {cap}"
@@ -366,11 +374,69 @@ fn peeked(row: &rusqlite::Row<'_>) -> rusqlite::Result<Peeked> {
 /// A `WHERE` clause picking the letters of `queue` that `filter` picks, as
 /// [`LetterFilter::matches`] does, and its values in order. SQLite's
 /// `lower` folds ASCII letters only, as the filter does.
+/// The full-text query for a filter's words: each word of three
+/// characters or more, as a phrase (the trigram index finds it anywhere in
+/// the body or the reason, case aside); shorter words cannot use the index
+/// and are only checked in the rows. Empty when no word can.
+fn text_query(filter: &LetterFilter) -> String {
+    filter
+        .words
+        .iter()
+        .filter(|word| word.chars().count() >= 3)
+        .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Adds to the full-text index the messages of `queue` that came since it
+/// was last searched.
+fn catch_up_index(conn: &mut Connection, queue: &str) -> Result<(), QueueError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let upto: i64 = tx
+        .query_row(
+            "SELECT coalesce((SELECT upto FROM letters_indexed WHERE queue = ?1), 0)",
+            [queue],
+            |row| row.get(0),
+        )
+        .map_err(db_err)?;
+    let last: i64 = tx
+        .query_row(
+            "SELECT coalesce(max(seq), 0) FROM messages WHERE queue = ?1",
+            [queue],
+            |row| row.get(0),
+        )
+        .map_err(db_err)?;
+    if last > upto {
+        tx.execute(
+            "INSERT OR REPLACE INTO letters_text (rowid, body, reason)
+             SELECT seq, body, coalesce(json_extract(attributes, '$.\"wasq-reason\"'), '')
+             FROM messages WHERE queue = ?1 AND seq > ?2 AND seq <= ?3",
+            params![queue, upto, last],
+        )
+        .map_err(db_err)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO letters_indexed (queue, upto) VALUES (?1, ?2)",
+            params![queue, last],
+        )
+        .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)
+}
+
 fn filter_sql(queue: &str, filter: &LetterFilter) -> (String, Vec<String>) {
     // A letter the queue's own redrive moved has no wasq attributes.
     const REASON: &str = "(CASE WHEN source_queue IS NULL THEN lower(coalesce(json_extract(attributes, '$.\"wasq-reason\"'), '')) ELSE '' END)";
     let mut clause = vec!["queue = ?".to_string()];
     let mut values = vec![queue.to_string()];
+    // The index narrows the rows to look at; each word is still checked
+    // in them, as it is written here.
+    let text = text_query(filter);
+    if !text.is_empty() {
+        clause.push("seq IN (SELECT rowid FROM letters_text WHERE letters_text MATCH ?)".into());
+        values.push(text);
+    }
     for word in &filter.words {
         clause.push(format!(
             "(instr(lower(body), ?) > 0 OR instr({REASON}, ?) > 0)"

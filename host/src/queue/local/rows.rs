@@ -28,6 +28,25 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_ms, seq);
 CREATE INDEX IF NOT EXISTS messages_group ON messages (queue, group_id, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_receipt ON messages (receipt);
+-- The dead-letter browser's full-text index: trigrams of each indexed
+-- message's body and wasq reason, by seq. It is a prefilter (the search
+-- still checks every word in the rows it finds), filled at search time
+-- with the queue's messages past `letters_indexed.upto` (seqs only grow),
+-- and at once for a message moved into another queue. Entries of
+-- messages gone are left; the join on `messages` drops them.
+CREATE VIRTUAL TABLE IF NOT EXISTS letters_text USING fts5(
+    body, reason, content='', contentless_delete=1, tokenize='trigram'
+);
+CREATE TABLE IF NOT EXISTS letters_indexed (
+    queue TEXT PRIMARY KEY,
+    upto INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS letters_moved AFTER UPDATE OF queue ON messages
+WHEN NEW.queue IS NOT OLD.queue
+BEGIN
+    INSERT OR REPLACE INTO letters_text (rowid, body, reason)
+    VALUES (NEW.seq, NEW.body, coalesce(json_extract(NEW.attributes, '$.\"wasq-reason\"'), ''));
+END;
 CREATE TABLE IF NOT EXISTS dedup (
     queue TEXT NOT NULL,
     dedup_id TEXT NOT NULL,

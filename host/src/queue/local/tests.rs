@@ -592,3 +592,98 @@ async fn a_search_in_sql_picks_what_the_filter_picks() {
     assert_eq!(page.letters.len(), 2);
     assert_eq!(page.letters[0].body, everything[1].body);
 }
+
+/// The full-text index is filled as letters are searched: letters sent
+/// after a search, moved in by the queue's redrive, or taken out are found
+/// or not found as they are now; words under three characters, which the
+/// index cannot look up, still count.
+#[tokio::test]
+async fn the_search_index_keeps_up_with_letters_coming_and_going() {
+    let (_dir, queues) = open();
+    queues
+        .create(
+            "jobs",
+            QueueOptions {
+                redrive: Some(Redrive {
+                    dlq: "jobs-dlq".into(),
+                    max_receive_count: 1,
+                }),
+                ..QueueOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let dlq = queue(&queues, "jobs-dlq").await;
+    let search = |words: &[&str]| {
+        let filter = LetterFilter {
+            words: words.iter().map(|w| w.to_string()).collect(),
+            ..LetterFilter::default()
+        };
+        let queues = queues.clone();
+        async move {
+            let page = queues.browse("jobs-dlq", &filter, 0, 100).await.unwrap();
+            let mut bodies: Vec<String> = page.letters.into_iter().map(|l| l.body).collect();
+            bodies.sort();
+            bodies
+        }
+    };
+    // Sent before the index is first made, moved to the letters after.
+    let jobs = queues.queue("jobs").await.unwrap();
+    jobs.send(text("third order poisoned")).await.unwrap();
+    dlq.send(text("first order failed")).await.unwrap();
+    assert_eq!(search(&["ORDER"]).await, ["first order failed"]);
+    // Sent after the index was made.
+    dlq.send(text("second order failed")).await.unwrap();
+    assert_eq!(
+        search(&["order", "failed"]).await,
+        ["first order failed", "second order failed"]
+    );
+    // Moved here by the queue's redrive after one receive too many.
+    let got = jobs
+        .receive(1, NOW, HIDE, &CancellationToken::new())
+        .await
+        .unwrap();
+    jobs.change_visibility_batch(&[(got[0].receipt.clone(), NOW)])
+        .await
+        .unwrap();
+    assert!(
+        jobs.receive(1, NOW, HIDE, &CancellationToken::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(search(&["poisoned"]).await, ["third order poisoned"]);
+    assert_eq!(search(&["order"]).await.len(), 3);
+    // A short word is checked in the rows the long ones found, or in all.
+    assert_eq!(search(&["order", "st"]).await, ["first order failed"]);
+    assert_eq!(
+        search(&["ir"]).await,
+        ["first order failed", "third order poisoned"]
+    );
+    // Taken out: no longer found, though the index may keep its entry.
+    let first = queues
+        .matching_ids(
+            "jobs-dlq",
+            &LetterFilter {
+                words: vec!["first".into()],
+                ..LetterFilter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    let done = queues
+        .settle_letters(
+            "jobs-dlq",
+            &first,
+            crate::queue::LetterAction::Delete,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, 1);
+    assert_eq!(
+        search(&["order"]).await,
+        ["second order failed", "third order poisoned"]
+    );
+}
