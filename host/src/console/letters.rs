@@ -52,8 +52,31 @@ pub struct Search {
     /// Text in the reason.
     #[serde(default)]
     pub reason: String,
+    /// Sent at or after this time (UTC, as a browser's date-time field
+    /// gives it, or RFC 3339).
+    #[serde(default)]
+    pub from: String,
+    /// Sent before this time.
+    #[serde(default)]
+    pub to: String,
     #[serde(default)]
     pub page: usize,
+}
+
+/// A time as a date-time field gives it (`2026-11-27T09:30`, read as UTC),
+/// a date, or RFC 3339; in ms since the epoch.
+fn parse_time(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let full = match text.len() {
+        10 => format!("{text}T00:00:00Z"),
+        16 => format!("{text}:00Z"),
+        _ => text.to_string(),
+    };
+    let at = humantime::parse_rfc3339_weak(&full)
+        .map_err(|_| format!("`{text}` is not a time like 2026-11-27T09:30 (UTC)"))?;
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("`{text}` is before 1970"))
 }
 
 impl Search {
@@ -66,12 +89,25 @@ impl Search {
                 words.push(word);
             }
         }
+        let time = |text: &str| parse_time(text).ok().filter(|_| !text.trim().is_empty());
         LetterFilter {
             words,
             plugin: given(&self.plugin),
             reason: given(&self.reason),
             id: None,
+            sent_from_ms: time(&self.from),
+            sent_before_ms: time(&self.to),
         }
+    }
+
+    /// What is wrong with the times given, if anything: such a time is
+    /// left out of the search, and the page says so.
+    fn bad_times(&self) -> Vec<String> {
+        [&self.from, &self.to]
+            .into_iter()
+            .filter(|text| !text.trim().is_empty())
+            .filter_map(|text| parse_time(&text.chars().take(MAX_FIELD).collect::<String>()).err())
+            .collect()
     }
 
     /// The query string that repeats this search.
@@ -81,6 +117,8 @@ impl Search {
             ("q", self.q.as_str()),
             ("plugin", self.plugin.as_str()),
             ("reason", self.reason.as_str()),
+            ("from", self.from.as_str()),
+            ("to", self.to.as_str()),
         ])
         .unwrap_or_default()
     }
@@ -231,7 +269,12 @@ fn list_page(queues: &[String], search: &Search, found: &LetterPage, csrf: &str)
                 label { "Search " input type="search" name="q" value=(search.q) placeholder="body or reason"; }
                 label { "Processor " input type="text" name="plugin" value=(search.plugin); }
                 label { "Reason " input type="text" name="reason" value=(search.reason); }
+                label { "Sent from " input type="datetime-local" name="from" value=(search.from); }
+                label { "to " input type="datetime-local" name="to" value=(search.to); " UTC" }
                 button type="submit" { "Search" }
+            }
+            @for bad in search.bad_times() {
+                p.note { (bad) ": left out of the search." }
             }
             p.count {
                 (matched) @if matched == 1 { " letter matches" } @else { " letters match" }
@@ -272,6 +315,8 @@ fn list_page(queues: &[String], search: &Search, found: &LetterPage, csrf: &str)
                     input type="hidden" name="q" value=(search.q);
                     input type="hidden" name="plugin" value=(search.plugin);
                     input type="hidden" name="reason" value=(search.reason);
+                    input type="hidden" name="from" value=(search.from);
+                    input type="hidden" name="to" value=(search.to);
                     p.actions {
                         button type="submit" name="action" value="redrive" { "Redrive all " (matched) " matching" }
                         " "
@@ -411,6 +456,8 @@ impl Choice {
                 "q" => search.q = value,
                 "plugin" => search.plugin = value,
                 "reason" => search.reason = value,
+                "from" => search.from = value,
+                "to" => search.to = value,
                 "action" => {
                     choice.action = match value.as_str() {
                         "redrive" => Some(LetterAction::Redrive),
@@ -440,6 +487,8 @@ impl Choice {
                 input type="hidden" name="q" value=(search.q);
                 input type="hidden" name="plugin" value=(search.plugin);
                 input type="hidden" name="reason" value=(search.reason);
+                input type="hidden" name="from" value=(search.from);
+                input type="hidden" name="to" value=(search.to);
             } @else {
                 @for id in &self.ids { input type="hidden" name="id" value=(id); }
             }
@@ -806,6 +855,19 @@ mod tests {
             .unwrap();
         let admin: Arc<dyn QueueAdmin> = Arc::new(queues.clone());
         let mut console = loopback_console(vec![binding("local://jobs", &admin)]);
+        // The search index made first, as a look at the page would.
+        let search = LetterFilter {
+            words: vec!["letter".into()],
+            ..LetterFilter::default()
+        };
+        assert_eq!(
+            queues
+                .browse("jobs-dlq", &search, 0, 50)
+                .await
+                .unwrap()
+                .matched,
+            10
+        );
         // A slow backend: another writer holds the queues' database, so
         // the redrive waits for it past the console's patience.
         Arc::get_mut(&mut console.inner).unwrap().wait_for_done =
@@ -921,6 +983,8 @@ mod tests {
             q: " job  Bounds ".into(),
             plugin: " ".into(),
             reason: "out of".into(),
+            from: "2026-11-27T09:30".into(),
+            to: "2026-11-28".into(),
             ..Search::default()
         };
         assert_eq!(
@@ -930,7 +994,24 @@ mod tests {
                 plugin: None,
                 reason: Some("out of".into()),
                 id: None,
+                sent_from_ms: Some(1_795_771_800_000),
+                sent_before_ms: Some(1_795_824_000_000),
             }
+        );
+        assert!(search.bad_times().is_empty());
+        assert_eq!(
+            parse_time("2026-11-27T09:30:15.5Z").unwrap(),
+            1_795_771_815_500
+        );
+        let bad = Search {
+            from: "yesterday".into(),
+            to: " ".into(),
+            ..Search::default()
+        };
+        assert_eq!(bad.filter(), LetterFilter::default());
+        assert_eq!(
+            bad.bad_times(),
+            ["`yesterday` is not a time like 2026-11-27T09:30 (UTC)"]
         );
     }
 }

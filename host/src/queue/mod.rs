@@ -337,7 +337,8 @@ pub trait QueueAdmin: Send + Sync {
 
     /// A page of the letters of `name` that `filter` picks, oldest first,
     /// and how many it picks in all. The embedded queue searches every
-    /// letter in place; this default (SQS) looks at the first
+    /// letter in place, through its full-text index; this default (SQS)
+    /// looks at the first
     /// [`LOOK_CAP`] letters as `peek` does (a receive each, made visible
     /// again at once).
     async fn browse(
@@ -391,6 +392,11 @@ pub struct LetterFilter {
     pub reason: Option<String>,
     /// One letter, by id.
     pub id: Option<String>,
+    /// Sent (to the dead-letter queue, or by its producer for a letter the
+    /// queue's redrive moved) at or after this time, in ms since the epoch.
+    pub sent_from_ms: Option<u64>,
+    /// Sent before this time, in ms since the epoch.
+    pub sent_before_ms: Option<u64>,
 }
 
 impl LetterFilter {
@@ -418,6 +424,12 @@ impl LetterFilter {
                 .as_deref()
                 .is_none_or(|r| reason.contains(&r.to_ascii_lowercase()))
             && self.id.as_deref().is_none_or(|id| letter.id == id)
+            && self
+                .sent_from_ms
+                .is_none_or(|from| letter.sent_at_ms >= from)
+            && self
+                .sent_before_ms
+                .is_none_or(|before| letter.sent_at_ms < before)
     }
 }
 

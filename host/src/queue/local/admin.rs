@@ -194,7 +194,8 @@ impl LocalQueues {
     }
 
     /// A page of the letters of `name` that `filter` picks, oldest first,
-    /// searched in place (every letter, no cap), and how many it picks.
+    /// searched in place (every letter, no cap; words of three characters
+    /// or more through the full-text index), and how many it picks.
     pub async fn browse(
         &self,
         name: &str,
@@ -389,25 +390,27 @@ fn text_query(filter: &LetterFilter) -> String {
 }
 
 /// Adds to the full-text index the messages of `queue` that came since it
-/// was last searched.
+/// was last searched. A search of an index already up to date writes
+/// nothing.
 fn catch_up_index(conn: &mut Connection, queue: &str) -> Result<(), QueueError> {
+    let marks = |conn: &Connection| -> Result<(i64, i64), QueueError> {
+        conn.query_row(
+            "SELECT coalesce((SELECT upto FROM letters_indexed WHERE queue = ?1), 0),
+                    coalesce((SELECT max(seq) FROM messages WHERE queue = ?1), 0)",
+            [queue],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(db_err)
+    };
+    let (upto, last) = marks(conn)?;
+    if last <= upto {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    let upto: i64 = tx
-        .query_row(
-            "SELECT coalesce((SELECT upto FROM letters_indexed WHERE queue = ?1), 0)",
-            [queue],
-            |row| row.get(0),
-        )
-        .map_err(db_err)?;
-    let last: i64 = tx
-        .query_row(
-            "SELECT coalesce(max(seq), 0) FROM messages WHERE queue = ?1",
-            [queue],
-            |row| row.get(0),
-        )
-        .map_err(db_err)?;
+    // Another search may have caught up meanwhile.
+    let (upto, last) = marks(&tx)?;
     if last > upto {
         tx.execute(
             "INSERT OR REPLACE INTO letters_text (rowid, body, reason)
@@ -458,6 +461,14 @@ fn filter_sql(queue: &str, filter: &LetterFilter) -> (String, Vec<String>) {
     if let Some(id) = &filter.id {
         clause.push("id = ?".to_string());
         values.push(id.clone());
+    }
+    if let Some(from) = filter.sent_from_ms {
+        clause.push("sent_ms >= CAST(? AS INTEGER)".to_string());
+        values.push(from.to_string());
+    }
+    if let Some(before) = filter.sent_before_ms {
+        clause.push("sent_ms < CAST(? AS INTEGER)".to_string());
+        values.push(before.to_string());
     }
     (clause.join(" AND "), values)
 }

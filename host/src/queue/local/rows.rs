@@ -32,8 +32,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_receipt ON messages (receipt);
 -- message's body and wasq reason, by seq. It is a prefilter (the search
 -- still checks every word in the rows it finds), filled at search time
 -- with the queue's messages past `letters_indexed.upto` (seqs only grow),
--- and at once for a message moved into another queue. Entries of
--- messages gone are left; the join on `messages` drops them.
+-- and at once for a message a queue's redrive policy moves to its
+-- dead-letter queue (the one move that sets `source_queue`; a redrive back
+-- clears it, and what it moves out needs no entry). Entries of messages
+-- gone are left; the join on `messages` drops them.
 CREATE VIRTUAL TABLE IF NOT EXISTS letters_text USING fts5(
     body, reason, content='', contentless_delete=1, tokenize='trigram'
 );
@@ -41,8 +43,9 @@ CREATE TABLE IF NOT EXISTS letters_indexed (
     queue TEXT PRIMARY KEY,
     upto INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS letters_moved AFTER UPDATE OF queue ON messages
-WHEN NEW.queue IS NOT OLD.queue
+DROP TRIGGER IF EXISTS letters_moved;
+CREATE TRIGGER letters_moved AFTER UPDATE OF queue ON messages
+WHEN NEW.queue IS NOT OLD.queue AND NEW.source_queue IS NOT NULL
 BEGIN
     INSERT OR REPLACE INTO letters_text (rowid, body, reason)
     VALUES (NEW.seq, NEW.body, coalesce(json_extract(NEW.attributes, '$.\"wasq-reason\"'), ''));

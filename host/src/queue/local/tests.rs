@@ -571,6 +571,24 @@ async fn a_search_in_sql_picks_what_the_filter_picks() {
             id: Some(everything[1].id.clone()),
             ..LetterFilter::default()
         },
+        LetterFilter {
+            sent_from_ms: Some(everything[2].sent_at_ms),
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            sent_before_ms: Some(everything[2].sent_at_ms),
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            words: vec!["job".into()],
+            sent_from_ms: Some(everything[0].sent_at_ms),
+            sent_before_ms: Some(everything[4].sent_at_ms + 1),
+            ..LetterFilter::default()
+        },
+        LetterFilter {
+            sent_before_ms: Some(1),
+            ..LetterFilter::default()
+        },
     ];
     for filter in filters {
         let wanted: Vec<&str> = everything
