@@ -64,7 +64,8 @@ pub struct Search {
 }
 
 /// A time as a date-time field gives it (`2026-11-27T09:30`, read as UTC),
-/// a date, or RFC 3339; in ms since the epoch.
+/// a date, or with seconds (`2026-11-27T09:30:00Z`); in ms since the
+/// epoch.
 fn parse_time(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let full = match text.len() {
@@ -89,7 +90,10 @@ impl Search {
                 words.push(word);
             }
         }
-        let time = |text: &str| parse_time(text).ok().filter(|_| !text.trim().is_empty());
+        let time = |text: &str| {
+            let text = cut(text.trim());
+            parse_time(&text).ok().filter(|_| !text.is_empty())
+        };
         LetterFilter {
             words,
             plugin: given(&self.plugin),
@@ -498,6 +502,12 @@ impl Choice {
     /// The ids of the letters chosen, looked up now for "all matching".
     async fn ids(&self, dlq: &DeadLetters) -> Result<Vec<String>, String> {
         match &self.all {
+            // A time that is not one would be left out of the search, and
+            // the action would reach letters the page did not say.
+            Some(search) if !search.bad_times().is_empty() => Err(format!(
+                "{}: nothing was done",
+                search.bad_times().join("; ")
+            )),
             Some(search) => dlq
                 .admin
                 .matching_ids(&dlq.name, &search.filter(), ALL_CAP)

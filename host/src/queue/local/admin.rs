@@ -377,13 +377,14 @@ fn peeked(row: &rusqlite::Row<'_>) -> rusqlite::Result<Peeked> {
 /// `lower` folds ASCII letters only, as the filter does.
 /// The full-text query for a filter's words: each word of three
 /// characters or more, as a phrase (the trigram index finds it anywhere in
-/// the body or the reason, case aside); shorter words cannot use the index
-/// and are only checked in the rows. Empty when no word can.
+/// the body or the reason, case aside); shorter words, and words with
+/// control characters (a NUL would end the query), are only checked in
+/// the rows. Empty when no word can use the index.
 fn text_query(filter: &LetterFilter) -> String {
     filter
         .words
         .iter()
-        .filter(|word| word.chars().count() >= 3)
+        .filter(|word| word.chars().count() >= 3 && !word.chars().any(char::is_control))
         .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(" AND ")

@@ -30,12 +30,11 @@ CREATE INDEX IF NOT EXISTS messages_group ON messages (queue, group_id, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_receipt ON messages (receipt);
 -- The dead-letter browser's full-text index: trigrams of each indexed
 -- message's body and wasq reason, by seq. It is a prefilter (the search
--- still checks every word in the rows it finds), filled at search time
--- with the queue's messages past `letters_indexed.upto` (seqs only grow),
--- and at once for a message a queue's redrive policy moves to its
--- dead-letter queue (the one move that sets `source_queue`; a redrive back
--- clears it, and what it moves out needs no entry). Entries of messages
--- gone are left; the join on `messages` drops them.
+-- still checks every word in the rows it finds). A search fills it with
+-- the queue's messages past `letters_indexed.upto` (seqs only grow); a
+-- message moved into a searched queue at or below that mark is indexed by
+-- `letters_moved`; one deleted from, or moved out of, a searched queue
+-- loses its entry. For queues never searched, each costs one lookup.
 CREATE VIRTUAL TABLE IF NOT EXISTS letters_text USING fts5(
     body, reason, content='', contentless_delete=1, tokenize='trigram'
 );
@@ -43,12 +42,24 @@ CREATE TABLE IF NOT EXISTS letters_indexed (
     queue TEXT PRIMARY KEY,
     upto INTEGER NOT NULL
 ) WITHOUT ROWID;
-DROP TRIGGER IF EXISTS letters_moved;
-CREATE TRIGGER letters_moved AFTER UPDATE OF queue ON messages
-WHEN NEW.queue IS NOT OLD.queue AND NEW.source_queue IS NOT NULL
+CREATE TRIGGER IF NOT EXISTS letters_moved AFTER UPDATE OF queue ON messages
+WHEN NEW.queue IS NOT OLD.queue
+    AND NEW.seq <= coalesce((SELECT upto FROM letters_indexed WHERE queue = NEW.queue), 0)
 BEGIN
     INSERT OR REPLACE INTO letters_text (rowid, body, reason)
     VALUES (NEW.seq, NEW.body, coalesce(json_extract(NEW.attributes, '$.\"wasq-reason\"'), ''));
+END;
+CREATE TRIGGER IF NOT EXISTS letters_moved_out AFTER UPDATE OF queue ON messages
+WHEN NEW.queue IS NOT OLD.queue
+    AND OLD.queue IN (SELECT queue FROM letters_indexed)
+    AND NEW.seq > coalesce((SELECT upto FROM letters_indexed WHERE queue = NEW.queue), 0)
+BEGIN
+    DELETE FROM letters_text WHERE rowid = OLD.seq;
+END;
+CREATE TRIGGER IF NOT EXISTS letters_gone AFTER DELETE ON messages
+WHEN OLD.queue IN (SELECT queue FROM letters_indexed)
+BEGIN
+    DELETE FROM letters_text WHERE rowid = OLD.seq;
 END;
 CREATE TABLE IF NOT EXISTS dedup (
     queue TEXT NOT NULL,

@@ -648,6 +648,11 @@ async fn the_search_index_keeps_up_with_letters_coming_and_going() {
     // Sent before the index is first made, moved to the letters after.
     let jobs = queues.queue("jobs").await.unwrap();
     jobs.send(text("third order poisoned")).await.unwrap();
+    queue(&queues, "elsewhere")
+        .await
+        .send(text("fourth order handed over"))
+        .await
+        .unwrap();
     dlq.send(text("first order failed")).await.unwrap();
     assert_eq!(search(&["ORDER"]).await, ["first order failed"]);
     // Sent after the index was made.
@@ -672,6 +677,27 @@ async fn the_search_index_keeps_up_with_letters_coming_and_going() {
     );
     assert_eq!(search(&["poisoned"]).await, ["third order poisoned"]);
     assert_eq!(search(&["order"]).await.len(), 3);
+    // Moved in by another way (a redrive from elsewhere clears its
+    // source), below the index's mark.
+    {
+        let db = queues.db.lock().unwrap();
+        db.execute(
+            "UPDATE messages SET queue = 'jobs-dlq', source_queue = NULL WHERE body = 'fourth order handed over'",
+            [],
+        )
+        .unwrap();
+    }
+    assert_eq!(search(&["handed"]).await, ["fourth order handed over"]);
+    {
+        let db = queues.db.lock().unwrap();
+        db.execute(
+            "DELETE FROM messages WHERE body = 'fourth order handed over'",
+            [],
+        )
+        .unwrap();
+    }
+    // A NUL cannot go into the index's query; the word is still checked.
+    assert!(search(&["ord\0er"]).await.is_empty());
     // A short word is checked in the rows the long ones found, or in all.
     assert_eq!(search(&["order", "st"]).await, ["first order failed"]);
     assert_eq!(
@@ -704,4 +730,33 @@ async fn the_search_index_keeps_up_with_letters_coming_and_going() {
         search(&["order"]).await,
         ["second order failed", "third order poisoned"]
     );
+    // What leaves the letters leaves the index: deleted, or redriven back.
+    let entries = || -> i64 {
+        let db = queues.db.lock().unwrap();
+        db.query_row("SELECT count(*) FROM letters_text", [], |row| row.get(0))
+            .unwrap()
+    };
+    assert_eq!(entries(), 2);
+    let third = queues
+        .matching_ids(
+            "jobs-dlq",
+            &LetterFilter {
+                words: vec!["poisoned".into()],
+                ..LetterFilter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    queues
+        .settle_letters(
+            "jobs-dlq",
+            &third,
+            crate::queue::LetterAction::Redrive,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(entries(), 1);
+    assert_eq!(search(&["order"]).await, ["second order failed"]);
 }
