@@ -193,6 +193,20 @@ impl LocalQueues {
         .await
     }
 
+    /// Brings the full-text index of `queue` up to date, a chunk per
+    /// transaction, so that other work on the database goes on between.
+    async fn catch_up_index(&self, queue: &str) -> Result<(), QueueError> {
+        loop {
+            let queue = queue.to_string();
+            if self
+                .with_db(move |conn| catch_up_index(conn, &queue))
+                .await?
+            {
+                return Ok(());
+            }
+        }
+    }
+
     /// A page of the letters of `name` that `filter` picks, oldest first,
     /// searched in place (every letter, no cap; words of three characters
     /// or more through the full-text index), and how many it picks.
@@ -205,11 +219,10 @@ impl LocalQueues {
     ) -> Result<LetterPage, QueueError> {
         let queue = self.queue(name).await?;
         let (clause, values) = filter_sql(&queue.name, filter);
-        let indexed = !text_query(filter).is_empty();
+        if !text_query(filter).is_empty() {
+            self.catch_up_index(&queue.name).await?;
+        }
         self.with_db(move |conn| {
-            if indexed {
-                catch_up_index(conn, &queue.name)?;
-            }
             let matched: i64 = conn
                 .query_row(
                     &format!("SELECT count(*) FROM messages WHERE {clause}"),
@@ -247,11 +260,10 @@ impl LocalQueues {
     ) -> Result<Vec<String>, QueueError> {
         let queue = self.queue(name).await?;
         let (clause, values) = filter_sql(&queue.name, filter);
-        let indexed = !text_query(filter).is_empty();
+        if !text_query(filter).is_empty() {
+            self.catch_up_index(&queue.name).await?;
+        }
         self.with_db(move |conn| {
-            if indexed {
-                catch_up_index(conn, &queue.name)?;
-            }
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT id FROM messages WHERE {clause} ORDER BY seq LIMIT {cap}"
@@ -390,10 +402,13 @@ fn text_query(filter: &LetterFilter) -> String {
         .join(" AND ")
 }
 
-/// Adds to the full-text index the messages of `queue` that came since it
-/// was last searched. A search of an index already up to date writes
-/// nothing.
-fn catch_up_index(conn: &mut Connection, queue: &str) -> Result<(), QueueError> {
+/// Messages indexed in one transaction: the database is held meanwhile.
+const INDEX_CHUNK: i64 = 5_000;
+
+/// Adds to the full-text index up to [`INDEX_CHUNK`] of the messages of
+/// `queue` that came since it was last searched; `true` once it is up to
+/// date. A search of an index already up to date writes nothing.
+fn catch_up_index(conn: &mut Connection, queue: &str) -> Result<bool, QueueError> {
     let marks = |conn: &Connection| -> Result<(i64, i64), QueueError> {
         conn.query_row(
             "SELECT coalesce((SELECT upto FROM letters_indexed WHERE queue = ?1), 0),
@@ -405,7 +420,7 @@ fn catch_up_index(conn: &mut Connection, queue: &str) -> Result<(), QueueError> 
     };
     let (upto, last) = marks(conn)?;
     if last <= upto {
-        return Ok(());
+        return Ok(true);
     }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -413,20 +428,31 @@ fn catch_up_index(conn: &mut Connection, queue: &str) -> Result<(), QueueError> 
     // Another search may have caught up meanwhile.
     let (upto, last) = marks(&tx)?;
     if last > upto {
+        let end: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(seq), ?2) FROM (SELECT seq FROM messages
+                 WHERE queue = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)",
+                params![queue, upto, INDEX_CHUNK],
+                |row| row.get(0),
+            )
+            .map_err(db_err)?;
         tx.execute(
             "INSERT OR REPLACE INTO letters_text (rowid, body, reason)
              SELECT seq, body, coalesce(json_extract(attributes, '$.\"wasq-reason\"'), '')
              FROM messages WHERE queue = ?1 AND seq > ?2 AND seq <= ?3",
-            params![queue, upto, last],
+            params![queue, upto, end],
         )
         .map_err(db_err)?;
         tx.execute(
             "INSERT OR REPLACE INTO letters_indexed (queue, upto) VALUES (?1, ?2)",
-            params![queue, last],
+            params![queue, end],
         )
         .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        return Ok(end >= last);
     }
-    tx.commit().map_err(db_err)
+    tx.commit().map_err(db_err)?;
+    Ok(true)
 }
 
 fn filter_sql(queue: &str, filter: &LetterFilter) -> (String, Vec<String>) {

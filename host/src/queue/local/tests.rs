@@ -760,3 +760,32 @@ async fn the_search_index_keeps_up_with_letters_coming_and_going() {
     assert_eq!(entries(), 1);
     assert_eq!(search(&["order"]).await, ["second order failed"]);
 }
+
+/// Many letters are indexed a chunk at a time, and all of them are found.
+#[tokio::test]
+async fn a_large_queue_is_indexed_in_chunks_and_wholly() {
+    let (_dir, queues) = open();
+    let dlq = queue(&queues, "letters").await;
+    for batch in 0..1_201 {
+        dlq.send_batch(
+            (0..10)
+                .map(|i| text(&format!("letter number-{}", batch * 10 + i)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    }
+    for (word, found) in [
+        ("number-0", 1),
+        ("number-12009", 1),
+        ("number-1200", 11),
+        ("letter", 12_010),
+    ] {
+        let filter = LetterFilter {
+            words: vec![word.into()],
+            ..LetterFilter::default()
+        };
+        let page = queues.browse("letters", &filter, 0, 5).await.unwrap();
+        assert_eq!(page.matched, found, "{word}");
+    }
+}
