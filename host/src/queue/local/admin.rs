@@ -185,9 +185,14 @@ impl LocalQueues {
     pub async fn purge(&self, name: &str) -> Result<u64, QueueError> {
         let queue = self.queue(name).await?;
         self.with_db(move |conn| {
-            let n = conn
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            forget_indexed(&tx, &queue.name, None)?;
+            let n = tx
                 .execute("DELETE FROM messages WHERE queue = ?1", [&queue.name])
                 .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
             Ok(n as u64)
         })
         .await
@@ -402,6 +407,40 @@ fn text_query(filter: &LetterFilter) -> String {
         .join(" AND ")
 }
 
+/// Drops the full-text entries of the messages of `queue` (those with the
+/// ids of the JSON list `ids`, when given) before they are deleted, if the
+/// queue was ever searched. Deletes on the dispatch path do not come here:
+/// what they leave in the index the search's join drops.
+fn forget_indexed(
+    tx: &rusqlite::Transaction<'_>,
+    queue: &str,
+    ids: Option<&str>,
+) -> Result<(), QueueError> {
+    let searched: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM letters_indexed WHERE queue = ?1)",
+            [queue],
+            |row| row.get(0),
+        )
+        .map_err(db_err)?;
+    if !searched {
+        return Ok(());
+    }
+    match ids {
+        Some(ids) => tx.execute(
+            "DELETE FROM letters_text WHERE rowid IN (SELECT seq FROM messages
+             WHERE queue = ?1 AND id IN (SELECT value FROM json_each(?2)))",
+            params![queue, ids],
+        ),
+        None => tx.execute(
+            "DELETE FROM letters_text WHERE rowid IN (SELECT seq FROM messages WHERE queue = ?1)",
+            [queue],
+        ),
+    }
+    .map_err(db_err)?;
+    Ok(())
+}
+
 /// Messages indexed in one transaction: the database is held meanwhile.
 const INDEX_CHUNK: i64 = 5_000;
 
@@ -582,6 +621,7 @@ impl QueueAdmin for LocalQueues {
                         .map_err(db_err)?;
                     // One pass over the queue's rows, the ids as one set.
                     let ids = serde_json::Value::from(chosen.into_iter().collect::<Vec<_>>());
+                    forget_indexed(&tx, &dlq.name, Some(&ids.to_string()))?;
                     let deleted = tx
                         .execute(
                             "DELETE FROM messages WHERE queue = ?1 AND id IN (SELECT value FROM json_each(?2))",

@@ -33,8 +33,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_receipt ON messages (receipt);
 -- still checks every word in the rows it finds). A search fills it with
 -- the queue's messages past `letters_indexed.upto` (seqs only grow); a
 -- message moved into a searched queue at or below that mark is indexed by
--- `letters_moved`; one deleted from, or moved out of, a searched queue
--- loses its entry. For queues never searched, each costs one lookup.
+-- `letters_moved`; one moved out of a searched queue loses its entry, and
+-- so do letters deleted by a purge or a deletion of chosen letters. A
+-- delete on the dispatch path costs nothing here: its entry stays, and
+-- the search's join on `messages` drops it.
 CREATE VIRTUAL TABLE IF NOT EXISTS letters_text USING fts5(
     body, reason, content='', contentless_delete=1, tokenize='trigram'
 );
@@ -53,11 +55,6 @@ CREATE TRIGGER IF NOT EXISTS letters_moved_out AFTER UPDATE OF queue ON messages
 WHEN NEW.queue IS NOT OLD.queue
     AND OLD.queue IN (SELECT queue FROM letters_indexed)
     AND NEW.seq > coalesce((SELECT upto FROM letters_indexed WHERE queue = NEW.queue), 0)
-BEGIN
-    DELETE FROM letters_text WHERE rowid = OLD.seq;
-END;
-CREATE TRIGGER IF NOT EXISTS letters_gone AFTER DELETE ON messages
-WHEN OLD.queue IN (SELECT queue FROM letters_indexed)
 BEGIN
     DELETE FROM letters_text WHERE rowid = OLD.seq;
 END;
