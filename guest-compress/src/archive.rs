@@ -120,6 +120,20 @@ pub trait Store {
     fn deflate(&self, reader: Self::Reader, level: u32) -> Result<Self::Deflated, StoreError>;
 }
 
+/// Reads into `chunk` until it holds [`CHUNK`] bytes or the object ends:
+/// whole chunks whatever sizes the reads come in (they follow the network),
+/// so what is made of them is the same on every store and every run.
+fn fill_chunk<R: ObjectReader>(reader: &mut R, chunk: &mut Vec<u8>) -> Result<(), StoreError> {
+    while chunk.len() < CHUNK as usize {
+        let read = reader.read(CHUNK - chunk.len() as u32)?;
+        if read.is_empty() {
+            break;
+        }
+        chunk.extend_from_slice(&read);
+    }
+    Ok(())
+}
+
 /// Deflates a reader here, as it is read: for stores that cannot deflate
 /// elsewhere (the tests' and the native benchmark's). It makes the stream
 /// the host makes: each whole chunk of [`CHUNK`] deflated on its own and
@@ -153,13 +167,7 @@ impl<R: ObjectReader> ObjectDeflated for InlineDeflated<R> {
         let unwritable = |err: io::Error| StoreError::Unavailable(format!("deflating: {err}"));
         while self.at == self.out.len() && !self.done {
             let mut chunk = Vec::with_capacity(CHUNK as usize);
-            while chunk.len() < CHUNK as usize {
-                let read = self.reader.read(CHUNK - chunk.len() as u32)?;
-                if read.is_empty() {
-                    break;
-                }
-                chunk.extend_from_slice(&read);
-            }
+            fill_chunk(&mut self.reader, &mut chunk)?;
             self.crc.update(&chunk);
             self.size += chunk.len() as u64;
             self.done = chunk.len() < CHUNK as usize;
@@ -362,15 +370,7 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
         let mut entry = 0u64;
         loop {
             chunk.clear();
-            while chunk.len() < CHUNK as usize {
-                let read = reader
-                    .read(CHUNK - chunk.len() as u32)
-                    .map_err(|err| Failure::from_store(&what, err))?;
-                if read.is_empty() {
-                    break;
-                }
-                chunk.extend_from_slice(&read);
-            }
+            fill_chunk(&mut reader, &mut chunk).map_err(|err| Failure::from_store(&what, err))?;
             if chunk.is_empty() {
                 break;
             }

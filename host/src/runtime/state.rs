@@ -97,8 +97,9 @@ pub struct HostState {
     pub(super) written: std::collections::HashSet<crate::blobs::BlobUri>,
     /// Objects the processor said it will open, opened ahead.
     pub(super) prefetch: super::prefetch::Prefetcher,
-    /// This message's share of the host's cores for `blobs.deflate`.
-    pub(super) deflating: super::deflate::Share,
+    /// This message's share of the host's cores for `blobs.deflate`, made
+    /// at its first stream.
+    pub(super) deflating: Option<super::deflate::Share>,
     /// Set by a host import before it traps on a hard limit, so the trap can
     /// be reported as that limit.
     pub(super) fault: Option<Fault>,

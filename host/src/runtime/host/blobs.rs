@@ -39,6 +39,13 @@ fn info(object: ObjectInfo) -> wit::ObjectInfo {
     }
 }
 
+fn object_checksum(sum: crate::blobs::Checksum) -> wit::ObjectChecksum {
+    wit::ObjectChecksum {
+        crc32: sum.crc32,
+        size: sum.size,
+    }
+}
+
 impl HostState {
     fn take_handle(&mut self) -> Result<(), HostBlobError> {
         if self.open_handles >= MAX_OPEN_HANDLES {
@@ -171,7 +178,7 @@ impl wit::Host for HostState {
             rest,
             level,
             self.budget.clone(),
-            self.deflating.clone(),
+            self.deflating.get_or_insert_with(Default::default).clone(),
         );
         match self.table.push(DeflatedHandle(deflation)) {
             Ok(handle) => Ok(handle),
@@ -223,10 +230,7 @@ impl wit::HostReader for HostState {
         reader: Resource<ReaderHandle>,
     ) -> Result<Option<wit::ObjectChecksum>, HostBlobError> {
         let checksum = self.table.get(&reader)?.reader.checksum().await?;
-        Ok(checksum.map(|c| wit::ObjectChecksum {
-            crc32: c.crc32,
-            size: c.size,
-        }))
+        Ok(checksum.map(object_checksum))
     }
 
     async fn drop(&mut self, reader: Resource<ReaderHandle>) -> wasmtime::Result<()> {
@@ -354,10 +358,7 @@ impl wit::HostDeflated for HostState {
         let sum = self.table.get(&deflated)?.0.checksum().ok_or_else(|| {
             BlobError::Invalid("the deflated stream was not read to its end".to_string())
         })?;
-        Ok(wit::ObjectChecksum {
-            crc32: sum.crc32,
-            size: sum.size,
-        })
+        Ok(object_checksum(sum))
     }
 
     async fn drop(&mut self, deflated: Resource<DeflatedHandle>) -> wasmtime::Result<()> {
