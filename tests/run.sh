@@ -35,7 +35,8 @@ export WASQ_TEST_CHROMIUM="$(command -v chromium)"
 export WASQ_TEST_CHROMEDRIVER="$(command -v chromedriver)"
 
 # A real SQS, S3 and DynamoDB API on loopback: moto server, pinned, in the
-# project's virtualenv; cfn-lint checks the CloudFormation template.
+# project's virtualenv (started by tests/moto_server.py, which closes a race
+# in its SQS deletes); cfn-lint checks the CloudFormation template.
 venv="$PWD/.venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
@@ -44,7 +45,7 @@ venv="$PWD/.venv"
 log=$(mktemp)
 moto_log=$(mktemp)
 moto_port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$venv/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
+"$venv/bin/python" tests/moto_server.py -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
 moto_pid=$!
 trap 'kill "$moto_pid" 2>/dev/null; rm -f "$log" "$moto_log"' EXIT
 for _ in $(seq 100); do
