@@ -27,6 +27,10 @@ const COPY_AT_LEAST: u64 = 16 << 20;
 /// Entries opened, and deflating, ahead of the one being written: the
 /// host deflates them on its own threads meanwhile.
 pub const AHEAD: usize = 16;
+/// Inputs named to the store per hint. The host keeps a bounded list of
+/// hints (10,000), so a job names its inputs a slice at a time, one to two
+/// slices ahead of the entry being written.
+pub const HINT_SLICE: usize = 1024;
 /// The table results are recorded in, under the job id.
 pub const RESULTS_TABLE: &str = "archives";
 
@@ -277,7 +281,6 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
     // written. Each is still checked in its turn: a missing one rejects the
     // job with the archive unfinished, and an unfinished archive is never
     // visible.
-    store.prefetch(&job.files);
     let names = job::entry_names(&job.files);
 
     let output_what = format!("field `output` `{}`", job.output);
@@ -290,7 +293,13 @@ pub fn build<S: Store>(store: &S, job: &Job, settings: &Settings) -> Result<Summ
     let mut read = 0u64;
     let mut chunk = Vec::with_capacity(CHUNK as usize);
     let mut ahead: VecDeque<Result<Prepared<S>, Failure>> = VecDeque::new();
+    let mut hinted = 0;
     for (index, name) in names.iter().enumerate() {
+        if hinted < job.files.len() && hinted <= index + HINT_SLICE {
+            let end = (hinted + HINT_SLICE).min(job.files.len());
+            store.prefetch(&job.files[hinted..end]);
+            hinted = end;
+        }
         // Once an entry failed, none after it is started: its failure is
         // the job's, and a later one must not end the run first (a
         // bytes-read limit passed by a stream started ahead would).
@@ -650,6 +659,9 @@ mod tests {
         /// Per-object lines logged.
         logged: RefCell<Vec<String>>,
         copied: RefCell<u64>,
+        /// Each hint, with how many objects had been opened when it came.
+        hints: RefCell<Vec<(usize, Vec<String>)>>,
+        opened: RefCell<usize>,
     }
 
     fn zeros_len(uri: &str) -> Option<u64> {
@@ -736,7 +748,13 @@ mod tests {
                 content_type: None,
             })
         }
+        fn prefetch(&self, uris: &[String]) {
+            self.hints
+                .borrow_mut()
+                .push((*self.opened.borrow(), uris.to_vec()));
+        }
         fn open(&self, uri: &str) -> Result<MemReader, StoreError> {
+            *self.opened.borrow_mut() += 1;
             match zeros_len(uri) {
                 Some(n) => Ok(MemReader::Zeros(n)),
                 None if self.ragged => Ok(MemReader::Ragged(self.objects.borrow()[uri].clone(), 0)),
@@ -850,6 +868,33 @@ mod tests {
             zip.by_name("b.png").unwrap().compression(),
             zip::CompressionMethod::Stored
         );
+    }
+
+    #[test]
+    fn a_long_job_names_its_inputs_a_slice_at_a_time_each_once_in_order() {
+        let store = MemStore::default();
+        let files: Vec<String> = (0..2 * HINT_SLICE + 500)
+            .map(|i| format!("s3://d/{i}/zeros-{}.txt", i % 3))
+            .collect();
+        let body = serde_json::json!({"job_id": "j", "files": files, "output": "s3://o/j.zip"});
+        run(&store, &body.to_string(), &Settings::default()).unwrap();
+        let hints = store.hints.borrow();
+        let named: Vec<String> = hints.iter().flat_map(|(_, uris)| uris.clone()).collect();
+        assert_eq!(named, files, "every input named once, in order");
+        assert!(hints.len() >= 3, "{} hints", hints.len());
+        let mut hinted = 0;
+        for (opened, uris) in hints.iter() {
+            assert!(uris.len() <= HINT_SLICE);
+            // Named before it is opened, never more than two slices ahead
+            // of the opens (the entries prepared ahead included).
+            assert!(hinted >= *opened, "{opened} opened, {hinted} named");
+            assert!(
+                hinted <= opened + 2 * HINT_SLICE,
+                "{opened} opened, {hinted} named"
+            );
+            hinted += uris.len();
+        }
+        assert_eq!(archive(&store, "s3://o/j.zip").len(), files.len());
     }
 
     #[test]

@@ -13,8 +13,14 @@ use tokio::task::JoinHandle;
 
 /// Objects opened ahead at once, per message.
 pub const WINDOW: usize = 64;
-/// Hinted objects waiting their turn, per message; more are ignored.
-pub const MAX_WAITING: usize = 100_000;
+/// Hinted objects waiting their turn, per message; more are ignored (a
+/// hint only saves time). A processor with more inputs names the next ones
+/// as it takes these, as `compress` does.
+pub const MAX_WAITING: usize = 10_000;
+/// The most URI text (bucket and key) the waiting hints may hold, per
+/// message: with [`MAX_WAITING`], hints cost a message a few MiB of host
+/// memory at most, whatever a processor sends.
+pub const MAX_WAITING_BYTES: usize = 1 << 20;
 
 type Opened = Result<Box<dyn BlobReader>, BlobError>;
 
@@ -47,20 +53,38 @@ pub struct Prefetcher {
     /// How many entries `ahead` holds.
     count: usize,
     waiting: VecDeque<BlobUri>,
+    /// The URI text `waiting` holds.
+    waiting_bytes: usize,
+}
+
+fn text_len(uri: &BlobUri) -> usize {
+    uri.bucket().len() + uri.key().len()
 }
 
 impl Prefetcher {
-    /// Takes hinted objects (in the order they will be opened) and starts
-    /// opening as many as the window allows.
+    /// Takes hinted objects (in the order they will be opened) while there
+    /// is room for them, ignores the rest, and starts opening as many as
+    /// the window allows. `uris` is drawn only as far as there is room.
     pub fn hint(
         &mut self,
         uris: impl IntoIterator<Item = BlobUri>,
         store: &Arc<dyn BlobStore>,
         budget: &Budget,
     ) {
-        let room = MAX_WAITING.saturating_sub(self.waiting.len());
-        self.waiting.extend(uris.into_iter().take(room));
+        for uri in uris {
+            let bytes = text_len(&uri);
+            if self.waiting.len() >= MAX_WAITING || self.waiting_bytes + bytes > MAX_WAITING_BYTES {
+                break;
+            }
+            self.waiting_bytes += bytes;
+            self.waiting.push_back(uri);
+        }
         self.fill(store, budget);
+    }
+
+    /// Whether another hint would be kept at all.
+    pub fn has_room(&self) -> bool {
+        self.waiting.len() < MAX_WAITING && self.waiting_bytes < MAX_WAITING_BYTES
     }
 
     fn fill(&mut self, store: &Arc<dyn BlobStore>, budget: &Budget) {
@@ -68,6 +92,7 @@ impl Prefetcher {
             let Some(uri) = self.waiting.pop_front() else {
                 break;
             };
+            self.waiting_bytes -= text_len(&uri);
             let (store, budget, target) = (store.clone(), budget.clone(), uri.clone());
             let task = tokio::spawn(async move { store.open(&target, &budget).await });
             self.ahead
@@ -120,5 +145,56 @@ impl Drop for Prefetcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Arc<dyn BlobStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = crate::blobs::sign::LinkSigner::new([1; 32], "http://127.0.0.1:1");
+        let blobs = crate::blobs::LocalBlobs::new(dir.path(), signer).unwrap();
+        (dir, Arc::new(blobs))
+    }
+
+    fn uris(count: usize, key_len: usize) -> impl Iterator<Item = BlobUri> {
+        (0..count).map(move |i| {
+            let key = format!("{i:0>key_len$}");
+            BlobUri::parse(&format!("s3://docs/{key}")).unwrap()
+        })
+    }
+
+    #[tokio::test]
+    async fn hints_past_their_room_are_ignored_and_not_even_drawn() {
+        let (_dir, store) = store();
+        let budget = Budget::default();
+        let mut ahead = Prefetcher::default();
+        let mut drawn = 0;
+        ahead.hint(uris(50_000, 8).inspect(|_| drawn += 1), &store, &budget);
+        assert_eq!(ahead.waiting.len() + ahead.count, MAX_WAITING);
+        assert_eq!(ahead.count, WINDOW);
+        assert_eq!(drawn, MAX_WAITING + 1, "drawn past the room");
+        // The window's opens made room for as many more, no more.
+        ahead.hint(uris(100, 8), &store, &budget);
+        assert_eq!(ahead.waiting.len(), MAX_WAITING);
+        assert!(!ahead.has_room());
+
+        // Long keys: the text bound comes first.
+        let mut ahead = Prefetcher::default();
+        ahead.hint(uris(5_000, 1000), &store, &budget);
+        let kept = ahead.waiting.len() + ahead.count;
+        assert!(ahead.waiting_bytes <= MAX_WAITING_BYTES);
+        assert!(kept < 1_200, "{kept} hints of 1 KB kept");
+        assert!(kept > 1_000, "{kept} hints of 1 KB kept");
+
+        // Taking one makes room for more, and the text is counted down.
+        let first = uris(1, 1000).next().unwrap();
+        drop(ahead.take(&first, &store, &budget).await);
+        let before = ahead.waiting_bytes;
+        assert!(before <= MAX_WAITING_BYTES);
+        let waiting: usize = ahead.waiting.iter().map(text_len).sum();
+        assert_eq!(waiting, before);
     }
 }

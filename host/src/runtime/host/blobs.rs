@@ -86,13 +86,13 @@ impl wit::Host for HostState {
             Some(opened) => opened,
             None => self.services.blobs.open(&uri, &self.budget).await,
         };
-        match opened {
-            Ok(reader) => Ok(self.table.push(ReaderHandle { reader, read: 0 })?),
-            Err(err) => {
-                self.release_handle();
-                Err(err.into())
-            }
+        let pushed = opened
+            .map_err(HostBlobError::from)
+            .and_then(|reader| Ok(self.table.push(ReaderHandle { reader, read: 0 })?));
+        if pushed.is_err() {
+            self.release_handle();
         }
+        pushed
     }
 
     async fn create(
@@ -109,16 +109,17 @@ impl wit::Host for HostState {
             owner: &self.owner,
             budget: &self.budget,
         };
-        match self.services.blobs.create(&uri, options).await {
-            Ok(writer) => Ok(self.table.push(WriterHandle {
+        let created = self.services.blobs.create(&uri, options).await;
+        let pushed = created.map_err(HostBlobError::from).and_then(|writer| {
+            Ok(self.table.push(WriterHandle {
                 uri,
                 writer: Some(writer),
-            })?),
-            Err(err) => {
-                self.release_handle();
-                Err(err.into())
-            }
+            })?)
+        });
+        if pushed.is_err() {
+            self.release_handle();
         }
+        pushed
     }
 
     async fn presign_get(
@@ -138,12 +139,16 @@ impl wit::Host for HostState {
 
     async fn prefetch(&mut self, uris: Vec<String>) -> wasmtime::Result<()> {
         // Invalid or ungranted URIs are skipped: `stat` and `open` report
-        // them as they always do.
-        let granted: Vec<BlobUri> = uris
+        // them as they always do. Past the room the hints have, the rest is
+        // not even parsed.
+        if !self.prefetch.has_room() {
+            return Ok(());
+        }
+        let grants = &self.grants;
+        let granted = uris
             .iter()
             .filter_map(|uri| BlobUri::parse(uri).ok())
-            .filter(|uri| self.grants.check_read(uri).is_ok())
-            .collect();
+            .filter(|uri| grants.check_read(uri).is_ok());
         self.prefetch
             .hint(granted, &self.services.blobs, &self.budget);
         Ok(())
