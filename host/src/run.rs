@@ -74,6 +74,34 @@ impl BindingSpec {
 
 /// A message must stay hidden for longer than its processor may run, or it
 /// could reappear and run twice at once.
+/// Lifts the soft limit on open files to the hard one. A message may hold
+/// a socket for each object it reads ahead, each range and each part in
+/// flight (about 150 at most with the S3 store), so a few messages at once
+/// pass the soft limit of 1,024 most systems start a process with; the hard
+/// limit is the operator's, and is kept.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), Some(maximum)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if current >= maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(maximum),
+        maximum: Some(maximum),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = current, to = maximum, "raised the open files limit"),
+        Err(err) => tracing::warn!(
+            limit = current,
+            error = %err,
+            "could not raise the open files limit; many messages reading from S3 at once may run out"
+        ),
+    }
+}
+
 pub fn check_visibility(
     queue: &QueueRef,
     visibility: Duration,
@@ -132,6 +160,7 @@ impl Host {
         if config.bindings.is_empty() {
             bail!("nothing to run: give --queue, or bindings in wasq.toml");
         }
+        raise_open_files_limit();
         // The listener is bound first: links point at the address it got.
         let mut env = config.env.clone();
         let listener = match config.listen {

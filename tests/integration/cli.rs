@@ -1125,3 +1125,51 @@ async fn wasq_send_offloads_a_body_to_the_payload_bucket() {
         .join(pointer.uri.key());
     assert_eq!(std::fs::read_to_string(stored).unwrap(), "small");
 }
+
+/// A host started with a low soft limit on open files lifts it to the hard
+/// limit: messages reading from S3 hold many sockets at once.
+#[test]
+fn a_running_host_lifts_its_open_files_limit_to_the_hard_one() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    use std::os::unix::process::CommandExt as _;
+    let hard = getrlimit(Resource::Nofile)
+        .maximum
+        .expect("an open files limit");
+    assert!(hard > 256, "the hard limit ({hard}) leaves nothing to lift");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("host.log");
+    let mut command = crate::harness::wasq_run(&dir.path().join("data"), "compress", &log, &[]);
+    // SAFETY: only a system call between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(256),
+                    maximum: Some(hard),
+                },
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    let mut host = command.spawn().unwrap();
+    let soft = || {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", host.id())).ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse::<u64>().ok()
+    };
+    let started = std::time::Instant::now();
+    let mut seen = soft();
+    while seen != Some(hard) && started.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        seen = soft();
+    }
+    let _ = host.kill();
+    let _ = host.wait();
+    assert_eq!(
+        seen,
+        Some(hard),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
