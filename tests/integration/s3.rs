@@ -764,3 +764,91 @@ async fn slow_down_answers_are_backed_off_and_retried() {
     assert!(refused.load(std::sync::atomic::Ordering::SeqCst) > 3);
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// A reader read a little and dropped fetches one range ahead, not a
+/// window of them: the window ahead starts at one range and doubles with
+/// each range read. Read to its end, the object comes back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto and SeaweedFS: `bash tests/run.sh` starts them and runs this"]
+async fn a_reader_dropped_early_fetched_one_range_ahead_and_a_whole_read_is_intact() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::seaweedfs().await;
+    let bucket = server.make_bucket("ramp").await;
+    let object = noise(40 * MB, 9);
+    let uri = format!("s3://{bucket}/big.bin");
+    server.put(&uri, object.clone()).await;
+    // A front that counts the GETs passing through it.
+    let target: std::net::SocketAddr = std::env::var("WASQ_TEST_S3_ENDPOINT")
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    let gets = Arc::new(AtomicUsize::new(0));
+    let counter = gets.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut upstream_read, mut upstream_write) = upstream.into_split();
+                let requests = async move {
+                    let mut buffer = vec![0u8; 64 << 10];
+                    while let Ok(n) = client_read.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let seen = buffer[..n].windows(4).filter(|w| w == b"GET ").count();
+                        counter.fetch_add(seen, Ordering::SeqCst);
+                        if upstream_write.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let answers = tokio::io::copy(&mut upstream_read, &mut client_write);
+                tokio::select! {
+                    _ = requests => {}
+                    _ = answers => {}
+                }
+            });
+        }
+    });
+    let config = server
+        .config
+        .to_builder()
+        .endpoint_url(format!("http://{front}"))
+        .build();
+    let blobs = S3Blobs::new(&config, true);
+    let uri = BlobUri::parse(&uri).unwrap();
+    let budget = Budget::default();
+
+    let mut reader = blobs.open(&uri, &budget).await.unwrap();
+    assert_eq!(reader.read(1).await.unwrap().len(), 1);
+    // Time for whatever the read started to reach the server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(reader);
+    let after_one_byte = gets.load(Ordering::SeqCst);
+    // The open's GET and one range ahead.
+    assert_eq!(after_one_byte, 2, "GETs for one byte read");
+
+    let mut reader = blobs.open(&uri, &budget).await.unwrap();
+    let mut read = Vec::with_capacity(object.len());
+    loop {
+        let chunk = reader.read(MB).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        read.extend_from_slice(&chunk);
+    }
+    assert!(read == object, "the object read back differs");
+    // 40 MiB in 2 MiB ranges: 20 GETs, the open's included.
+    assert_eq!(gets.load(Ordering::SeqCst) - after_one_byte, 20);
+    drop(reader);
+    assert_eq!(budget.in_use(), 0);
+}

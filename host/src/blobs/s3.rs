@@ -8,7 +8,9 @@
 //!   flight ahead of the reader, each range's buffer reserved from the
 //!   budget (reading may hold at most half of it); when the budget has no
 //!   room, the next range streams on its own and ranges ahead are tried
-//!   again after it. Ranges after the first name the object's ETag, so an
+//!   again after it. The window starts at one range and doubles with each
+//!   range read, so a reader read a little and dropped costs one GET ahead;
+//!   a range that comes back short or long is an error, never a gap. Ranges after the first name the object's ETag, so an
 //!   object replaced while it is read fails instead of mixing versions.
 //! - Writes collect one part (5 MiB, reserved at `create`): an object that
 //!   fits goes up in one PutObject at `finish`; a larger one becomes a
@@ -244,6 +246,7 @@ impl BlobStore for S3Blobs {
             ranges: std::collections::VecDeque::new(),
             pending: Bytes::new(),
             _held: None,
+            taken: 0,
         }))
     }
 
@@ -329,13 +332,18 @@ struct S3Reader {
     pending: Bytes,
     /// The reservation of the range `pending` came from.
     _held: Option<Reservation>,
+    /// Ranges fetched ahead and read so far: the window ahead doubles with
+    /// each, from one, so a reader read a little and dropped costs one
+    /// range ahead, not a window of them.
+    taken: u32,
 }
 
 impl S3Reader {
     /// Starts ranged GETs ahead of the reader while the window and the
     /// budget allow.
     fn top_up(&mut self) {
-        while self.ranges.len() < READ_WINDOW && self.next_start < self.info.size {
+        let window = READ_WINDOW.min(1 << self.taken.min(READ_WINDOW.ilog2()));
+        while self.ranges.len() < window && self.next_start < self.info.size {
             let end = (self.next_start + RANGE_SIZE).min(self.info.size) - 1;
             let Ok(reservation) = self
                 .budget
@@ -347,13 +355,14 @@ impl S3Reader {
             let uri = self.info.uri.clone();
             let etag = self.info.etag.clone();
             let range = format!("bytes={}-{end}", self.next_start);
+            let expected = end - self.next_start + 1;
             let task = tokio::spawn(async move {
                 let started = std::time::Instant::now();
                 let out = client
                     .get_object()
                     .bucket(uri.bucket())
                     .key(uri.key())
-                    .range(range)
+                    .range(range.clone())
                     .set_if_match(etag)
                     .send()
                     .await
@@ -361,8 +370,15 @@ impl S3Reader {
                 let bytes = out.body.collect().await.map_err(|err| {
                     BlobError::Unavailable(format!("`{uri}`: reading the object: {err}"))
                 })?;
+                let bytes = bytes.into_bytes();
+                if bytes.len() as u64 != expected {
+                    return Err(BlobError::Unavailable(format!(
+                        "`{uri}`: the store sent {} bytes for {range}",
+                        bytes.len()
+                    )));
+                }
                 tracing::debug!(%uri, took = ?started.elapsed(), "range read ahead");
-                Ok(bytes.into_bytes())
+                Ok(bytes)
             });
             self.ranges.push_back((task, reservation));
             self.next_start = end + 1;
@@ -429,6 +445,7 @@ impl BlobReader for S3Reader {
                     BlobError::Unavailable(format!("`{}`: {err}", self.info.uri))
                 })??;
                 self._held = Some(reservation);
+                self.taken = self.taken.saturating_add(1);
                 self.top_up();
             } else if self.next_start < self.info.size {
                 self.stream_next().await?;
