@@ -705,6 +705,18 @@ async fn an_object_replaced_while_it_is_read_is_not_mixed() {
     );
 }
 
+/// A listener for a test's own front to SeaweedFS, and SeaweedFS's
+/// address behind it.
+async fn seaweedfs_front() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+    let target = std::env::var("WASQ_TEST_S3_ENDPOINT")
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (listener, target)
+}
+
 /// S3 answers `503 SlowDown` when a prefix is pushed too hard; the client
 /// backs off and tries again (the SDK's adaptive retry mode) rather than
 /// failing the message.
@@ -719,12 +731,7 @@ async fn slow_down_answers_are_backed_off_and_retried() {
         .await;
     // A front that answers the first three requests with SlowDown and
     // passes the rest through.
-    let target: std::net::SocketAddr = std::env::var("WASQ_TEST_S3_ENDPOINT")
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (listener, target) = seaweedfs_front().await;
     let front = listener.local_addr().unwrap();
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = refused.clone();
@@ -780,12 +787,7 @@ async fn a_reader_dropped_early_fetched_one_range_ahead_and_a_whole_read_is_inta
     let uri = format!("s3://{bucket}/big.bin");
     server.put(&uri, object.clone()).await;
     // A front that counts the GETs passing through it.
-    let target: std::net::SocketAddr = std::env::var("WASQ_TEST_S3_ENDPOINT")
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (listener, target) = seaweedfs_front().await;
     let front = listener.local_addr().unwrap();
     let gets = Arc::new(AtomicUsize::new(0));
     let counter = gets.clone();
