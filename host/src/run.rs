@@ -72,28 +72,28 @@ impl BindingSpec {
     }
 }
 
-/// A message must stay hidden for longer than its processor may run, or it
-/// could reappear and run twice at once.
 /// Lifts the soft limit on open files to the hard one. A message may hold
 /// a socket for each object it reads ahead, each range and each part in
 /// flight (about 150 at most with the S3 store), so a few messages at once
 /// pass the soft limit of 1,024 most systems start a process with; the hard
-/// limit is the operator's, and is kept.
+/// limit is the operator's, and is kept. Under an unlimited hard limit the
+/// soft one goes to 2^20, the most Linux allows by default.
 fn raise_open_files_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    let (Some(current), Some(maximum)) = (limit.current, limit.maximum) else {
+    let Some(current) = limit.current else {
         return;
     };
-    if current >= maximum {
+    let target = limit.maximum.unwrap_or(1 << 20);
+    if current >= target {
         return;
     }
     let raised = rustix::process::Rlimit {
-        current: Some(maximum),
-        maximum: Some(maximum),
+        current: Some(target),
+        maximum: limit.maximum,
     };
     match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::debug!(from = current, to = maximum, "raised the open files limit"),
+        Ok(()) => tracing::debug!(from = current, to = target, "raised the open files limit"),
         Err(err) => tracing::warn!(
             limit = current,
             error = %err,
@@ -102,6 +102,8 @@ fn raise_open_files_limit() {
     }
 }
 
+/// A message must stay hidden for longer than its processor may run, or it
+/// could reappear and run twice at once.
 pub fn check_visibility(
     queue: &QueueRef,
     visibility: Duration,

@@ -832,7 +832,12 @@ async fn a_reader_dropped_early_fetched_one_range_ahead_and_a_whole_read_is_inta
 
     let mut reader = blobs.open(&uri, &budget).await.unwrap();
     assert_eq!(reader.read(1).await.unwrap().len(), 1);
-    // Time for whatever the read started to reach the server.
+    // The range ahead reaches the server, and then time for any more the
+    // read started (there were 15 more before the window ramped).
+    let started = Instant::now();
+    while gets.load(Ordering::SeqCst) < 2 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(reader);
     let after_one_byte = gets.load(Ordering::SeqCst);

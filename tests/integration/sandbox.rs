@@ -154,6 +154,38 @@ async fn writing_past_the_byte_limit_ends_the_message_and_leaves_nothing() {
     );
 }
 
+/// One call may hand the host at most `MAX_CALL_BYTES`: the host copies
+/// what a call passes before looking at it, so a larger call is a trap, not
+/// an allocation the processor chose. Just under it is fine.
+#[tokio::test]
+async fn one_call_hands_the_host_a_bounded_amount() {
+    let env = Env::new();
+    let plugin = harness::rogue(Limits::default());
+    let most = wasq::runtime::MAX_CALL_BYTES;
+    let (result, _) = run(
+        &plugin,
+        &env.services,
+        &message("w", &format!("one-write s3://out/big.bin {}", most + 1)),
+    )
+    .await;
+    assert!(
+        matches!(result.fault, Some(Fault::Trap(_))),
+        "{:?}",
+        result.outcome
+    );
+    let reason = retry_reason(&result.outcome);
+    assert!(reason.contains("too much data is being copied"), "{reason}");
+    assert!(!env.root().join("out/big.bin").exists());
+
+    let (result, _) = run(
+        &plugin,
+        &env.services,
+        &message("w", &format!("one-write s3://out/fits.bin {}", most - 64)),
+    )
+    .await;
+    assert_eq!(result.outcome, Outcome::Done(Some((most - 64).to_string())));
+}
+
 #[tokio::test]
 async fn open_handles_are_bounded() {
     let env = Env::new();

@@ -508,6 +508,7 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(MAX_CALL_BYTES);
         if self.options.fuel {
             // Cannot fail with fuel metering on.
             let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
@@ -607,6 +608,13 @@ impl Drop for Runtime {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// The most one call from a processor may hand the host: the bytes of its
+/// strings and lists, 8 per element of a list of strings. The host copies
+/// what a call passes before it looks at it, and keeps up to three times
+/// this for a list of short strings; a call passing more traps ("too much
+/// data is being copied"). Whole objects go in several writes.
+pub const MAX_CALL_BYTES: usize = 16 << 20;
 
 /// One line per interface: WASI (with nothing granted), then wasq's own.
 fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

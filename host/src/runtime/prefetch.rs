@@ -18,8 +18,9 @@ pub const WINDOW: usize = 64;
 /// as it takes these, as `compress` does.
 pub const MAX_WAITING: usize = 10_000;
 /// The most URI text (bucket and key) the waiting hints may hold, per
-/// message: with [`MAX_WAITING`], hints cost a message a few MiB of host
-/// memory at most, whatever a processor sends.
+/// message: with [`MAX_WAITING`], the hints kept cost a message a few MiB
+/// of host memory at most. (The list a call passes is copied before the
+/// host sees it; [`super::MAX_CALL_BYTES`] bounds that copy.)
 pub const MAX_WAITING_BYTES: usize = 1 << 20;
 
 type Opened = Result<Box<dyn BlobReader>, BlobError>;

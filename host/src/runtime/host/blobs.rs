@@ -140,7 +140,7 @@ impl wit::Host for HostState {
     async fn prefetch(&mut self, uris: Vec<String>) -> wasmtime::Result<()> {
         // Invalid or ungranted URIs are skipped: `stat` and `open` report
         // them as they always do. Past the room the hints have, the rest is
-        // not even parsed.
+        // not parsed (the list itself was copied, within MAX_CALL_BYTES).
         if !self.prefetch.has_room() {
             return Ok(());
         }

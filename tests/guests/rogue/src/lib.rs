@@ -118,6 +118,18 @@ impl Guest for Rogue {
                     Err(err) => Outcome::Reject(format!("{err:?}")),
                 }
             }
+            ["one-write", uri, bytes] => {
+                // The whole object in a single call.
+                let chunk = vec![0u8; bytes.parse().unwrap_or(0)];
+                let result = blobs::create(uri, None).and_then(|writer| {
+                    writer.write(&chunk)?;
+                    writer.finish()
+                });
+                match result {
+                    Ok(info) => Outcome::Done(Some(info.size.to_string())),
+                    Err(err) => Outcome::Reject(format!("{err:?}")),
+                }
+            }
             ["handles", uri, n] => {
                 let n: usize = n.parse().unwrap_or(0);
                 let mut held = Vec::new();
@@ -229,7 +241,8 @@ impl Guest for Rogue {
                 Outcome::Done(None)
             }
             ["long-reason", bytes] => Outcome::Retry(RetryAfter {
-                reason: "\x1b]0;owned\x07\nFORGED line ".repeat(bytes.parse::<usize>().unwrap_or(0) / 24 + 1),
+                reason: "\x1b]0;owned\x07\nFORGED line "
+                    .repeat(bytes.parse::<usize>().unwrap_or(0) / 24 + 1),
                 delay_secs: None,
             }),
             ["bad-handle"] => {
