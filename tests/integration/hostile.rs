@@ -169,7 +169,7 @@ async fn a_processor_cannot_take_the_instances_another_binding_needs() {
 }
 
 /// A reason of 20 MB was once logged as one line, escape sequences and
-/// all.
+/// all. (Past `MAX_CALL_BYTES`, 16 MiB, returning it is a trap.)
 #[tokio::test]
 async fn long_reasons_are_cut_with_a_marker() {
     let env = Env::new();
@@ -177,7 +177,7 @@ async fn long_reasons_are_cut_with_a_marker() {
     let (result, _) = run(
         &plugin,
         &env.services,
-        &message("r", "long-reason 20000000"),
+        &message("r", "long-reason 12000000"),
     )
     .await;
     let Outcome::Retry { reason, .. } = &result.outcome else {
@@ -189,6 +189,17 @@ async fn long_reasons_are_cut_with_a_marker() {
         reason.len()
     );
     assert!(reason.ends_with("more bytes cut]"), "{reason}");
+
+    let (result, _) = run(
+        &plugin,
+        &env.services,
+        &message("r", "long-reason 20000000"),
+    )
+    .await;
+    let Outcome::Retry { reason, .. } = &result.outcome else {
+        panic!("{:?}", result.outcome);
+    };
+    assert!(reason.contains("too much data is being copied"), "{reason}");
 }
 
 /// A trap that is not a wasm trap code once lost its cause: "trap: error

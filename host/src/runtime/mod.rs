@@ -609,11 +609,11 @@ impl Drop for Runtime {
     }
 }
 
-/// The most one call from a processor may hand the host: the bytes of its
-/// strings and lists, 8 per element of a list of strings. The host copies
-/// what a call passes before it looks at it, and keeps up to three times
-/// this for a list of short strings; a call passing more traps ("too much
-/// data is being copied"). Whole objects go in several writes.
+/// The most one call from a processor may hand the host, and what `handle`
+/// may return: the bytes of its strings and lists, 8 per element of a list
+/// of strings. The host copies them before it looks at them, up to three
+/// times this for a list of short strings; more traps ("too much data is
+/// being copied"). Whole objects go in several writes.
 pub const MAX_CALL_BYTES: usize = 16 << 20;
 
 /// One line per interface: WASI (with nothing granted), then wasq's own.
