@@ -90,6 +90,16 @@ impl Server {
         S3Blobs::new(&self.config, true)
     }
 
+    /// The S3 store, reached through `front` instead of the server itself.
+    fn blobs_through(&self, front: std::net::SocketAddr) -> S3Blobs {
+        let config = self
+            .config
+            .to_builder()
+            .endpoint_url(format!("http://{front}"))
+            .build();
+        S3Blobs::new(&config, true)
+    }
+
     async fn make_bucket(&self, name: &str) -> String {
         let bucket = self.bucket(name);
         self.client()
@@ -758,12 +768,7 @@ async fn slow_down_answers_are_backed_off_and_retried() {
             });
         }
     });
-    let config = server
-        .config
-        .to_builder()
-        .endpoint_url(format!("http://{front}"))
-        .build();
-    let blobs = S3Blobs::new(&config, true);
+    let blobs = server.blobs_through(front);
     let uri = BlobUri::parse(&format!("s3://{bucket}/a.txt")).unwrap();
     let started = Instant::now();
     let info = blobs.stat(&uri).await.unwrap();
@@ -821,12 +826,7 @@ async fn a_reader_dropped_early_fetched_one_range_ahead_and_a_whole_read_is_inta
             });
         }
     });
-    let config = server
-        .config
-        .to_builder()
-        .endpoint_url(format!("http://{front}"))
-        .build();
-    let blobs = S3Blobs::new(&config, true);
+    let blobs = server.blobs_through(front);
     let uri = BlobUri::parse(&uri).unwrap();
     let budget = Budget::default();
 
