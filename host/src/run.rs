@@ -72,6 +72,9 @@ impl BindingSpec {
     }
 }
 
+/// How long a stopping host waits for the store's own clean-up.
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
+
 /// Lifts the soft limit on open files to the hard one. A message may hold
 /// a socket for each object it reads ahead, each range and each part in
 /// flight (about 150 at most with the S3 store), so a few messages at once
@@ -432,6 +435,18 @@ impl Host {
         self.dispatcher
             .run(self.bindings, self.readiness, shutdown)
             .await;
+        // Uploads of messages cut short are aborted before the process
+        // ends, so their parts do not linger in the bucket.
+        let blobs = self.dispatcher.services.blobs.clone();
+        if tokio::time::timeout(SETTLE_WAIT, blobs.settle())
+            .await
+            .is_err()
+        {
+            warn!(
+                waited = ?SETTLE_WAIT,
+                "aborts of unfinished uploads still under way; a bucket lifecycle rule will have to remove their parts"
+            );
+        }
         reloading.cancel();
         reloader.await.context("the plugin reloader task")?;
         if let Some(keep) = keep_serving {

@@ -307,6 +307,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// the host calls it (processors have no delete): for the payloads of
     /// large messages, once their message is done.
     async fn delete(&self, uri: &BlobUri) -> Result<(), BlobError>;
+    /// Waits for the clean-up the store started on its own (S3: aborts of
+    /// uploads whose writer was dropped unfinished); the host calls it as
+    /// it stops.
+    async fn settle(&self) {}
 }
 
 /// A stream of one object's bytes.

@@ -75,6 +75,9 @@ const OWNER_METADATA: &str = "wasq-owner";
 #[derive(Clone, Debug)]
 pub struct S3Blobs {
     client: Client,
+    /// Aborts of multipart uploads whose writer was dropped, still under
+    /// way.
+    aborts: tokio_util::task::TaskTracker,
 }
 
 fn error<E>(uri: &BlobUri, err: &SdkError<E, HttpResponse>) -> BlobError
@@ -111,6 +114,7 @@ impl S3Blobs {
             .build();
         S3Blobs {
             client: Client::from_conf(config),
+            aborts: Default::default(),
         }
     }
 
@@ -289,6 +293,12 @@ impl BlobStore for S3Blobs {
             failed: false,
             _reservation: reservation,
         }))
+    }
+
+    async fn settle(&self) {
+        self.aborts.close();
+        self.aborts.wait().await;
+        self.aborts.reopen();
     }
 
     async fn presign_get(&self, uri: &BlobUri, expires_in: Duration) -> Result<String, BlobError> {
@@ -958,7 +968,7 @@ impl Drop for S3Writer {
         };
         let client = self.store.client.clone();
         let uri = self.uri.clone();
-        runtime.spawn(async move {
+        let aborting = async move {
             let aborted = client
                 .abort_multipart_upload()
                 .bucket(uri.bucket())
@@ -969,6 +979,7 @@ impl Drop for S3Writer {
             if let Err(err) = aborted {
                 tracing::warn!(%uri, upload = %upload.id, error = %error(&uri, &err), "could not abort the multipart upload");
             }
-        });
+        };
+        self.store.aborts.spawn_on(aborting, &runtime);
     }
 }
