@@ -212,6 +212,21 @@ impl LocalQueues {
         }
     }
 
+    /// The `WHERE` clause for `filter` on the letters of `name`, and its
+    /// values, with the full-text index brought up to date if the clause
+    /// uses it.
+    async fn search_sql(
+        &self,
+        name: &str,
+        filter: &LetterFilter,
+    ) -> Result<(String, Vec<String>), QueueError> {
+        let queue = self.queue(name).await?;
+        if !text_query(filter).is_empty() {
+            self.catch_up_index(&queue.name).await?;
+        }
+        Ok(filter_sql(&queue.name, filter))
+    }
+
     /// A page of the letters of `name` that `filter` picks, oldest first,
     /// searched in place (every letter, no cap; words of three characters
     /// or more through the full-text index), and how many it picks.
@@ -222,11 +237,7 @@ impl LocalQueues {
         offset: usize,
         limit: usize,
     ) -> Result<LetterPage, QueueError> {
-        let queue = self.queue(name).await?;
-        let (clause, values) = filter_sql(&queue.name, filter);
-        if !text_query(filter).is_empty() {
-            self.catch_up_index(&queue.name).await?;
-        }
+        let (clause, values) = self.search_sql(name, filter).await?;
         self.with_db(move |conn| {
             let matched: i64 = conn
                 .query_row(
@@ -263,11 +274,7 @@ impl LocalQueues {
         filter: &LetterFilter,
         cap: usize,
     ) -> Result<Vec<String>, QueueError> {
-        let queue = self.queue(name).await?;
-        let (clause, values) = filter_sql(&queue.name, filter);
-        if !text_query(filter).is_empty() {
-            self.catch_up_index(&queue.name).await?;
-        }
+        let (clause, values) = self.search_sql(name, filter).await?;
         self.with_db(move |conn| {
             let mut stmt = conn
                 .prepare(&format!(
@@ -389,9 +396,6 @@ fn peeked(row: &rusqlite::Row<'_>) -> rusqlite::Result<Peeked> {
     })
 }
 
-/// A `WHERE` clause picking the letters of `queue` that `filter` picks, as
-/// [`LetterFilter::matches`] does, and its values in order. SQLite's
-/// `lower` folds ASCII letters only, as the filter does.
 /// The full-text query for a filter's words: each word of three
 /// characters or more, as a phrase (the trigram index finds it anywhere in
 /// the body or the reason, case aside); shorter words, and words with
@@ -494,6 +498,9 @@ fn catch_up_index(conn: &mut Connection, queue: &str) -> Result<bool, QueueError
     Ok(true)
 }
 
+/// A `WHERE` clause picking the letters of `queue` that `filter` picks, as
+/// [`LetterFilter::matches`] does, and its values in order. SQLite's
+/// `lower` folds ASCII letters only, as the filter does.
 fn filter_sql(queue: &str, filter: &LetterFilter) -> (String, Vec<String>) {
     // A letter the queue's own redrive moved has no wasq attributes.
     const REASON: &str = "(CASE WHEN source_queue IS NULL THEN lower(coalesce(json_extract(attributes, '$.\"wasq-reason\"'), '')) ELSE '' END)";

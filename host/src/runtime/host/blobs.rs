@@ -61,6 +61,19 @@ impl HostState {
     fn release_handle(&mut self) {
         self.open_handles = self.open_handles.saturating_sub(1);
     }
+
+    /// Puts what a taken handle place was for in the resource table, or
+    /// gives the place back if there is nothing to put or no room.
+    fn keep<T: Send + 'static>(
+        &mut self,
+        made: Result<T, HostBlobError>,
+    ) -> Result<Resource<T>, HostBlobError> {
+        let pushed = made.and_then(|made| Ok(self.table.push(made)?));
+        if pushed.is_err() {
+            self.release_handle();
+        }
+        pushed
+    }
 }
 
 impl wit::Host for HostState {
@@ -86,13 +99,11 @@ impl wit::Host for HostState {
             Some(opened) => opened,
             None => self.services.blobs.open(&uri, &self.budget).await,
         };
-        let pushed = opened
-            .map_err(HostBlobError::from)
-            .and_then(|reader| Ok(self.table.push(ReaderHandle { reader, read: 0 })?));
-        if pushed.is_err() {
-            self.release_handle();
-        }
-        pushed
+        self.keep(
+            opened
+                .map(|reader| ReaderHandle { reader, read: 0 })
+                .map_err(HostBlobError::from),
+        )
     }
 
     async fn create(
@@ -110,16 +121,14 @@ impl wit::Host for HostState {
             budget: &self.budget,
         };
         let created = self.services.blobs.create(&uri, options).await;
-        let pushed = created.map_err(HostBlobError::from).and_then(|writer| {
-            Ok(self.table.push(WriterHandle {
-                uri,
-                writer: Some(writer),
-            })?)
-        });
-        if pushed.is_err() {
-            self.release_handle();
-        }
-        pushed
+        self.keep(
+            created
+                .map(|writer| WriterHandle {
+                    uri,
+                    writer: Some(writer),
+                })
+                .map_err(HostBlobError::from),
+        )
     }
 
     async fn presign_get(
@@ -185,13 +194,7 @@ impl wit::Host for HostState {
             self.budget.clone(),
             self.deflating.get_or_insert_with(Default::default).clone(),
         );
-        match self.table.push(DeflatedHandle(deflation)) {
-            Ok(handle) => Ok(handle),
-            Err(err) => {
-                self.release_handle();
-                Err(err.into())
-            }
-        }
+        self.keep(Ok(DeflatedHandle(deflation)))
     }
 
     fn convert_error(&mut self, err: HostBlobError) -> wasmtime::Result<wit::Error> {
